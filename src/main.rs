@@ -1,0 +1,2 @@
+//! The `pushnode` binary.
+fn main() {}
