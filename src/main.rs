@@ -1,2 +1,163 @@
-//! The `pushnode` binary.
-fn main() {}
+//! The `pushnode` binary: `serve` runs a node; `app`, `send` and `device` are clients of
+//! a running node for operators, app developers and demos.
+
+mod client;
+mod config;
+mod http;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::Config;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "pushnode", version, about = "Self-hosted push notification node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (defaults: MQTT 127.0.0.1:1883, HTTP 127.0.0.1:8080, data in ./data).
+    Serve(ServeArgs),
+    /// Manage apps.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Send a push through a node's HTTP API.
+    Send(client::SendArgs),
+    /// A reference device: registers, connects and prints the pushes that arrive.
+    Device(client::DeviceArgs),
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Create an app; prints its id, device key and server secret.
+    Create(client::AppCreateArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see configs/pushnode.toml); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    mqtt_listen: Option<SocketAddr>,
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Shard threads (0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    #[arg(long)]
+    max_connections_per_shard: Option<u32>,
+    #[arg(long)]
+    durability: Option<String>,
+    /// Log filter, e.g. "info" or "debug".
+    #[arg(long)]
+    log: Option<String>,
+    /// Check the config and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::App { command: AppCommand::Create(args) } => client::run_app_create(args),
+        Command::Send(args) => client::run_send(args),
+        Command::Device(args) => client::run_device(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.mqtt_listen {
+        config.mqtt_listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = v;
+    }
+    if let Some(v) = args.shards {
+        config.shards = v;
+    }
+    if let Some(v) = args.max_connections_per_shard {
+        config.max_connections_per_shard = v;
+    }
+    if let Some(v) = args.durability {
+        config.durability = serde_json::from_value(serde_json::Value::String(v.clone()))
+            .with_context(|| format!("--durability must be fsync or buffered, got {v}"))?;
+    }
+    if let Some(v) = args.log {
+        config.log = v;
+    }
+    let engine = config.engine()?;
+    if args.check {
+        println!("config ok: {} shards, mqtt {}, http {}, data {}", engine.shards, config.mqtt_listen, config.http_listen, config.data_dir.display());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let admin_token = admin_token(&config.data_dir)?;
+    let node = core_engine::Node::start(engine.clone())?;
+    let state = Arc::new(http::HttpState { node: node.handle(), admin_token, max_body_bytes: config.max_body_bytes });
+    http::start(config.http_listen, config.http_threads, state)?;
+    tracing::info!(shards = engine.shards, data = %config.data_dir.display(), "node started");
+    eprintln!("pushnode ready mqtt={} http={}", config.mqtt_listen, config.http_listen);
+    wait_for_signal()?;
+    tracing::info!("shutting down");
+    node.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Reads `data/admin.token`, creating it (mode 0600) on first start.
+fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(token.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let token = core_engine::ids::random_secret::<24>();
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            writeln!(file, "{token}")?;
+            file.sync_all()?;
+            tracing::info!(path = %path.display(), "wrote a new admin token");
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    Ok(())
+}

@@ -1,4 +1,14 @@
 //! Pushnode's engine: pinned shards on io_uring that own device sessions, the sans-IO
 //! MQTT codec and session state machine, the embedded store and the push domain.
 
+pub mod apps;
+pub mod ids;
+pub mod node;
 pub mod proto;
+pub mod push;
+pub mod session;
+pub mod shard;
+pub mod store;
+pub mod sys;
+
+pub use node::{ApiError, EngineConfig, EngineError, Node, NodeHandle, PushOutcome};

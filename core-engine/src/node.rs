@@ -1,0 +1,309 @@
+//! A node: starts the shards (one pinned thread each), their store partitions and the
+//! app registry, and gives the HTTP frontend a handle that routes requests to shards.
+
+use crate::apps::AppRegistry;
+use crate::ids::{AppId, MessageId, MessageIdSource, RegId};
+use crate::push::{PushError, PushRequest};
+use crate::shard::{Shard, ShardInbox, ShardMsg, ShardSetup};
+use crate::store::{Durability, PartitionStore, StoreError};
+use crate::sys::BufRingError;
+use futures_channel::oneshot;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The engine's settings (the binary maps its TOML config onto this).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub mqtt_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Shard threads; pinned round-robin to the cores.
+    pub shards: usize,
+    /// Partitions of a new data folder (fixed once created; at least `shards`).
+    pub partitions: u16,
+    /// Size of each shard's fixed-file table: the connections one shard can hold.
+    pub max_connections_per_shard: u32,
+    pub recv_buffers: u16,
+    pub recv_buffer_bytes: u32,
+    pub max_packet_bytes: usize,
+    pub durability: Durability,
+    pub store_cache_bytes: usize,
+    pub submission_queue_entries: u32,
+    pub completion_queue_entries: u32,
+    pub listen_backlog: i32,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("{what}: {source}")]
+    Ring { what: &'static str, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    BufRing(#[from] BufRingError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the data folder has {partitions} partitions, fewer than the {shards} shards asked for; use at most {partitions} shards")]
+    TooManyShards { shards: usize, partitions: u16 },
+    #[error("shard {index} failed to start: {reason}")]
+    ShardStart { index: usize, reason: String },
+}
+
+/// What every shard and the frontend share; read-only after start.
+pub struct NodeShared {
+    pub config: EngineConfig,
+    pub apps: Arc<AppRegistry>,
+    pub inboxes: Vec<ShardInbox>,
+    pub ring_fds: OnceLock<Vec<i32>>,
+    pub partitions: u16,
+    handoff_ids: AtomicU64,
+}
+
+impl NodeShared {
+    /// The shard a device lives on.
+    pub fn home_shard(&self, regid: RegId) -> usize {
+        usize::from(regid.partition()) % self.inboxes.len()
+    }
+
+    pub fn next_handoff_id(&self) -> u64 {
+        self.handoff_ids.fetch_add(1, Ordering::Relaxed) & ((1 << 56) - 1)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    shared: Arc<NodeShared>,
+    threads: Vec<JoinHandle<()>>,
+    message_ids: Arc<MessageIdSource>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NodeMeta {
+    partitions: u16,
+}
+
+fn read_or_create_meta(config: &EngineConfig) -> Result<u16, EngineError> {
+    let path = config.data_dir.join("node.json");
+    let io = |what, source| EngineError::Io { what, source };
+    match std::fs::read(&path) {
+        Ok(raw) => serde_json::from_slice::<NodeMeta>(&raw)
+            .map(|m| m.partitions)
+            .map_err(|e| io("reading data/node.json", std::io::Error::other(e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let partitions = config.partitions.max(config.shards as u16).max(1);
+            let raw = serde_json::to_vec(&NodeMeta { partitions }).expect("plain struct");
+            std::fs::write(&path, raw).map_err(|e| io("writing data/node.json", e))?;
+            Ok(partitions)
+        }
+        Err(e) => Err(io("reading data/node.json", e)),
+    }
+}
+
+impl Node {
+    /// Opens the data folder, starts every shard and waits until all listen.
+    pub fn start(config: EngineConfig) -> Result<Node, EngineError> {
+        assert!(config.shards >= 1, "at least one shard");
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::Io { what: "creating the data folder", source })?;
+        let partitions = read_or_create_meta(&config)?;
+        if config.shards > usize::from(partitions) {
+            return Err(EngineError::TooManyShards { shards: config.shards, partitions });
+        }
+        let apps = Arc::new(AppRegistry::open(&config.data_dir)?);
+        let mut inboxes = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..config.shards {
+            let (inbox, rx) = ShardInbox::new().map_err(|source| EngineError::Io { what: "creating an eventfd", source })?;
+            inboxes.push(inbox);
+            receivers.push(rx);
+        }
+        let mut stores: Vec<Vec<Arc<PartitionStore>>> = vec![Vec::new(); config.shards];
+        for p in 0..partitions {
+            let store = PartitionStore::open(&config.data_dir, p, config.store_cache_bytes)?;
+            stores[usize::from(p) % config.shards].push(Arc::new(store));
+        }
+        let shared = Arc::new(NodeShared {
+            config: config.clone(),
+            apps,
+            inboxes,
+            ring_fds: OnceLock::new(),
+            partitions,
+            handoff_ids: AtomicU64::new(1),
+        });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<i32, String>)>();
+        let go = Arc::new(std::sync::Barrier::new(config.shards + 1));
+        let mut threads = Vec::new();
+        for (index, (inbox_rx, stores)) in receivers.into_iter().zip(stores).enumerate() {
+            let listener = crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog)
+                .map_err(|source| EngineError::Io { what: "listening for MQTT", source })?;
+            let setup = ShardSetup { index, shared: shared.clone(), listener, inbox_rx, stores };
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let ready = ready_tx.clone();
+            let go = go.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    match Shard::new(setup) {
+                        Ok(shard) => {
+                            let _ = ready.send((index, Ok(shard.ring_fd())));
+                            go.wait();
+                            shard.run();
+                        }
+                        Err(e) => {
+                            let _ = ready.send((index, Err(e.to_string())));
+                            go.wait();
+                        }
+                    }
+                })
+                .map_err(|source| EngineError::Io { what: "spawning a shard thread", source })?;
+            threads.push(thread);
+        }
+        let mut fds = vec![-1; config.shards];
+        let mut failure = None;
+        for _ in 0..config.shards {
+            match ready_rx.recv() {
+                Ok((index, Ok(fd))) => fds[index] = fd,
+                Ok((index, Err(reason))) => failure = Some(EngineError::ShardStart { index, reason }),
+                Err(_) => failure = Some(EngineError::ShardStart { index: 0, reason: "thread died".into() }),
+            }
+        }
+        let _ = shared.ring_fds.set(fds);
+        go.wait();
+        if let Some(e) = failure {
+            for inbox in &shared.inboxes {
+                inbox.send(ShardMsg::Shutdown);
+            }
+            return Err(e);
+        }
+        Ok(Node { shared, threads, message_ids: Arc::new(MessageIdSource::default()) })
+    }
+
+    /// A handle for the HTTP frontend.
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle { shared: self.shared.clone(), message_ids: self.message_ids.clone() }
+    }
+
+    /// Closes connections (MQTT 5: reason 0x8B), flushes the store and joins the shards.
+    pub fn shutdown(self) {
+        for inbox in &self.shared.inboxes {
+            inbox.send(ShardMsg::Shutdown);
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why an API call failed; the frontend maps it to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error(transparent)]
+    Invalid(#[from] PushError),
+    #[error("the node is shutting down")]
+    Unavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The answer to a push: its id, how many targets were valid, which were not.
+#[derive(Debug, serde::Serialize)]
+pub struct PushOutcome {
+    pub id: String,
+    pub targets: u64,
+    pub invalid: Vec<String>,
+}
+
+/// The frontend's way into the node; cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<NodeShared>,
+    message_ids: Arc<MessageIdSource>,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl NodeHandle {
+    pub fn apps(&self) -> &AppRegistry {
+        &self.shared.apps
+    }
+
+    /// Stores a push for `regids` and answers once it is durable.
+    pub async fn push(&self, app_id: AppId, request: PushRequest, regids: &[String]) -> Result<PushOutcome, ApiError> {
+        let now_ms = now_unix_ms();
+        let id = self.message_ids.next(now_ms);
+        let envelope = Arc::new(request.into_envelope(id, app_id, now_ms / 1000)?);
+        let mut invalid = Vec::new();
+        let mut by_shard: Vec<Vec<RegId>> = vec![Vec::new(); self.shared.inboxes.len()];
+        let mut seen = std::collections::HashSet::new();
+        for text in regids {
+            match RegId::parse(text) {
+                Some(regid) if regid.partition() < self.shared.partitions => {
+                    if seen.insert(regid) {
+                        by_shard[self.shared.home_shard(regid)].push(regid);
+                    }
+                }
+                _ => invalid.push(text.clone()),
+            }
+        }
+        let mut replies = Vec::new();
+        for (shard, regids) in by_shard.into_iter().enumerate() {
+            if regids.is_empty() {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel();
+            if !self.shared.inboxes[shard].send(ShardMsg::Push { envelope: envelope.clone(), regids, reply }) {
+                return Err(ApiError::Unavailable);
+            }
+            replies.push(rx);
+        }
+        let mut targets = 0;
+        for rx in replies {
+            let part = rx.await.map_err(|_| ApiError::Unavailable)??;
+            targets += part.targets;
+            invalid.extend(part.invalid.iter().map(|r| r.to_string()));
+        }
+        Ok(PushOutcome { id: crate::ids::message_id_text(envelope.id), targets, invalid })
+    }
+
+    /// Registers a device of `app_id`; answers its RegID and token.
+    pub async fn register(&self, app_id: AppId) -> Result<(RegId, String), ApiError> {
+        let shard = (self.message_ids.next(now_unix_ms()) as usize) % self.shared.inboxes.len();
+        let (reply, rx) = oneshot::channel();
+        if !self.shared.inboxes[shard].send(ShardMsg::Register { app_id, reply }) {
+            return Err(ApiError::Unavailable);
+        }
+        Ok(rx.await.map_err(|_| ApiError::Unavailable)??)
+    }
+
+    /// (targets, delivered) of one of the app's messages, summed over the shards.
+    pub async fn message_status(&self, app_id: AppId, id: MessageId) -> Result<Option<(u64, u64)>, ApiError> {
+        let mut replies = Vec::new();
+        for inbox in &self.shared.inboxes {
+            let (reply, rx) = oneshot::channel();
+            if !inbox.send(ShardMsg::MessageStatus { app_id, id, reply }) {
+                return Err(ApiError::Unavailable);
+            }
+            replies.push(rx);
+        }
+        let mut total: Option<(u64, u64)> = None;
+        for rx in replies {
+            if let Some((t, d)) = rx.await.map_err(|_| ApiError::Unavailable)?? {
+                let sum = total.get_or_insert((0, 0));
+                sum.0 += t;
+                sum.1 += d;
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,497 @@
+//! A shard: one pinned thread that owns one io_uring instance, the connections it holds
+//! (direct descriptors in the ring's fixed-file table), their sessions in a slab, the
+//! devices homed on it, its store partitions and its counters.
+//!
+//! The loop moves bytes and time between the ring and the sans-IO sessions; what a
+//! session's events mean for devices and messages is in `device.rs`.
+
+mod device;
+mod inbox;
+mod token;
+
+pub use inbox::{AfterStore, PushPart, ShardInbox, ShardMsg};
+
+use crate::ids::{MessageIdSource, RegId};
+use crate::node::NodeShared;
+use crate::session::{CloseReason, Event, Session, SessionLimits};
+use crate::store::{DeviceRecord, PartitionStore, StoreWriter};
+use crate::sys::BufRing;
+use crossbeam_channel::Receiver;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Buffer group id of the shard's receive buffers.
+const RECV_BGID: u16 = 0;
+/// Seconds between timer ticks (keep-alive checks, re-arming a stopped accept).
+const TICK: Duration = Duration::from_secs(1);
+/// How long shutdown waits for farewell bytes to leave.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A device homed on this shard.
+#[derive(Debug)]
+struct Device {
+    record: DeviceRecord,
+    /// Slab key of its live connection, if any.
+    conn: Option<u32>,
+    /// Highest seq ever sent to it: a resend at or below it carries DUP.
+    last_sent: u64,
+}
+
+/// One connection. Idle, it holds no buffer: the session's vectors are empty.
+struct Conn {
+    slot: u32,
+    gen: u32,
+    session: Session,
+    device: Option<RegId>,
+    /// Highest seq queued into this session.
+    cursor: u64,
+    /// More pending messages may wait in the store than the session had room for.
+    backlog: bool,
+    /// Bytes being sent; owned here until the send completes.
+    sending: Vec<u8>,
+    sent: usize,
+    send_inflight: bool,
+    recv_armed: bool,
+    closing: bool,
+    /// Set while the connection moves to its home shard.
+    handoff: Option<Box<(crate::proto::Connect, usize)>>,
+}
+
+/// The shard's state; built and run on its own thread.
+pub struct Shard {
+    // Field order matters: the ring must drop before the buffers it reads into.
+    ring: IoUring,
+    bufs: BufRing,
+    index: usize,
+    shared: Arc<NodeShared>,
+    listener: TcpListener,
+    inbox_rx: Receiver<ShardMsg>,
+    conns: Slab<Conn>,
+    devices: HashMap<RegId, Device>,
+    stores: HashMap<u16, Arc<PartitionStore>>,
+    owned_partitions: Vec<u16>,
+    next_partition: usize,
+    writer: StoreWriter,
+    seq: MessageIdSource,
+    wake_buf: Box<[u8; 8]>,
+    tick_ts: Box<types::Timespec>,
+    started: Instant,
+    now_s: u32,
+    handoffs: HashMap<u64, (Box<crate::proto::Connect>, Vec<u8>)>,
+    next_gen: u32,
+    accept_armed: bool,
+    stopping: Option<Instant>,
+    events: Vec<Event>,
+    limits: SessionLimits,
+}
+
+/// Everything a shard needs to start, prepared by the node.
+pub struct ShardSetup {
+    pub index: usize,
+    pub shared: Arc<NodeShared>,
+    pub listener: TcpListener,
+    pub inbox_rx: Receiver<ShardMsg>,
+    pub stores: Vec<Arc<PartitionStore>>,
+}
+
+impl Shard {
+    /// Builds the ring, registers the fixed-file table and buffer ring, loads the devices.
+    pub fn new(setup: ShardSetup) -> Result<Self, crate::node::EngineError> {
+        use crate::node::EngineError;
+        let cfg = &setup.shared.config;
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_cqsize(cfg.completion_queue_entries)
+            .build(cfg.submission_queue_entries)
+            .map_err(|source| EngineError::Ring { what: "creating the io_uring instance", source })?;
+        ring.submitter()
+            .register_files_sparse(cfg.max_connections_per_shard)
+            .map_err(|source| EngineError::Ring { what: "registering the fixed-file table (lower max_connections_per_shard or raise `ulimit -n`)", source })?;
+        let bufs = BufRing::new(&ring.submitter(), cfg.recv_buffers, cfg.recv_buffer_bytes, RECV_BGID)?;
+        let mut devices = HashMap::new();
+        for store in &setup.stores {
+            for (regid, record) in store.load_devices()? {
+                devices.insert(regid, Device { record, conn: None, last_sent: 0 });
+            }
+        }
+        let owned_partitions: Vec<u16> = setup.stores.iter().map(|s| s.partition).collect();
+        let writer = StoreWriter::start(format!("store-{}", setup.index), setup.stores.clone(), cfg.durability)
+            .map_err(|source| EngineError::Io { what: "starting the store writer", source })?;
+        tracing::info!(shard = setup.index, devices = devices.len(), partitions = owned_partitions.len(), "shard loaded");
+        let limits = SessionLimits { max_packet_bytes: cfg.max_packet_bytes };
+        Ok(Shard {
+            ring,
+            bufs,
+            index: setup.index,
+            shared: setup.shared,
+            listener: setup.listener,
+            inbox_rx: setup.inbox_rx,
+            conns: Slab::new(),
+            devices,
+            stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
+            owned_partitions,
+            next_partition: 0,
+            writer,
+            seq: MessageIdSource::default(),
+            wake_buf: Box::new([0; 8]),
+            tick_ts: Box::new(types::Timespec::from(TICK)),
+            started: Instant::now(),
+            now_s: 0,
+            handoffs: HashMap::new(),
+            next_gen: 0,
+            accept_armed: false,
+            stopping: None,
+            events: Vec::new(),
+            limits,
+        })
+    }
+
+    /// The ring's descriptor, the address other shards send connections to.
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.as_raw_fd()
+    }
+
+    /// Runs until shutdown.
+    pub fn run(mut self) {
+        self.arm_accept();
+        self.arm_wake();
+        self.arm_tick();
+        let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
+        loop {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!(shard = self.index, error = %e, "io_uring_enter failed");
+                    return;
+                }
+            }
+            completions.clear();
+            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            for &(user_data, result, flags) in &completions {
+                self.complete(user_data, result, flags);
+            }
+            if let Some(since) = self.stopping {
+                if self.conns.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
+                    tracing::info!(shard = self.index, left = self.conns.len(), "shard stopped");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
+        match token::kind(user_data) {
+            token::ACCEPT => self.on_accept(result, flags),
+            token::RECV => self.on_recv(user_data, result, flags),
+            token::SEND => self.on_send(user_data, result),
+            token::WAKE => {
+                self.shared.inboxes[self.index].eventfd().rearm();
+                self.drain_inbox();
+                self.arm_wake();
+            }
+            token::TICK => self.on_tick(),
+            token::HANDOFF_OUT => self.on_handoff_sent(user_data, result),
+            token::HANDOFF_IN => self.on_handoff_arrived(token::value(user_data), result),
+            token::CLOSE | token::CANCEL => {}
+            other => debug_assert!(false, "unknown completion kind {other}"),
+        }
+    }
+
+    /// Queues a submission, submitting first when the queue is full.
+    fn push_sqe(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built in this module points only at memory that outlives the
+            // operation: receive buffers belong to the buffer ring, send buffers stay in their
+            // `Conn` (or the conn stays in the slab) until the send completes, and `wake_buf`/
+            // `tick_ts` are boxed fields of the shard, which outlives its ring's operations.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                tracing::error!(shard = self.index, error = %e, "submit failed");
+            }
+        }
+    }
+
+    fn now_unix_s() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    fn now_unix_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn arm_accept(&mut self) {
+        if self.accept_armed || self.stopping.is_some() {
+            return;
+        }
+        let fd = types::Fd(self.listener.as_raw_fd());
+        let entry = opcode::AcceptMulti::new(fd).allocate_file_index(true).build().user_data(token::plain(token::ACCEPT, 0));
+        self.push_sqe(entry);
+        self.accept_armed = true;
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = types::Fd(self.shared.inboxes[self.index].eventfd().raw_fd());
+        let entry = opcode::Read::new(fd, self.wake_buf.as_mut_ptr(), 8).build().user_data(token::plain(token::WAKE, 0));
+        self.push_sqe(entry);
+    }
+
+    fn arm_tick(&mut self) {
+        let ts: *const types::Timespec = &*self.tick_ts;
+        self.push_sqe(opcode::Timeout::new(ts).build().user_data(token::plain(token::TICK, 0)));
+    }
+
+    fn arm_recv(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        debug_assert!(!conn.recv_armed);
+        conn.recv_armed = true;
+        let entry = opcode::RecvMulti::new(types::Fixed(conn.slot), RECV_BGID)
+            .build()
+            .user_data(token::conn(token::RECV, key, conn.gen));
+        self.push_sqe(entry);
+    }
+
+    fn on_accept(&mut self, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if result < 0 {
+            // -ENFILE: the fixed-file table is full; the tick re-arms accept.
+            tracing::warn!(shard = self.index, errno = -result, "accept failed");
+            return;
+        }
+        if self.stopping.is_some() {
+            self.push_sqe(opcode::Close::new(types::Fixed(result as u32)).build().user_data(token::plain(token::CLOSE, 0)));
+            return;
+        }
+        let key = self.insert_conn(result as u32, Session::new(self.now_s));
+        self.arm_recv(key);
+        if !self.accept_armed && result >= 0 {
+            self.arm_accept();
+        }
+    }
+
+    fn insert_conn(&mut self, slot: u32, session: Session) -> u32 {
+        self.next_gen = token::next_gen(self.next_gen);
+        let key = self.conns.insert(Conn {
+            slot,
+            gen: self.next_gen,
+            session,
+            device: None,
+            cursor: 0,
+            backlog: false,
+            sending: Vec::new(),
+            sent: 0,
+            send_inflight: false,
+            recv_armed: false,
+            closing: false,
+            handoff: None,
+        });
+        u32::try_from(key).expect("slab keys stay below the fixed-file table size")
+    }
+
+    /// The live connection behind a completion, if it is still the same connection.
+    fn conn_for(&self, user_data: u64) -> Option<u32> {
+        let key = token::key(user_data);
+        let conn = self.conns.get(key as usize)?;
+        (conn.gen == token::gen(user_data)).then_some(key)
+    }
+
+    fn on_recv(&mut self, user_data: u64, result: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let Some(key) = self.conn_for(user_data) else {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs.recycle(bid);
+            }
+            return;
+        };
+        if !more {
+            self.conns[key as usize].recv_armed = false;
+        }
+        if result > 0 {
+            let Some(bid) = cqueue::buffer_select(flags) else {
+                debug_assert!(false, "a recv with data carries its buffer");
+                return;
+            };
+            let conn = &mut self.conns[key as usize];
+            if !conn.closing {
+                let data = self.bufs.get(bid, result as usize);
+                conn.session.handle_bytes(self.now_s, data, self.limits, &mut self.events);
+            }
+            self.bufs.recycle(bid);
+            self.process_events(key);
+        } else if result == 0 || result != -libc::ENOBUFS {
+            // End of stream or a socket error.
+            self.close_conn(key, CloseReason::ClientDisconnect);
+        }
+        let Some(conn) = self.conns.get(key as usize) else { return };
+        if conn.recv_armed || conn.closing {
+            return;
+        }
+        if conn.handoff.is_some() {
+            self.finish_handoff(key);
+        } else if !conn.session.is_closed() {
+            self.arm_recv(key);
+        }
+    }
+
+    /// Handles the events the session produced and sends what it queued.
+    fn process_events(&mut self, key: u32) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            match event {
+                Event::Connect(connect) => self.on_connect(key, connect),
+                Event::Acked(push) => self.on_acked(key, push),
+                Event::Close(reason) => self.close_conn(key, reason),
+            }
+        }
+        self.events = events;
+        self.flush(key);
+    }
+
+    /// Starts sending what the session queued, unless a send is in flight.
+    fn flush(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.send_inflight || conn.handoff.is_some() {
+            return;
+        }
+        if conn.sending.is_empty() {
+            if !conn.session.has_output() {
+                if conn.closing {
+                    self.release_conn(key);
+                }
+                return;
+            }
+            conn.sending = conn.session.take_output();
+            conn.sent = 0;
+        }
+        self.submit_send(key);
+    }
+
+    fn submit_send(&mut self, key: u32) {
+        let conn = &mut self.conns[key as usize];
+        debug_assert!(conn.sent < conn.sending.len());
+        conn.send_inflight = true;
+        let rest = &conn.sending[conn.sent..];
+        let entry = opcode::Send::new(types::Fixed(conn.slot), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token::conn(token::SEND, key, conn.gen));
+        self.push_sqe(entry);
+    }
+
+    fn on_send(&mut self, user_data: u64, result: i32) {
+        let Some(key) = self.conn_for(user_data) else {
+            debug_assert!(false, "a connection stays in the slab while it sends");
+            return;
+        };
+        let conn = &mut self.conns[key as usize];
+        conn.send_inflight = false;
+        if result <= 0 {
+            conn.sending = Vec::new();
+            conn.closing = true;
+            conn.session.abandon();
+            let _ = conn.session.take_output();
+            self.release_conn(key);
+            return;
+        }
+        conn.sent += result as usize;
+        if conn.sent < conn.sending.len() {
+            self.submit_send(key);
+            return;
+        }
+        conn.sending.clear();
+        conn.sent = 0;
+        if conn.session.has_output() {
+            std::mem::swap(&mut conn.sending, &mut conn.session.take_output());
+            self.submit_send(key);
+        } else {
+            conn.sending = Vec::new(); // idle connections hold no send buffer
+            if conn.closing {
+                self.release_conn(key);
+            }
+        }
+    }
+
+    /// Ends a connection: its farewell bytes go out first, then the descriptor closes.
+    fn close_conn(&mut self, key: u32, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.closing {
+            return;
+        }
+        tracing::debug!(shard = self.index, ?reason, "closing connection");
+        conn.closing = true;
+        conn.session.abandon();
+        if let Some(regid) = conn.device.take() {
+            if let Some(device) = self.devices.get_mut(&regid) {
+                if device.conn == Some(key) {
+                    device.conn = None;
+                }
+            }
+        }
+        self.flush(key);
+    }
+
+    /// Cancels the connection's receive, closes its slot and frees its slab entry.
+    fn release_conn(&mut self, key: u32) {
+        let conn = &self.conns[key as usize];
+        debug_assert!(!conn.send_inflight, "a sending connection keeps its buffer");
+        let slot = conn.slot;
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(token::plain(token::CANCEL, 0));
+        let close = opcode::Close::new(types::Fixed(slot)).build().user_data(token::plain(token::CLOSE, 0));
+        self.push_sqe(cancel);
+        self.push_sqe(close);
+        let conn = self.conns.remove(key as usize);
+        if let Some(regid) = conn.device {
+            if let Some(device) = self.devices.get_mut(&regid) {
+                if device.conn == Some(key) {
+                    device.conn = None;
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.now_s = self.started.elapsed().as_secs() as u32;
+        self.arm_tick();
+        self.arm_accept();
+        let now = self.now_s;
+        let expired: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.closing && c.handoff.is_none() && c.session.is_timed_out(now))
+            .map(|(k, _)| k as u32)
+            .collect();
+        for key in expired {
+            self.conns[key as usize].session.close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
+            self.close_conn(key, CloseReason::Timeout);
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(msg) = self.inbox_rx.try_recv() {
+            self.on_message(msg);
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(Instant::now());
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            self.conns[key as usize].session.close(crate::session::reason::SERVER_SHUTTING_DOWN);
+            self.close_conn(key, CloseReason::Server);
+        }
+    }
+}

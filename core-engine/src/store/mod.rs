@@ -1,0 +1,9 @@
+//! The embedded store: one redb database per partition (registrations, pending
+//! messages, message bodies and delivery counts), and the per-shard writer thread that
+//! groups commits so the shard's event loop never waits on fsync.
+
+mod partition;
+mod writer;
+
+pub use partition::{DeviceRecord, PartitionStore, PendingMessage, StoreError, WriteOp};
+pub use writer::{Durability, StoreJob, StoreWriter};

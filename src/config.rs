@@ -1,0 +1,127 @@
+//! The node's configuration: a TOML file (every key optional, see
+//! `configs/pushnode.toml`), CLI flags on top, validated once into an [`EngineConfig`].
+
+use anyhow::{bail, Context};
+use core_engine::store::Durability;
+use core_engine::EngineConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Every setting; defaults are the embedded single-node setup.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address devices connect to over MQTT.
+    pub mqtt_listen: SocketAddr,
+    /// Address app servers send to over HTTP.
+    pub http_listen: SocketAddr,
+    /// Folder for the databases and the admin token.
+    pub data_dir: PathBuf,
+    /// Shard threads; 0 means one per core.
+    pub shards: usize,
+    /// Partitions of a new data folder; fixed once the folder exists. At least `shards`.
+    pub partitions: u16,
+    /// Connections one shard can hold (its io_uring fixed-file table).
+    pub max_connections_per_shard: u32,
+    /// Receive buffers per shard, a power of two, shared by all its connections.
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer.
+    pub recv_buffer_bytes: u32,
+    /// Largest MQTT packet a device may send, in bytes.
+    pub max_packet_bytes: usize,
+    /// Largest HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// "fsync" (an answered push survives power loss) or "buffered" (fsync every second).
+    pub durability: Durability,
+    /// redb page cache per partition, in bytes.
+    pub store_cache_bytes: usize,
+    /// HTTP worker threads.
+    pub http_threads: usize,
+    /// Log filter, as for RUST_LOG (e.g. "info", "pushnode=debug").
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mqtt_listen: "127.0.0.1:1883".parse().expect("literal"),
+            http_listen: "127.0.0.1:8080".parse().expect("literal"),
+            data_dir: PathBuf::from("data"),
+            shards: 0,
+            partitions: 16,
+            max_connections_per_shard: 16_384,
+            recv_buffers: 1024,
+            recv_buffer_bytes: 4096,
+            max_packet_bytes: 64 * 1024,
+            max_body_bytes: 1024 * 1024,
+            durability: Durability::Fsync,
+            store_cache_bytes: 16 * 1024 * 1024,
+            http_threads: 1,
+            log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Checks the settings and derives the engine's.
+    pub fn engine(&self) -> anyhow::Result<EngineConfig> {
+        let shards = if self.shards == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.shards };
+        if !self.recv_buffers.is_power_of_two() {
+            bail!("recv_buffers must be a power of two, got {}", self.recv_buffers);
+        }
+        if self.recv_buffer_bytes < 256 {
+            bail!("recv_buffer_bytes must be at least 256, got {}", self.recv_buffer_bytes);
+        }
+        if self.max_connections_per_shard == 0 {
+            bail!("max_connections_per_shard must be at least 1");
+        }
+        if self.max_packet_bytes < 1024 {
+            bail!("max_packet_bytes must be at least 1024, got {}", self.max_packet_bytes);
+        }
+        if self.http_threads == 0 {
+            bail!("http_threads must be at least 1");
+        }
+        Ok(EngineConfig {
+            mqtt_listen: self.mqtt_listen,
+            data_dir: self.data_dir.clone(),
+            shards,
+            partitions: self.partitions.max(shards as u16),
+            max_connections_per_shard: self.max_connections_per_shard,
+            recv_buffers: self.recv_buffers,
+            recv_buffer_bytes: self.recv_buffer_bytes,
+            max_packet_bytes: self.max_packet_bytes,
+            durability: self.durability,
+            store_cache_bytes: self.store_cache_bytes,
+            submission_queue_entries: 4096,
+            completion_queue_entries: 16384,
+            listen_backlog: 4096,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/pushnode.toml")).unwrap();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"), "configs/pushnode.toml documents the defaults");
+        assert!(parsed.engine().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("shardz = 3").is_err());
+    }
+}
