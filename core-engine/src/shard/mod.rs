@@ -32,6 +32,11 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long shutdown waits for farewell bytes to leave.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+// The idle-connection budget (DESIGN.md: <= 512 bytes of user space per idle connection),
+// checked by the compiler: a connection's slab entry plus its device's index entry.
+const _: () = assert!(std::mem::size_of::<Conn>() <= 200);
+const _: () = assert!(std::mem::size_of::<(RegId, Device)>() <= 72);
+
 /// A device homed on this shard.
 #[derive(Debug)]
 struct Device {
@@ -167,7 +172,7 @@ impl Shard {
             if let Err(e) = self.ring.submit_and_wait(1) {
                 if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                     tracing::error!(shard = self.index, error = %e, "io_uring_enter failed");
-                    return;
+                    break;
                 }
             }
             completions.clear();
@@ -178,10 +183,13 @@ impl Shard {
             if let Some(since) = self.stopping {
                 if self.conns.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
                     tracing::info!(shard = self.index, left = self.conns.len(), "shard stopped");
-                    return;
+                    break;
                 }
             }
         }
+        // Let the writer finish what it has: the last buffered commits reach the disk.
+        let _ = self.ring.submit();
+        self.writer.stop();
     }
 
     fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
@@ -326,8 +334,10 @@ impl Shard {
             }
             self.bufs.recycle(bid);
             self.process_events(key);
-        } else if result == 0 || result != -libc::ENOBUFS {
-            // End of stream or a socket error.
+        } else if result == -libc::ECANCELED && self.conns[key as usize].handoff.is_some() {
+            // Our own cancel before the connection moves to its home shard.
+        } else if result != -libc::ENOBUFS {
+            // End of stream (0) or a socket error; ENOBUFS only means re-arm.
             self.close_conn(key, CloseReason::ClientDisconnect);
         }
         let Some(conn) = self.conns.get(key as usize) else { return };

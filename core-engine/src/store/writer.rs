@@ -33,25 +33,35 @@ const MAX_JOBS_PER_COMMIT: usize = 4096;
 const BUFFERED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Handle to a shard's writer thread.
-#[derive(Clone)]
 pub struct StoreWriter {
-    jobs: Sender<StoreJob>,
+    jobs: Option<Sender<StoreJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StoreWriter {
     /// Starts the writer thread for `partitions`.
     pub fn start(name: String, partitions: Vec<Arc<PartitionStore>>, durability: Durability) -> std::io::Result<Self> {
         let (jobs, rx) = crossbeam_channel::unbounded();
-        std::thread::Builder::new().name(name).spawn(move || run(rx, partitions, durability))?;
-        Ok(StoreWriter { jobs })
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(rx, partitions, durability))?;
+        Ok(StoreWriter { jobs: Some(jobs), thread: Some(thread) })
+    }
+
+    /// Lets the writer commit what is queued, then waits for it to exit.
+    pub fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 
     /// Queues a job; it completes with an error if the writer is gone.
     pub fn submit(&self, job: StoreJob) {
-        if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(job) {
-            if let Some(done) = job.done {
-                done(Err(StoreError("store writer stopped".into())));
-            }
+        let rejected = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        if let Some(done) = rejected.and_then(|job| job.done) {
+            done(Err(StoreError("store writer stopped".into())));
         }
     }
 }
@@ -93,9 +103,11 @@ fn run(rx: Receiver<StoreJob>, partitions: Vec<Arc<PartitionStore>>, durability:
                 grouped.entry(partition_of(op)).or_default().push(op);
             }
         }
+        // Acknowledgements need no fsync of their own: losing one only means a resend.
+        let only_acks = batch.iter().flat_map(|j| &j.ops).all(|op| matches!(op, WriteOp::Acked { .. }));
         let redb_durability = match durability {
-            Durability::Fsync => redb::Durability::Immediate,
-            Durability::Buffered => redb::Durability::None,
+            Durability::Fsync if !only_acks => redb::Durability::Immediate,
+            _ => redb::Durability::None,
         };
         let mut failed: BTreeMap<u16, StoreError> = BTreeMap::new();
         for (partition, ops) in grouped {
@@ -108,7 +120,7 @@ fn run(rx: Receiver<StoreJob>, partitions: Vec<Arc<PartitionStore>>, durability:
                 failed.insert(partition, e);
             }
         }
-        if durability == Durability::Buffered {
+        if matches!(redb_durability, redb::Durability::None) {
             unsynced = true;
             if last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL {
                 sync_all(&by_number);
