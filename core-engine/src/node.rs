@@ -41,9 +41,15 @@ pub struct EngineConfig {
 #[non_exhaustive]
 pub enum EngineError {
     #[error("{what}: {source}")]
-    Ring { what: &'static str, source: std::io::Error },
+    Ring {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     BufRing(#[from] BufRingError),
     #[error(transparent)]
@@ -108,16 +114,25 @@ impl Node {
     /// Opens the data folder, starts every shard and waits until all listen.
     pub fn start(config: EngineConfig) -> Result<Node, EngineError> {
         assert!(config.shards >= 1, "at least one shard");
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::Io { what: "creating the data folder", source })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::Io {
+            what: "creating the data folder",
+            source,
+        })?;
         let partitions = read_or_create_meta(&config)?;
         if config.shards > usize::from(partitions) {
-            return Err(EngineError::TooManyShards { shards: config.shards, partitions });
+            return Err(EngineError::TooManyShards {
+                shards: config.shards,
+                partitions,
+            });
         }
         let apps = Arc::new(AppRegistry::open(&config.data_dir)?);
         let mut inboxes = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.shards {
-            let (inbox, rx) = ShardInbox::new().map_err(|source| EngineError::Io { what: "creating an eventfd", source })?;
+            let (inbox, rx) = ShardInbox::new().map_err(|source| EngineError::Io {
+                what: "creating an eventfd",
+                source,
+            })?;
             inboxes.push(inbox);
             receivers.push(rx);
         }
@@ -139,9 +154,20 @@ impl Node {
         let go = Arc::new(std::sync::Barrier::new(config.shards + 1));
         let mut threads = Vec::new();
         for (index, (inbox_rx, stores)) in receivers.into_iter().zip(stores).enumerate() {
-            let listener = crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog)
-                .map_err(|source| EngineError::Io { what: "listening for MQTT", source })?;
-            let setup = ShardSetup { index, shared: shared.clone(), listener, inbox_rx, stores };
+            let listener =
+                crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog).map_err(
+                    |source| EngineError::Io {
+                        what: "listening for MQTT",
+                        source,
+                    },
+                )?;
+            let setup = ShardSetup {
+                index,
+                shared: shared.clone(),
+                listener,
+                inbox_rx,
+                stores,
+            };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let go = go.clone();
@@ -163,7 +189,10 @@ impl Node {
                         }
                     }
                 })
-                .map_err(|source| EngineError::Io { what: "spawning a shard thread", source })?;
+                .map_err(|source| EngineError::Io {
+                    what: "spawning a shard thread",
+                    source,
+                })?;
             threads.push(thread);
         }
         let mut fds = vec![-1; config.shards];
@@ -171,8 +200,15 @@ impl Node {
         for _ in 0..config.shards {
             match ready_rx.recv() {
                 Ok((index, Ok(fd))) => fds[index] = fd,
-                Ok((index, Err(reason))) => failure = Some(EngineError::ShardStart { index, reason }),
-                Err(_) => failure = Some(EngineError::ShardStart { index: 0, reason: "thread died".into() }),
+                Ok((index, Err(reason))) => {
+                    failure = Some(EngineError::ShardStart { index, reason })
+                }
+                Err(_) => {
+                    failure = Some(EngineError::ShardStart {
+                        index: 0,
+                        reason: "thread died".into(),
+                    })
+                }
             }
         }
         let _ = shared.ring_fds.set(fds);
@@ -183,12 +219,19 @@ impl Node {
             }
             return Err(e);
         }
-        Ok(Node { shared, threads, message_ids: Arc::new(MessageIdSource::default()) })
+        Ok(Node {
+            shared,
+            threads,
+            message_ids: Arc::new(MessageIdSource::default()),
+        })
     }
 
     /// A handle for the HTTP frontend.
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle { shared: self.shared.clone(), message_ids: self.message_ids.clone() }
+        NodeHandle {
+            shared: self.shared.clone(),
+            message_ids: self.message_ids.clone(),
+        }
     }
 
     /// Closes connections (MQTT 5: reason 0x8B), flushes the store and joins the shards.
@@ -230,7 +273,9 @@ pub struct NodeHandle {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl NodeHandle {
@@ -239,7 +284,12 @@ impl NodeHandle {
     }
 
     /// Stores a push for `regids` and answers once it is durable.
-    pub async fn push(&self, app_id: AppId, request: PushRequest, regids: &[String]) -> Result<PushOutcome, ApiError> {
+    pub async fn push(
+        &self,
+        app_id: AppId,
+        request: PushRequest,
+        regids: &[String],
+    ) -> Result<PushOutcome, ApiError> {
         let now_ms = now_unix_ms();
         let id = self.message_ids.next(now_ms);
         let envelope = Arc::new(request.into_envelope(id, app_id, now_ms / 1000)?);
@@ -262,7 +312,11 @@ impl NodeHandle {
                 continue;
             }
             let (reply, rx) = oneshot::channel();
-            if !self.shared.inboxes[shard].send(ShardMsg::Push { envelope: envelope.clone(), regids, reply }) {
+            if !self.shared.inboxes[shard].send(ShardMsg::Push {
+                envelope: envelope.clone(),
+                regids,
+                reply,
+            }) {
                 return Err(ApiError::Unavailable);
             }
             replies.push(rx);
@@ -273,7 +327,11 @@ impl NodeHandle {
             targets += part.targets;
             invalid.extend(part.invalid.iter().map(|r| r.to_string()));
         }
-        Ok(PushOutcome { id: crate::ids::message_id_text(envelope.id), targets, invalid })
+        Ok(PushOutcome {
+            id: crate::ids::message_id_text(envelope.id),
+            targets,
+            invalid,
+        })
     }
 
     /// Registers a device of `app_id`; answers its RegID and token.
@@ -287,7 +345,11 @@ impl NodeHandle {
     }
 
     /// (targets, delivered) of one of the app's messages, summed over the shards.
-    pub async fn message_status(&self, app_id: AppId, id: MessageId) -> Result<Option<(u64, u64)>, ApiError> {
+    pub async fn message_status(
+        &self,
+        app_id: AppId,
+        id: MessageId,
+    ) -> Result<Option<(u64, u64)>, ApiError> {
         let mut replies = Vec::new();
         for inbox in &self.shared.inboxes {
             let (reply, rx) = oneshot::channel();

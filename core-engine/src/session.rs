@@ -3,7 +3,10 @@
 //! QoS 1 pushes in flight. The shard owns the socket and decides what a CONNECT means.
 
 use crate::ids::MessageId;
-use crate::proto::{self, Ack, Connack, Connect, DecodeError, Disconnect, Packet, Properties, QoS, Suback, Unsuback, Version};
+use crate::proto::{
+    self, Ack, Connack, Connect, DecodeError, Disconnect, Packet, Properties, QoS, Suback,
+    Unsuback, Version,
+};
 use std::collections::VecDeque;
 
 /// The topic pushes arrive on.
@@ -168,13 +171,23 @@ impl Session {
         assert_eq!(self.phase, Phase::AwaitConnect, "one CONNECT per session");
         self.version = connect.version;
         self.keep_alive_s = connect.keep_alive;
-        self.receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
+        self.receive_max = connect
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .max(1);
         self.phase = Phase::Authenticating;
         self.partial = unprocessed;
     }
 
     /// Feeds bytes read from the socket.
-    pub fn handle_bytes(&mut self, now_s: u32, data: &[u8], limits: SessionLimits, events: &mut Vec<Event>) {
+    pub fn handle_bytes(
+        &mut self,
+        now_s: u32,
+        data: &[u8],
+        limits: SessionLimits,
+        events: &mut Vec<Event>,
+    ) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -241,14 +254,20 @@ impl Session {
                 }
                 _ => {
                     self.phase = Phase::Closed;
-                    events.push(Event::Close(CloseReason::OutOfProfile(reason::PROTOCOL_ERROR)));
+                    events.push(Event::Close(CloseReason::OutOfProfile(
+                        reason::PROTOCOL_ERROR,
+                    )));
                 }
             }
             return;
         }
         match packet {
             Packet::Puback(ack) => {
-                if let Some(pos) = self.inflight.iter().position(|&(pid, _)| pid == ack.packet_id) {
+                if let Some(pos) = self
+                    .inflight
+                    .iter()
+                    .position(|&(pid, _)| pid == ack.packet_id)
+                {
                     if let Some((_, push)) = self.inflight.remove(pos) {
                         events.push(Event::Acked(push));
                     }
@@ -259,8 +278,16 @@ impl Session {
             }
             Packet::Pingreq => self.write(&Packet::Pingresp),
             Packet::Subscribe(sub) => {
-                let codes = sub.filters.iter().map(|f| self.subscribe_code(&f.filter, f.qos)).collect();
-                self.write(&Packet::Suback(Suback { packet_id: sub.packet_id, codes, properties: Properties::default() }));
+                let codes = sub
+                    .filters
+                    .iter()
+                    .map(|f| self.subscribe_code(&f.filter, f.qos))
+                    .collect();
+                self.write(&Packet::Suback(Suback {
+                    packet_id: sub.packet_id,
+                    codes,
+                    properties: Properties::default(),
+                }));
             }
             Packet::Unsubscribe(unsub) => {
                 let codes = match self.version {
@@ -268,10 +295,20 @@ impl Session {
                     Version::V5 => unsub
                         .filters
                         .iter()
-                        .map(|f| if f == INBOX_TOPIC { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED })
+                        .map(|f| {
+                            if f == INBOX_TOPIC {
+                                reason::SUCCESS
+                            } else {
+                                reason::NO_SUBSCRIPTION_EXISTED
+                            }
+                        })
                         .collect(),
                 };
-                self.write(&Packet::Unsuback(Unsuback { packet_id: unsub.packet_id, codes, properties: Properties::default() }));
+                self.write(&Packet::Unsuback(Unsuback {
+                    packet_id: unsub.packet_id,
+                    codes,
+                    properties: Properties::default(),
+                }));
             }
             Packet::Publish(publish) => {
                 let code = if publish.qos == QoS::ExactlyOnce {
@@ -283,7 +320,11 @@ impl Session {
                 };
                 match (self.version, publish.packet_id) {
                     (Version::V5, Some(packet_id)) if code == reason::NOT_AUTHORIZED => {
-                        let ack = Ack { packet_id, code, properties: Properties::default() };
+                        let ack = Ack {
+                            packet_id,
+                            code,
+                            properties: Properties::default(),
+                        };
                         self.write(&Packet::Puback(ack));
                     }
                     _ => self.close_out_of_profile(code, events),
@@ -316,16 +357,40 @@ impl Session {
 
     /// Queues an MQTT 5 DISCONNECT with `code` (MQTT 3.1.1 has none: the socket just closes).
     pub fn disconnect(&mut self, code: u8) {
-        if self.version == Version::V5 && matches!(self.phase, Phase::Connected | Phase::Authenticating) {
-            self.write(&Packet::Disconnect(Disconnect { code, properties: Properties::default() }));
+        if self.version == Version::V5
+            && matches!(self.phase, Phase::Connected | Phase::Authenticating)
+        {
+            self.write(&Packet::Disconnect(Disconnect {
+                code,
+                properties: Properties::default(),
+            }));
         }
     }
 
     /// Accepts the CONNECT: queues CONNACK and processes any bytes that followed it.
-    pub fn accept(&mut self, now_s: u32, session_present: bool, properties: Properties, limits: SessionLimits, events: &mut Vec<Event>) {
-        assert_eq!(self.phase, Phase::Authenticating, "accept() answers a Connect event");
-        let properties = if self.version == Version::V5 { properties } else { Properties::default() };
-        self.write(&Packet::Connack(Connack { session_present, code: 0, properties }));
+    pub fn accept(
+        &mut self,
+        now_s: u32,
+        session_present: bool,
+        properties: Properties,
+        limits: SessionLimits,
+        events: &mut Vec<Event>,
+    ) {
+        assert_eq!(
+            self.phase,
+            Phase::Authenticating,
+            "accept() answers a Connect event"
+        );
+        let properties = if self.version == Version::V5 {
+            properties
+        } else {
+            Properties::default()
+        };
+        self.write(&Packet::Connack(Connack {
+            session_present,
+            code: 0,
+            properties,
+        }));
         self.phase = Phase::Connected;
         let buffered = std::mem::take(&mut self.partial);
         if !buffered.is_empty() {
@@ -335,9 +400,21 @@ impl Session {
 
     /// Refuses the CONNECT with a version-appropriate code; the session is closed.
     pub fn refuse(&mut self, code_v5: u8, code_v311: u8) {
-        assert_eq!(self.phase, Phase::Authenticating, "refuse() answers a Connect event");
-        let code = if self.version == Version::V5 { code_v5 } else { code_v311 };
-        self.write(&Packet::Connack(Connack { session_present: false, code, properties: Properties::default() }));
+        assert_eq!(
+            self.phase,
+            Phase::Authenticating,
+            "refuse() answers a Connect event"
+        );
+        let code = if self.version == Version::V5 {
+            code_v5
+        } else {
+            code_v311
+        };
+        self.write(&Packet::Connack(Connack {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        }));
         self.phase = Phase::Closed;
         self.partial = Vec::new();
     }
@@ -347,8 +424,20 @@ impl Session {
         assert!(self.can_push(), "push() without room in flight");
         let packet_id = self.next_packet_id;
         self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-        let expiry = if self.version == Version::V5 { expiry_s } else { None };
-        proto::encode_publish_qos1(self.version, dup, INBOX_TOPIC, packet_id, expiry, json, &mut self.out);
+        let expiry = if self.version == Version::V5 {
+            expiry_s
+        } else {
+            None
+        };
+        proto::encode_publish_qos1(
+            self.version,
+            dup,
+            INBOX_TOPIC,
+            packet_id,
+            expiry,
+            json,
+            &mut self.out,
+        );
         self.inflight.push_back((packet_id, push));
     }
 
@@ -358,7 +447,9 @@ impl Session {
         let silent = now_s.saturating_sub(self.last_rx_s);
         match self.phase {
             Phase::AwaitConnect | Phase::Authenticating => silent > CONNECT_TIMEOUT_S,
-            Phase::Connected => self.keep_alive_s > 0 && silent > u32::from(self.keep_alive_s) * 3 / 2,
+            Phase::Connected => {
+                self.keep_alive_s > 0 && silent > u32::from(self.keep_alive_s) * 3 / 2
+            }
             Phase::Closed => false,
         }
     }

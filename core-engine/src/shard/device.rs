@@ -44,8 +44,13 @@ impl Shard {
 
     fn connect_device(&mut self, key: u32, regid: RegId, connect: &Connect, app_id: Option<AppId>) {
         let token_ok = |device: &Device| {
-            let token = connect.password.as_deref().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("");
-            Some(device.record.app_id) == app_id && hash_eq(&device.record.token_hash, &secret_hash(token))
+            let token = connect
+                .password
+                .as_deref()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .unwrap_or("");
+            Some(device.record.app_id) == app_id
+                && hash_eq(&device.record.token_hash, &secret_hash(token))
         };
         let Some(device) = self.devices.get(&regid) else {
             return self.refuse(key, reason::BAD_CREDENTIALS, reason::V311_BAD_CREDENTIALS);
@@ -54,7 +59,9 @@ impl Shard {
             return self.refuse(key, reason::BAD_CREDENTIALS, reason::V311_BAD_CREDENTIALS);
         }
         if let Some(old) = device.conn.filter(|&old| old != key) {
-            self.conns[old as usize].session.close(reason::SESSION_TAKEN_OVER);
+            self.conns[old as usize]
+                .session
+                .close(reason::SESSION_TAKEN_OVER);
             self.close_conn(old, CloseReason::Server);
             self.flush(old);
         }
@@ -63,13 +70,21 @@ impl Shard {
 
     /// Binds a connection to its device, answers CONNACK and starts delivery.
     fn attach(&mut self, key: u32, regid: RegId, session_present: bool, properties: Properties) {
-        let Some(device) = self.devices.get_mut(&regid) else { return };
+        let Some(device) = self.devices.get_mut(&regid) else {
+            return;
+        };
         device.conn = Some(key);
         let conn = &mut self.conns[key as usize];
         conn.device = Some(regid);
         conn.cursor = 0;
         conn.backlog = true;
-        conn.session.accept(self.now_s, session_present, properties, self.limits, &mut self.events);
+        conn.session.accept(
+            self.now_s,
+            session_present,
+            properties,
+            self.limits,
+            &mut self.events,
+        );
         self.pump(key);
         self.process_events(key);
     }
@@ -78,7 +93,11 @@ impl Shard {
         if connect.version == Version::V311 {
             return self.refuse(key, reason::CLIENT_ID_INVALID, reason::V311_ID_REJECTED);
         }
-        let key_ok = app_id.is_some_and(|app| self.shared.apps.check_device_key(app, connect.password.as_deref().unwrap_or(&[])));
+        let key_ok = app_id.is_some_and(|app| {
+            self.shared
+                .apps
+                .check_device_key(app, connect.password.as_deref().unwrap_or(&[]))
+        });
         let (Some(app_id), true) = (app_id, key_ok) else {
             return self.refuse(key, reason::NOT_AUTHORIZED, reason::V311_NOT_AUTHORIZED);
         };
@@ -88,18 +107,34 @@ impl Shard {
         self.writer.submit(StoreJob {
             ops: vec![WriteOp::RegisterDevice { regid, record }],
             done: Some(Box::new(move |result| {
-                inbox.send(ShardMsg::Stored { result, then: AfterStore::Registered { conn: key, gen, regid, token, record } });
+                inbox.send(ShardMsg::Stored {
+                    result,
+                    then: AfterStore::Registered {
+                        conn: key,
+                        gen,
+                        regid,
+                        token,
+                        record,
+                    },
+                });
             })),
         });
     }
 
     fn new_device(&mut self, app_id: AppId) -> (RegId, String, DeviceRecord) {
-        assert!(!self.owned_partitions.is_empty(), "every shard owns a partition (partitions >= shards)");
+        assert!(
+            !self.owned_partitions.is_empty(),
+            "every shard owns a partition (partitions >= shards)"
+        );
         let partition = self.owned_partitions[self.next_partition % self.owned_partitions.len()];
         self.next_partition = self.next_partition.wrapping_add(1);
         let regid = RegId::generate(partition);
         let token = random_secret::<16>();
-        let record = DeviceRecord { app_id, token_hash: secret_hash(&token), created_at: Self::now_unix_s() };
+        let record = DeviceRecord {
+            app_id,
+            token_hash: secret_hash(&token),
+            created_at: Self::now_unix_s(),
+        };
         (regid, token, record)
     }
 
@@ -107,9 +142,13 @@ impl Shard {
         let conn = &mut self.conns[key as usize];
         conn.handoff = Some(Box::new((*connect, home)));
         if conn.recv_armed {
-            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(token::conn(token::RECV, key, conn.gen)))
-                .build()
-                .user_data(token::plain(token::CANCEL, 0));
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(token::conn(
+                token::RECV,
+                key,
+                conn.gen,
+            )))
+            .build()
+            .user_data(token::plain(token::CANCEL, 0));
             self.push_sqe(cancel);
         } else {
             self.finish_handoff(key);
@@ -119,14 +158,20 @@ impl Shard {
     /// The receive is stopped: send the descriptor and the bytes read so far to the home shard.
     pub(super) fn finish_handoff(&mut self, key: u32) {
         let conn = &mut self.conns[key as usize];
-        let Some(handoff) = conn.handoff.take() else { return };
+        let Some(handoff) = conn.handoff.take() else {
+            return;
+        };
         let (connect, home) = *handoff;
         let unprocessed = conn.session.take_unprocessed();
         let handoff_id = self.shared.next_handoff_id();
         let Some(&ring_fd) = self.shared.ring_fds.get().and_then(|fds| fds.get(home)) else {
             return self.close_conn(key, CloseReason::Server);
         };
-        if !self.shared.inboxes[home].send_quiet(ShardMsg::Handoff { handoff_id, connect: Box::new(connect), unprocessed }) {
+        if !self.shared.inboxes[home].send_quiet(ShardMsg::Handoff {
+            handoff_id,
+            connect: Box::new(connect),
+            unprocessed,
+        }) {
             return self.close_conn(key, CloseReason::Server);
         }
         // The connection stays here, marked closing, until the MSG_RING completes.
@@ -143,9 +188,15 @@ impl Shard {
     }
 
     pub(super) fn on_handoff_sent(&mut self, user_data: u64, result: i32) {
-        let Some(key) = self.conn_for(user_data) else { return };
+        let Some(key) = self.conn_for(user_data) else {
+            return;
+        };
         if result < 0 {
-            tracing::warn!(shard = self.index, errno = -result, "handing a connection over failed");
+            tracing::warn!(
+                shard = self.index,
+                errno = -result,
+                "handing a connection over failed"
+            );
         }
         // Either way this shard is done with it; on success the home shard owns a copy.
         self.release_conn(key);
@@ -154,14 +205,26 @@ impl Shard {
     pub(super) fn on_handoff_arrived(&mut self, handoff_id: u64, result: i32) {
         self.drain_inbox();
         let Some((connect, unprocessed)) = self.handoffs.remove(&handoff_id) else {
-            tracing::error!(shard = self.index, handoff_id, "a handed-over connection arrived without its record");
+            tracing::error!(
+                shard = self.index,
+                handoff_id,
+                "a handed-over connection arrived without its record"
+            );
             if result >= 0 {
-                self.push_sqe(opcode::Close::new(types::Fixed(result as u32)).build().user_data(token::plain(token::CLOSE, 0)));
+                self.push_sqe(
+                    opcode::Close::new(types::Fixed(result as u32))
+                        .build()
+                        .user_data(token::plain(token::CLOSE, 0)),
+                );
             }
             return;
         };
         if result < 0 {
-            tracing::warn!(shard = self.index, errno = -result, "receiving a handed-over connection failed");
+            tracing::warn!(
+                shard = self.index,
+                errno = -result,
+                "receiving a handed-over connection failed"
+            );
             return;
         }
         let mut session = Session::new(self.now_s);
@@ -170,7 +233,9 @@ impl Shard {
         self.arm_recv(key);
         let app_id = connect.username.as_deref().and_then(|u| u.parse().ok());
         match RegId::parse(&connect.client_id) {
-            Some(regid) if self.shared.home_shard(regid) == self.index => self.connect_device(key, regid, &connect, app_id),
+            Some(regid) if self.shared.home_shard(regid) == self.index => {
+                self.connect_device(key, regid, &connect, app_id)
+            }
             _ => self.refuse(key, reason::BAD_CREDENTIALS, reason::V311_BAD_CREDENTIALS),
         }
         self.flush(key);
@@ -180,7 +245,14 @@ impl Shard {
         let conn = &self.conns[key as usize];
         let Some(regid) = conn.device else { return };
         let backlog = conn.backlog;
-        self.writer.submit(StoreJob { ops: vec![WriteOp::Acked { regid, seq: push.seq, id: push.id }], done: None });
+        self.writer.submit(StoreJob {
+            ops: vec![WriteOp::Acked {
+                regid,
+                seq: push.seq,
+                id: push.id,
+            }],
+            done: None,
+        });
         if backlog {
             self.pump(key);
         }
@@ -195,7 +267,9 @@ impl Shard {
             if !conn.backlog || !conn.session.can_push() {
                 return;
             }
-            let Some(store) = self.stores.get(&regid.partition()) else { return };
+            let Some(store) = self.stores.get(&regid.partition()) else {
+                return;
+            };
             let pending = match store.pending_for(&regid, conn.cursor, now, PENDING_BATCH) {
                 Ok(p) => p,
                 Err(e) => {
@@ -203,7 +277,10 @@ impl Shard {
                     return;
                 }
             };
-            let device = self.devices.get_mut(&regid).expect("an attached connection's device is indexed");
+            let device = self
+                .devices
+                .get_mut(&regid)
+                .expect("an attached connection's device is indexed");
             let conn = &mut self.conns[key as usize];
             let full = pending.len() == PENDING_BATCH;
             for message in pending {
@@ -211,8 +288,17 @@ impl Shard {
                     return; // backlog stays set: the rest waits for acknowledgements
                 }
                 let dup = message.seq <= device.last_sent;
-                let expiry = u32::try_from(message.expires_at.saturating_sub(now)).unwrap_or(u32::MAX);
-                conn.session.push(PushRef { seq: message.seq, id: message.id }, dup, Some(expiry), &message.json);
+                let expiry =
+                    u32::try_from(message.expires_at.saturating_sub(now)).unwrap_or(u32::MAX);
+                conn.session.push(
+                    PushRef {
+                        seq: message.seq,
+                        id: message.id,
+                    },
+                    dup,
+                    Some(expiry),
+                    &message.json,
+                );
                 conn.cursor = message.seq;
                 device.last_sent = device.last_sent.max(message.seq);
             }
@@ -225,18 +311,36 @@ impl Shard {
 
     pub(super) fn on_message(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Push { envelope, regids, reply } => self.store_push(envelope, regids, reply),
+            ShardMsg::Push {
+                envelope,
+                regids,
+                reply,
+            } => self.store_push(envelope, regids, reply),
             ShardMsg::Register { app_id, reply } => {
                 let (regid, token, record) = self.new_device(app_id);
                 let inbox = self.shared.inboxes[self.index].clone();
                 self.writer.submit(StoreJob {
                     ops: vec![WriteOp::RegisterDevice { regid, record }],
                     done: Some(Box::new(move |result| {
-                        inbox.send(ShardMsg::Stored { result, then: AfterStore::RegisteredHttp { regid, token, reply } });
+                        inbox.send(ShardMsg::Stored {
+                            result,
+                            then: AfterStore::RegisteredHttp {
+                                regid,
+                                token,
+                                reply,
+                            },
+                        });
                     })),
                 });
                 // Indexed now: the record is in the job, and a failed commit answers an error.
-                self.devices.insert(regid, Device { record, conn: None, last_sent: 0 });
+                self.devices.insert(
+                    regid,
+                    Device {
+                        record,
+                        conn: None,
+                        last_sent: 0,
+                    },
+                );
             }
             ShardMsg::MessageStatus { app_id, id, reply } => {
                 let mut total: Option<(u64, u64)> = None;
@@ -256,7 +360,11 @@ impl Shard {
                 }
                 let _ = reply.send(Ok(total));
             }
-            ShardMsg::Handoff { handoff_id, connect, unprocessed } => {
+            ShardMsg::Handoff {
+                handoff_id,
+                connect,
+                unprocessed,
+            } => {
                 self.handoffs.insert(handoff_id, (connect, unprocessed));
             }
             ShardMsg::Stored { result, then } => self.on_stored(result, then),
@@ -270,38 +378,75 @@ impl Shard {
         regids: Vec<RegId>,
         reply: futures_channel::oneshot::Sender<Result<PushPart, crate::store::StoreError>>,
     ) {
-        let (valid, invalid): (Vec<RegId>, Vec<RegId>) = regids
-            .into_iter()
-            .partition(|r| self.devices.get(r).is_some_and(|d| d.record.app_id == envelope.app_id));
+        let (valid, invalid): (Vec<RegId>, Vec<RegId>) = regids.into_iter().partition(|r| {
+            self.devices
+                .get(r)
+                .is_some_and(|d| d.record.app_id == envelope.app_id)
+        });
         if valid.is_empty() {
-            let _ = reply.send(Ok(PushPart { targets: 0, invalid }));
+            let _ = reply.send(Ok(PushPart {
+                targets: 0,
+                invalid,
+            }));
             return;
         }
         let seq = self.seq.next(Self::now_unix_ms());
         let mut by_partition: BTreeMap<u16, Vec<RegId>> = BTreeMap::new();
         for regid in &valid {
-            by_partition.entry(regid.partition()).or_default().push(*regid);
+            by_partition
+                .entry(regid.partition())
+                .or_default()
+                .push(*regid);
         }
         let ops = by_partition
             .into_values()
-            .map(|regids| WriteOp::StorePush { envelope: envelope.clone(), seq, regids })
+            .map(|regids| WriteOp::StorePush {
+                envelope: envelope.clone(),
+                seq,
+                regids,
+            })
             .collect();
         let inbox = self.shared.inboxes[self.index].clone();
         self.writer.submit(StoreJob {
             ops,
             done: Some(Box::new(move |result| {
-                inbox.send(ShardMsg::Stored { result, then: AfterStore::Pushed { envelope, seq, regids: valid, invalid, reply } });
+                inbox.send(ShardMsg::Stored {
+                    result,
+                    then: AfterStore::Pushed {
+                        envelope,
+                        seq,
+                        regids: valid,
+                        invalid,
+                        reply,
+                    },
+                });
             })),
         });
     }
 
     fn on_stored(&mut self, result: Result<(), crate::store::StoreError>, then: AfterStore) {
         match then {
-            AfterStore::Registered { conn: key, gen, regid, token, record } => {
+            AfterStore::Registered {
+                conn: key,
+                gen,
+                regid,
+                token,
+                record,
+            } => {
                 if result.is_ok() {
-                    self.devices.insert(regid, Device { record, conn: None, last_sent: 0 });
+                    self.devices.insert(
+                        regid,
+                        Device {
+                            record,
+                            conn: None,
+                            last_sent: 0,
+                        },
+                    );
                 }
-                let alive = self.conns.get(key as usize).is_some_and(|c| c.gen == gen && !c.closing);
+                let alive = self
+                    .conns
+                    .get(key as usize)
+                    .is_some_and(|c| c.gen == gen && !c.closing);
                 match (result, alive) {
                     (Ok(()), true) => {
                         let properties = Properties {
@@ -313,19 +458,33 @@ impl Shard {
                     }
                     (Err(e), true) => {
                         tracing::error!(shard = self.index, error = %e, "registering a device failed");
-                        self.refuse(key, reason::SERVER_UNAVAILABLE, reason::V311_SERVER_UNAVAILABLE);
+                        self.refuse(
+                            key,
+                            reason::SERVER_UNAVAILABLE,
+                            reason::V311_SERVER_UNAVAILABLE,
+                        );
                         self.flush(key);
                     }
                     _ => {}
                 }
             }
-            AfterStore::RegisteredHttp { regid, token, reply } => {
+            AfterStore::RegisteredHttp {
+                regid,
+                token,
+                reply,
+            } => {
                 if result.is_err() {
                     self.devices.remove(&regid);
                 }
                 let _ = reply.send(result.map(|()| (regid, token)));
             }
-            AfterStore::Pushed { envelope, seq, regids, invalid, reply } => {
+            AfterStore::Pushed {
+                envelope,
+                seq,
+                regids,
+                invalid,
+                reply,
+            } => {
                 if let Err(e) = result {
                     let _ = reply.send(Err(e));
                     return;
@@ -342,7 +501,9 @@ impl Shard {
         let now = Self::now_unix_s();
         let expiry = u32::try_from(envelope.expires_at.saturating_sub(now)).unwrap_or(u32::MAX);
         for regid in regids {
-            let Some(device) = self.devices.get_mut(regid) else { continue };
+            let Some(device) = self.devices.get_mut(regid) else {
+                continue;
+            };
             let Some(key) = device.conn else { continue };
             let conn = &mut self.conns[key as usize];
             if conn.closing || !conn.session.is_connected() || seq <= conn.cursor {
@@ -352,7 +513,15 @@ impl Shard {
                 conn.backlog = true;
                 continue;
             }
-            conn.session.push(PushRef { seq, id: envelope.id }, seq <= device.last_sent, Some(expiry), &envelope.json);
+            conn.session.push(
+                PushRef {
+                    seq,
+                    id: envelope.id,
+                },
+                seq <= device.last_sent,
+                Some(expiry),
+                &envelope.json,
+            );
             conn.cursor = seq;
             device.last_sent = device.last_sent.max(seq);
             self.flush(key);

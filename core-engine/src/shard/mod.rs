@@ -114,22 +114,51 @@ impl Shard {
             .setup_coop_taskrun()
             .setup_cqsize(cfg.completion_queue_entries)
             .build(cfg.submission_queue_entries)
-            .map_err(|source| EngineError::Ring { what: "creating the io_uring instance", source })?;
+            .map_err(|source| EngineError::Ring {
+                what: "creating the io_uring instance",
+                source,
+            })?;
         ring.submitter()
             .register_files_sparse(cfg.max_connections_per_shard)
             .map_err(|source| EngineError::Ring { what: "registering the fixed-file table (lower max_connections_per_shard or raise `ulimit -n`)", source })?;
-        let bufs = BufRing::new(&ring.submitter(), cfg.recv_buffers, cfg.recv_buffer_bytes, RECV_BGID)?;
+        let bufs = BufRing::new(
+            &ring.submitter(),
+            cfg.recv_buffers,
+            cfg.recv_buffer_bytes,
+            RECV_BGID,
+        )?;
         let mut devices = HashMap::new();
         for store in &setup.stores {
             for (regid, record) in store.load_devices()? {
-                devices.insert(regid, Device { record, conn: None, last_sent: 0 });
+                devices.insert(
+                    regid,
+                    Device {
+                        record,
+                        conn: None,
+                        last_sent: 0,
+                    },
+                );
             }
         }
         let owned_partitions: Vec<u16> = setup.stores.iter().map(|s| s.partition).collect();
-        let writer = StoreWriter::start(format!("store-{}", setup.index), setup.stores.clone(), cfg.durability)
-            .map_err(|source| EngineError::Io { what: "starting the store writer", source })?;
-        tracing::info!(shard = setup.index, devices = devices.len(), partitions = owned_partitions.len(), "shard loaded");
-        let limits = SessionLimits { max_packet_bytes: cfg.max_packet_bytes };
+        let writer = StoreWriter::start(
+            format!("store-{}", setup.index),
+            setup.stores.clone(),
+            cfg.durability,
+        )
+        .map_err(|source| EngineError::Io {
+            what: "starting the store writer",
+            source,
+        })?;
+        tracing::info!(
+            shard = setup.index,
+            devices = devices.len(),
+            partitions = owned_partitions.len(),
+            "shard loaded"
+        );
+        let limits = SessionLimits {
+            max_packet_bytes: cfg.max_packet_bytes,
+        };
         Ok(Shard {
             ring,
             bufs,
@@ -176,7 +205,11 @@ impl Shard {
                 }
             }
             completions.clear();
-            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            completions.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
             for &(user_data, result, flags) in &completions {
                 self.complete(user_data, result, flags);
             }
@@ -227,11 +260,15 @@ impl Shard {
     }
 
     fn now_unix_s() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 
     fn now_unix_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 
     fn arm_accept(&mut self) {
@@ -239,24 +276,35 @@ impl Shard {
             return;
         }
         let fd = types::Fd(self.listener.as_raw_fd());
-        let entry = opcode::AcceptMulti::new(fd).allocate_file_index(true).build().user_data(token::plain(token::ACCEPT, 0));
+        let entry = opcode::AcceptMulti::new(fd)
+            .allocate_file_index(true)
+            .build()
+            .user_data(token::plain(token::ACCEPT, 0));
         self.push_sqe(entry);
         self.accept_armed = true;
     }
 
     fn arm_wake(&mut self) {
         let fd = types::Fd(self.shared.inboxes[self.index].eventfd().raw_fd());
-        let entry = opcode::Read::new(fd, self.wake_buf.as_mut_ptr(), 8).build().user_data(token::plain(token::WAKE, 0));
+        let entry = opcode::Read::new(fd, self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(token::plain(token::WAKE, 0));
         self.push_sqe(entry);
     }
 
     fn arm_tick(&mut self) {
         let ts: *const types::Timespec = &*self.tick_ts;
-        self.push_sqe(opcode::Timeout::new(ts).build().user_data(token::plain(token::TICK, 0)));
+        self.push_sqe(
+            opcode::Timeout::new(ts)
+                .build()
+                .user_data(token::plain(token::TICK, 0)),
+        );
     }
 
     fn arm_recv(&mut self, key: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         debug_assert!(!conn.recv_armed);
         conn.recv_armed = true;
         let entry = opcode::RecvMulti::new(types::Fixed(conn.slot), RECV_BGID)
@@ -275,7 +323,11 @@ impl Shard {
             return;
         }
         if self.stopping.is_some() {
-            self.push_sqe(opcode::Close::new(types::Fixed(result as u32)).build().user_data(token::plain(token::CLOSE, 0)));
+            self.push_sqe(
+                opcode::Close::new(types::Fixed(result as u32))
+                    .build()
+                    .user_data(token::plain(token::CLOSE, 0)),
+            );
             return;
         }
         let key = self.insert_conn(result as u32, Session::new(self.now_s));
@@ -330,7 +382,8 @@ impl Shard {
             let conn = &mut self.conns[key as usize];
             if !conn.closing {
                 let data = self.bufs.get(bid, result as usize);
-                conn.session.handle_bytes(self.now_s, data, self.limits, &mut self.events);
+                conn.session
+                    .handle_bytes(self.now_s, data, self.limits, &mut self.events);
             }
             self.bufs.recycle(bid);
             self.process_events(key);
@@ -340,7 +393,9 @@ impl Shard {
             // End of stream (0) or a socket error; ENOBUFS only means re-arm.
             self.close_conn(key, CloseReason::ClientDisconnect);
         }
-        let Some(conn) = self.conns.get(key as usize) else { return };
+        let Some(conn) = self.conns.get(key as usize) else {
+            return;
+        };
         if conn.recv_armed || conn.closing {
             return;
         }
@@ -367,7 +422,9 @@ impl Shard {
 
     /// Starts sending what the session queued, unless a send is in flight.
     fn flush(&mut self, key: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         if conn.send_inflight || conn.handoff.is_some() {
             return;
         }
@@ -419,7 +476,7 @@ impl Shard {
         conn.sending.clear();
         conn.sent = 0;
         if conn.session.has_output() {
-            std::mem::swap(&mut conn.sending, &mut conn.session.take_output());
+            conn.sending = conn.session.take_output();
             self.submit_send(key);
         } else {
             conn.sending = Vec::new(); // idle connections hold no send buffer
@@ -431,7 +488,9 @@ impl Shard {
 
     /// Ends a connection: its farewell bytes go out first, then the descriptor closes.
     fn close_conn(&mut self, key: u32, reason: CloseReason) {
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         if conn.closing {
             return;
         }
@@ -457,7 +516,9 @@ impl Shard {
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
             .user_data(token::plain(token::CANCEL, 0));
-        let close = opcode::Close::new(types::Fixed(slot)).build().user_data(token::plain(token::CLOSE, 0));
+        let close = opcode::Close::new(types::Fixed(slot))
+            .build()
+            .user_data(token::plain(token::CLOSE, 0));
         self.push_sqe(cancel);
         self.push_sqe(close);
         let conn = self.conns.remove(key as usize);
@@ -482,7 +543,9 @@ impl Shard {
             .map(|(k, _)| k as u32)
             .collect();
         for key in expired {
-            self.conns[key as usize].session.close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
+            self.conns[key as usize]
+                .session
+                .close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
             self.close_conn(key, CloseReason::Timeout);
         }
     }
@@ -500,7 +563,9 @@ impl Shard {
         self.stopping = Some(Instant::now());
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
         for key in keys {
-            self.conns[key as usize].session.close(crate::session::reason::SERVER_SHUTTING_DOWN);
+            self.conns[key as usize]
+                .session
+                .close(crate::session::reason::SERVER_SHUTTING_DOWN);
             self.close_conn(key, CloseReason::Server);
         }
     }

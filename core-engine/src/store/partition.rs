@@ -78,11 +78,22 @@ pub struct PendingMessage {
 /// One write, applied inside a grouped transaction.
 #[derive(Debug)]
 pub enum WriteOp {
-    RegisterDevice { regid: RegId, record: DeviceRecord },
+    RegisterDevice {
+        regid: RegId,
+        record: DeviceRecord,
+    },
     /// Queues `envelope` at `seq` for each of `regids` (all in this partition) until acknowledged.
-    StorePush { envelope: Arc<Envelope>, seq: u64, regids: Vec<RegId> },
+    StorePush {
+        envelope: Arc<Envelope>,
+        seq: u64,
+        regids: Vec<RegId>,
+    },
     /// The device acknowledged the message queued at `seq`.
-    Acked { regid: RegId, seq: u64, id: MessageId },
+    Acked {
+        regid: RegId,
+        seq: u64,
+        id: MessageId,
+    },
 }
 
 fn pending_key(regid: &RegId, seq: u64) -> [u8; 20] {
@@ -102,7 +113,9 @@ impl PartitionStore {
     /// Opens (or creates) `dir/partition-NNNN.redb` and its tables.
     pub fn open(dir: &Path, partition: u16, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = dir.join(format!("partition-{partition:04}.redb"));
-        let db = redb::Builder::new().set_cache_size(cache_bytes).create(&path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(DEVICES)?;
         txn.open_table(PENDING)?;
@@ -119,9 +132,14 @@ impl PartitionStore {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let (Ok(key), Some(record)) = (<[u8; 12]>::try_from(k.value()), DeviceRecord::from_bytes(v.value()))
-            else {
-                tracing::warn!(partition = self.partition, "skipping a malformed device row");
+            let (Ok(key), Some(record)) = (
+                <[u8; 12]>::try_from(k.value()),
+                DeviceRecord::from_bytes(v.value()),
+            ) else {
+                tracing::warn!(
+                    partition = self.partition,
+                    "skipping a malformed device row"
+                );
                 continue;
             };
             out.push((RegId(key), record));
@@ -145,9 +163,15 @@ impl PartitionStore {
         let mut out = Vec::new();
         for row in pending.range(&start[..]..=&end[..])? {
             let (k, v) = row?;
-            let seq = u64::from_be_bytes(k.value()[12..20].try_into().map_err(|_| StoreError("bad key".into()))?);
+            let seq = u64::from_be_bytes(
+                k.value()[12..20]
+                    .try_into()
+                    .map_err(|_| StoreError("bad key".into()))?,
+            );
             let id = v.value();
-            let Some(body) = bodies.get(id)? else { continue };
+            let Some(body) = bodies.get(id)? else {
+                continue;
+            };
             let raw = body.value();
             if raw.len() < 8 {
                 continue;
@@ -156,7 +180,12 @@ impl PartitionStore {
             if expires_at <= now_s {
                 continue;
             }
-            out.push(PendingMessage { seq, id, expires_at, json: raw[8..].into() });
+            out.push(PendingMessage {
+                seq,
+                id,
+                expires_at,
+                json: raw[8..].into(),
+            });
             if out.len() >= limit {
                 break;
             }
@@ -165,7 +194,11 @@ impl PartitionStore {
     }
 
     /// (targets, delivered) of a message in this partition, if it belongs to `app_id`.
-    pub fn message_stats(&self, app_id: AppId, id: MessageId) -> Result<Option<(u64, u64)>, StoreError> {
+    pub fn message_stats(
+        &self,
+        app_id: AppId,
+        id: MessageId,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
         let txn = self.db.begin_read()?;
         let stats = txn.open_table(MSG_STATS)?;
         Ok(stats.get(id)?.and_then(|v| {
@@ -189,7 +222,11 @@ impl PartitionStore {
                         debug_assert_eq!(regid.partition(), self.partition);
                         devices.insert(&regid.0[..], &record.to_bytes()[..])?;
                     }
-                    WriteOp::StorePush { envelope, seq, regids } => {
+                    WriteOp::StorePush {
+                        envelope,
+                        seq,
+                        regids,
+                    } => {
                         let mut body = Vec::with_capacity(8 + envelope.json.len());
                         body.extend_from_slice(&envelope.expires_at.to_le_bytes());
                         body.extend_from_slice(&envelope.json);
@@ -198,15 +235,21 @@ impl PartitionStore {
                             debug_assert_eq!(regid.partition(), self.partition);
                             pending.insert(&pending_key(regid, *seq)[..], envelope.id)?;
                         }
-                        let (owner, targets, delivered) =
-                            stats.get(envelope.id)?.map(|v| v.value()).unwrap_or((envelope.app_id, 0, 0));
-                        stats.insert(envelope.id, (owner, targets + regids.len() as u64, delivered))?;
+                        let (owner, targets, delivered) = stats
+                            .get(envelope.id)?
+                            .map(|v| v.value())
+                            .unwrap_or((envelope.app_id, 0, 0));
+                        stats.insert(
+                            envelope.id,
+                            (owner, targets + regids.len() as u64, delivered),
+                        )?;
                     }
                     WriteOp::Acked { regid, seq, id } => {
                         if pending.remove(&pending_key(regid, *seq)[..])?.is_none() {
                             continue; // a duplicate PUBACK: counted once
                         }
-                        let Some((owner, targets, delivered)) = stats.get(*id)?.map(|v| v.value()) else {
+                        let Some((owner, targets, delivered)) = stats.get(*id)?.map(|v| v.value())
+                        else {
                             continue;
                         };
                         let delivered = delivered + 1;
@@ -228,7 +271,12 @@ mod tests {
     use super::*;
 
     fn envelope(id: MessageId, expires_at: u64) -> Arc<Envelope> {
-        Arc::new(Envelope { id, app_id: 9, expires_at, json: format!("{{\"n\":{id}}}").into_bytes().into() })
+        Arc::new(Envelope {
+            id,
+            app_id: 9,
+            expires_at,
+            json: format!("{{\"n\":{id}}}").into_bytes().into(),
+        })
     }
 
     #[test]
@@ -239,22 +287,49 @@ mod tests {
         let b = RegId::generate(3);
         {
             let store = PartitionStore::open(&dir, 3, 1 << 20).unwrap();
-            let record = DeviceRecord { app_id: 9, token_hash: [1; 16], created_at: 5 };
+            let record = DeviceRecord {
+                app_id: 9,
+                token_hash: [1; 16],
+                created_at: 5,
+            };
             let reg = WriteOp::RegisterDevice { regid: a, record };
-            let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
-            let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
-            store.apply(&[&reg, &p1, &p2], redb::Durability::Immediate).unwrap();
+            let p1 = WriteOp::StorePush {
+                envelope: envelope(10, 100),
+                seq: 1,
+                regids: vec![a, b],
+            };
+            let p2 = WriteOp::StorePush {
+                envelope: envelope(11, 100),
+                seq: 2,
+                regids: vec![a],
+            };
+            store
+                .apply(&[&reg, &p1, &p2], redb::Durability::Immediate)
+                .unwrap();
         }
         let store = PartitionStore::open(&dir, 3, 1 << 20).unwrap();
         assert_eq!(store.load_devices().unwrap().len(), 1);
         let got = store.pending_for(&a, 0, 50, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), vec![10, 11]);
         assert_eq!(store.pending_for(&a, 1, 50, 10).unwrap().len(), 1);
-        assert!(store.pending_for(&a, 0, 100, 10).unwrap().is_empty(), "expired messages are not pending");
-        let ack = WriteOp::Acked { regid: a, seq: 1, id: 10 };
-        store.apply(&[&ack, &ack], redb::Durability::Immediate).unwrap();
+        assert!(
+            store.pending_for(&a, 0, 100, 10).unwrap().is_empty(),
+            "expired messages are not pending"
+        );
+        let ack = WriteOp::Acked {
+            regid: a,
+            seq: 1,
+            id: 10,
+        };
+        store
+            .apply(&[&ack, &ack], redb::Durability::Immediate)
+            .unwrap();
         assert_eq!(store.message_stats(9, 10).unwrap(), Some((2, 1)));
-        assert_eq!(store.message_stats(8, 10).unwrap(), None, "another app sees nothing");
+        assert_eq!(
+            store.message_stats(8, 10).unwrap(),
+            None,
+            "another app sees nothing"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
