@@ -66,25 +66,41 @@ impl Default for Config {
 impl Config {
     /// Reads `path`, or the defaults when there is none.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-        let Some(path) = path else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Checks the settings and derives the engine's.
     pub fn engine(&self) -> anyhow::Result<EngineConfig> {
-        let shards = if self.shards == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.shards };
+        let shards = if self.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.shards
+        };
         if !self.recv_buffers.is_power_of_two() {
-            bail!("recv_buffers must be a power of two, got {}", self.recv_buffers);
+            bail!(
+                "recv_buffers must be a power of two, got {}",
+                self.recv_buffers
+            );
         }
         if self.recv_buffer_bytes < 256 {
-            bail!("recv_buffer_bytes must be at least 256, got {}", self.recv_buffer_bytes);
+            bail!(
+                "recv_buffer_bytes must be at least 256, got {}",
+                self.recv_buffer_bytes
+            );
         }
         if self.max_connections_per_shard == 0 {
             bail!("max_connections_per_shard must be at least 1");
         }
         if self.max_packet_bytes < 1024 {
-            bail!("max_packet_bytes must be at least 1024, got {}", self.max_packet_bytes);
+            bail!(
+                "max_packet_bytes must be at least 1024, got {}",
+                self.max_packet_bytes
+            );
         }
         if self.http_threads == 0 {
             bail!("http_threads must be at least 1");
@@ -113,10 +129,18 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_matches_defaults() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/pushnode.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/configs/pushnode.toml"
+        ))
+        .unwrap();
         let parsed: Config = toml::from_str(&text).unwrap();
         let defaults = Config::default();
-        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"), "configs/pushnode.toml documents the defaults");
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{defaults:?}"),
+            "configs/pushnode.toml documents the defaults"
+        );
         assert!(parsed.engine().is_ok());
     }
 

@@ -15,7 +15,11 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        HttpError { status, code, message: message.into() }
+        HttpError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -40,10 +44,18 @@ impl From<ApiError> for HttpError {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Invalid(e) => HttpError::bad_request(e.to_string()),
-            ApiError::Unavailable => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            ApiError::Unavailable => HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
             other => {
                 tracing::error!(error = %other, "request failed in the store");
-                HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", "the store failed; the message was not accepted")
+                HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "the store failed; the message was not accepted",
+                )
             }
         }
     }
@@ -54,8 +66,9 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     let raw = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(raw)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -496,6 +496,8 @@ impl Shard {
         }
         tracing::debug!(shard = self.index, ?reason, "closing connection");
         conn.closing = true;
+        // A connection that ends before its handoff went out is closed here instead.
+        conn.handoff = None;
         conn.session.abandon();
         if let Some(regid) = conn.device.take() {
             if let Some(device) = self.devices.get_mut(&regid) {
