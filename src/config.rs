@@ -40,6 +40,12 @@ pub struct Config {
     pub http_threads: usize,
     /// Log filter, as for RUST_LOG (e.g. "info", "pushnode=debug").
     pub log: String,
+    /// Aliases one device may carry.
+    pub max_aliases_per_device: usize,
+    /// Topics one device may join.
+    pub max_topics_per_device: usize,
+    /// Topics one app may have.
+    pub max_topics_per_app: usize,
 }
 
 impl Default for Config {
@@ -59,6 +65,9 @@ impl Default for Config {
             store_cache_bytes: 16 * 1024 * 1024,
             http_threads: 1,
             log: "info".into(),
+            max_aliases_per_device: 10,
+            max_topics_per_device: 100,
+            max_topics_per_app: 10_000,
         }
     }
 }
@@ -69,38 +78,25 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Checks the settings and derives the engine's.
     pub fn engine(&self) -> anyhow::Result<EngineConfig> {
-        let shards = if self.shards == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.shards
-        };
+        let shards =
+            if self.shards == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.shards };
         if !self.recv_buffers.is_power_of_two() {
-            bail!(
-                "recv_buffers must be a power of two, got {}",
-                self.recv_buffers
-            );
+            bail!("recv_buffers must be a power of two, got {}", self.recv_buffers);
         }
         if self.recv_buffer_bytes < 256 {
-            bail!(
-                "recv_buffer_bytes must be at least 256, got {}",
-                self.recv_buffer_bytes
-            );
+            bail!("recv_buffer_bytes must be at least 256, got {}", self.recv_buffer_bytes);
         }
         if self.max_connections_per_shard == 0 {
             bail!("max_connections_per_shard must be at least 1");
         }
         if self.max_packet_bytes < 1024 {
-            bail!(
-                "max_packet_bytes must be at least 1024, got {}",
-                self.max_packet_bytes
-            );
+            bail!("max_packet_bytes must be at least 1024, got {}", self.max_packet_bytes);
         }
         if self.http_threads == 0 {
             bail!("http_threads must be at least 1");
@@ -119,6 +115,9 @@ impl Config {
             submission_queue_entries: 4096,
             completion_queue_entries: 16384,
             listen_backlog: 4096,
+            max_aliases_per_device: self.max_aliases_per_device,
+            max_topics_per_device: self.max_topics_per_device,
+            max_topics_per_app: self.max_topics_per_app,
         })
     }
 }
@@ -129,18 +128,10 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_matches_defaults() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/configs/pushnode.toml"
-        ))
-        .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/pushnode.toml")).unwrap();
         let parsed: Config = toml::from_str(&text).unwrap();
         let defaults = Config::default();
-        assert_eq!(
-            format!("{parsed:?}"),
-            format!("{defaults:?}"),
-            "configs/pushnode.toml documents the defaults"
-        );
+        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"), "configs/pushnode.toml documents the defaults");
         assert!(parsed.engine().is_ok());
     }
 

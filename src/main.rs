@@ -16,11 +16,7 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "pushnode",
-    version,
-    about = "Self-hosted push notification node"
-)]
+#[command(name = "pushnode", version, about = "Self-hosted push notification node")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,9 +73,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::App {
-            command: AppCommand::Create(args),
-        } => client::run_app_create(args),
+        Command::App { command: AppCommand::Create(args) } => client::run_app_create(args),
         Command::Send(args) => client::run_send(args),
         Command::Device(args) => client::run_device(args),
     }
@@ -121,27 +115,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?,
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let admin_token = admin_token(&config.data_dir)?;
     let node = core_engine::Node::start(engine.clone())?;
-    let state = Arc::new(http::HttpState {
-        node: node.handle(),
-        admin_token,
-        max_body_bytes: config.max_body_bytes,
-    });
+    let state = Arc::new(http::HttpState { node: node.handle(), admin_token, max_body_bytes: config.max_body_bytes });
     http::start(config.http_listen, config.http_threads, state)?;
     tracing::info!(shards = engine.shards, data = %config.data_dir.display(), "node started");
-    eprintln!(
-        "pushnode ready mqtt={} http={}",
-        config.mqtt_listen, config.http_listen
-    );
+    eprintln!("pushnode ready mqtt={} http={}", config.mqtt_listen, config.http_listen);
     wait_for_signal()?;
     tracing::info!("shutting down");
     node.shutdown();
@@ -158,11 +142,7 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let token = core_engine::ids::random_secret::<24>();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)?;
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
             writeln!(file, "{token}")?;
             file.sync_all()?;
             tracing::info!(path = %path.display(), "wrote a new admin token");
@@ -174,9 +154,7 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
 
 /// Blocks until SIGTERM or SIGINT.
 fn wait_for_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;

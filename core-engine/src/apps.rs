@@ -64,11 +64,7 @@ impl AppRegistry {
                 Err(e) => tracing::warn!(error = %e, "skipping a malformed app row"),
             }
         }
-        Ok(AppRegistry {
-            db,
-            snapshot: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(()),
-        })
+        Ok(AppRegistry { db, snapshot: ArcSwap::from_pointee(snapshot), writer: Mutex::new(()) })
     }
 
     /// Creates an app and stores it durably.
@@ -92,27 +88,16 @@ impl AppRegistry {
             table.insert(app_id, &raw[..])?;
         }
         txn.commit()?;
-        let mut next = Snapshot {
-            by_id: current.by_id.clone(),
-            by_secret: current.by_secret.clone(),
-        };
+        let mut next = Snapshot { by_id: current.by_id.clone(), by_secret: current.by_secret.clone() };
         next.by_secret.insert(record.secret_hash, app_id);
         next.by_id.insert(app_id, record);
         self.snapshot.store(Arc::new(next));
-        Ok(AppCredentials {
-            app_id: app_id.to_string(),
-            app_key,
-            app_secret,
-        })
+        Ok(AppCredentials { app_id: app_id.to_string(), app_key, app_secret })
     }
 
     /// The app whose server secret this is.
     pub fn authenticate_secret(&self, secret: &str) -> Option<AppId> {
-        self.snapshot
-            .load()
-            .by_secret
-            .get(&secret_hash(secret))
-            .copied()
+        self.snapshot.load().by_secret.get(&secret_hash(secret)).copied()
     }
 
     /// Whether `key` is the device key of `app_id`.
@@ -120,11 +105,7 @@ impl AppRegistry {
         let Ok(key) = std::str::from_utf8(key) else {
             return false;
         };
-        self.snapshot
-            .load()
-            .by_id
-            .get(&app_id)
-            .is_some_and(|app| hash_eq(&app.key_hash, &secret_hash(key)))
+        self.snapshot.load().by_id.get(&app_id).is_some_and(|app| hash_eq(&app.key_hash, &secret_hash(key)))
     }
 
     /// Whether the app exists.

@@ -68,10 +68,7 @@ impl MessageIdSource {
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = floor.max(last + 1);
-            match self
-                .last
-                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return next,
                 Err(seen) => last = seen,
             }

@@ -2,9 +2,10 @@
 //! app registry, and gives the HTTP frontend a handle that routes requests to shards.
 
 use crate::apps::AppRegistry;
+use crate::ids::message_id_text;
 use crate::ids::{AppId, MessageId, MessageIdSource, RegId};
-use crate::push::{PushError, PushRequest};
-use crate::shard::{Shard, ShardInbox, ShardMsg, ShardSetup};
+use crate::push::{GroupFilter, PushError, SendRequest, Target};
+use crate::shard::{ControlError, Shard, ShardInbox, ShardMsg, ShardSetup};
 use crate::store::{Durability, PartitionStore, StoreError};
 use crate::sys::BufRingError;
 use futures_channel::oneshot;
@@ -34,6 +35,9 @@ pub struct EngineConfig {
     pub submission_queue_entries: u32,
     pub completion_queue_entries: u32,
     pub listen_backlog: i32,
+    pub max_aliases_per_device: usize,
+    pub max_topics_per_device: usize,
+    pub max_topics_per_app: usize,
 }
 
 /// Why the engine could not start.
@@ -41,15 +45,9 @@ pub struct EngineConfig {
 #[non_exhaustive]
 pub enum EngineError {
     #[error("{what}: {source}")]
-    Ring {
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Ring { what: &'static str, source: std::io::Error },
     #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, source: std::io::Error },
     #[error(transparent)]
     BufRing(#[from] BufRingError),
     #[error(transparent)]
@@ -60,8 +58,47 @@ pub enum EngineError {
     ShardStart { index: usize, reason: String },
 }
 
+/// App topics across shards: how many shards hold each topic, so the per-app topic limit
+/// holds node-wide. Consulted only when a topic appears on or vanishes from a shard.
+#[derive(Default)]
+pub struct AppTopics {
+    counts: std::sync::Mutex<std::collections::HashMap<AppId, std::collections::HashMap<Box<str>, u32>>>,
+}
+
+impl AppTopics {
+    /// A shard holds `topic` now; false (and nothing changes) if it is new to the app and
+    /// the app already has `limit` topics.
+    pub fn appeared(&self, app_id: AppId, topic: &str, limit: usize) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let app = counts.entry(app_id).or_default();
+        if let Some(n) = app.get_mut(topic) {
+            *n += 1;
+            return true;
+        }
+        if app.len() >= limit {
+            return false;
+        }
+        app.insert(topic.into(), 1);
+        true
+    }
+
+    /// A shard no longer holds `topic`.
+    pub fn vanished(&self, app_id: AppId, topic: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(app) = counts.get_mut(&app_id) {
+            if let Some(n) = app.get_mut(topic) {
+                *n -= 1;
+                if *n == 0 {
+                    app.remove(topic);
+                }
+            }
+        }
+    }
+}
+
 /// What every shard and the frontend share; read-only after start.
 pub struct NodeShared {
+    pub app_topics: AppTopics,
     pub config: EngineConfig,
     pub apps: Arc<AppRegistry>,
     pub inboxes: Vec<ShardInbox>,
@@ -114,25 +151,18 @@ impl Node {
     /// Opens the data folder, starts every shard and waits until all listen.
     pub fn start(config: EngineConfig) -> Result<Node, EngineError> {
         assert!(config.shards >= 1, "at least one shard");
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| EngineError::Io {
-            what: "creating the data folder",
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| EngineError::Io { what: "creating the data folder", source })?;
         let partitions = read_or_create_meta(&config)?;
         if config.shards > usize::from(partitions) {
-            return Err(EngineError::TooManyShards {
-                shards: config.shards,
-                partitions,
-            });
+            return Err(EngineError::TooManyShards { shards: config.shards, partitions });
         }
         let apps = Arc::new(AppRegistry::open(&config.data_dir)?);
         let mut inboxes = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.shards {
-            let (inbox, rx) = ShardInbox::new().map_err(|source| EngineError::Io {
-                what: "creating an eventfd",
-                source,
-            })?;
+            let (inbox, rx) =
+                ShardInbox::new().map_err(|source| EngineError::Io { what: "creating an eventfd", source })?;
             inboxes.push(inbox);
             receivers.push(rx);
         }
@@ -146,6 +176,7 @@ impl Node {
             apps,
             inboxes,
             ring_fds: OnceLock::new(),
+            app_topics: AppTopics::default(),
             partitions,
             handoff_ids: AtomicU64::new(1),
         });
@@ -154,20 +185,9 @@ impl Node {
         let go = Arc::new(std::sync::Barrier::new(config.shards + 1));
         let mut threads = Vec::new();
         for (index, (inbox_rx, stores)) in receivers.into_iter().zip(stores).enumerate() {
-            let listener =
-                crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog).map_err(
-                    |source| EngineError::Io {
-                        what: "listening for MQTT",
-                        source,
-                    },
-                )?;
-            let setup = ShardSetup {
-                index,
-                shared: shared.clone(),
-                listener,
-                inbox_rx,
-                stores,
-            };
+            let listener = crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog)
+                .map_err(|source| EngineError::Io { what: "listening for MQTT", source })?;
+            let setup = ShardSetup { index, shared: shared.clone(), listener, inbox_rx, stores };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let go = go.clone();
@@ -189,10 +209,7 @@ impl Node {
                         }
                     }
                 })
-                .map_err(|source| EngineError::Io {
-                    what: "spawning a shard thread",
-                    source,
-                })?;
+                .map_err(|source| EngineError::Io { what: "spawning a shard thread", source })?;
             threads.push(thread);
         }
         let mut fds = vec![-1; config.shards];
@@ -200,15 +217,8 @@ impl Node {
         for _ in 0..config.shards {
             match ready_rx.recv() {
                 Ok((index, Ok(fd))) => fds[index] = fd,
-                Ok((index, Err(reason))) => {
-                    failure = Some(EngineError::ShardStart { index, reason })
-                }
-                Err(_) => {
-                    failure = Some(EngineError::ShardStart {
-                        index: 0,
-                        reason: "thread died".into(),
-                    })
-                }
+                Ok((index, Err(reason))) => failure = Some(EngineError::ShardStart { index, reason }),
+                Err(_) => failure = Some(EngineError::ShardStart { index: 0, reason: "thread died".into() }),
             }
         }
         let _ = shared.ring_fds.set(fds);
@@ -219,19 +229,12 @@ impl Node {
             }
             return Err(e);
         }
-        Ok(Node {
-            shared,
-            threads,
-            message_ids: Arc::new(MessageIdSource::default()),
-        })
+        Ok(Node { shared, threads, message_ids: Arc::new(MessageIdSource::default()) })
     }
 
     /// A handle for the HTTP frontend.
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle {
-            shared: self.shared.clone(),
-            message_ids: self.message_ids.clone(),
-        }
+        NodeHandle { shared: self.shared.clone(), message_ids: self.message_ids.clone() }
     }
 
     /// Closes connections (MQTT 5: reason 0x8B), flushes the store and joins the shards.
@@ -253,6 +256,10 @@ pub enum ApiError {
     Invalid(#[from] PushError),
     #[error("the node is shutting down")]
     Unavailable,
+    #[error("unknown RegID")]
+    UnknownDevice,
+    #[error("{0}")]
+    Quota(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -273,9 +280,7 @@ pub struct NodeHandle {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl NodeHandle {
@@ -283,43 +288,77 @@ impl NodeHandle {
         &self.shared.apps
     }
 
-    /// Stores a push for `regids` and answers once it is durable.
-    pub async fn push(
-        &self,
-        app_id: AppId,
-        request: PushRequest,
-        regids: &[String],
-    ) -> Result<PushOutcome, ApiError> {
+    /// Stores a push for its targets and answers once it is durable on every shard.
+    pub async fn send(&self, app_id: AppId, request: SendRequest) -> Result<PushOutcome, ApiError> {
         let now_ms = now_unix_ms();
         let id = self.message_ids.next(now_ms);
-        let envelope = Arc::new(request.into_envelope(id, app_id, now_ms / 1000)?);
+        let envelope = Arc::new(request.message.into_envelope(id, app_id, now_ms / 1000)?);
         let mut invalid = Vec::new();
-        let mut by_shard: Vec<Vec<RegId>> = vec![Vec::new(); self.shared.inboxes.len()];
-        let mut seen = std::collections::HashSet::new();
-        for text in regids {
-            match RegId::parse(text) {
-                Some(regid) if regid.partition() < self.shared.partitions => {
-                    if seen.insert(regid) {
-                        by_shard[self.shared.home_shard(regid)].push(regid);
+        let mut replies = Vec::new();
+        match request.target {
+            Target::RegIds(texts) => {
+                let mut by_shard: Vec<Vec<RegId>> = vec![Vec::new(); self.shared.inboxes.len()];
+                let mut seen = std::collections::HashSet::new();
+                for text in texts {
+                    match self.parse_regid(&text) {
+                        Some(regid) => {
+                            if seen.insert(regid) {
+                                by_shard[self.shared.home_shard(regid)].push(regid);
+                            }
+                        }
+                        None => invalid.push(text),
                     }
                 }
-                _ => invalid.push(text.clone()),
+                for (shard, regids) in by_shard.into_iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+                    replies.push(self.ask(shard, |reply| ShardMsg::Push {
+                        envelope: envelope.clone(),
+                        regids,
+                        reply,
+                    })?);
+                }
             }
-        }
-        let mut replies = Vec::new();
-        for (shard, regids) in by_shard.into_iter().enumerate() {
-            if regids.is_empty() {
-                continue;
+            Target::Aliases(aliases) => {
+                let aliases: Arc<[String]> = aliases.into();
+                for shard in 0..self.shared.inboxes.len() {
+                    let aliases = aliases.clone();
+                    replies.push(self.ask(shard, |reply| ShardMsg::PushAliases {
+                        envelope: envelope.clone(),
+                        aliases,
+                        reply,
+                    })?);
+                }
+                let mut found = std::collections::HashSet::new();
+                let mut targets = 0;
+                for rx in replies.drain(..) {
+                    let part = rx.await.map_err(|_| ApiError::Unavailable)??;
+                    targets += part.targets;
+                    found.extend(part.found_aliases);
+                }
+                invalid.extend(aliases.iter().filter(|a| !found.contains(*a)).cloned());
+                return Ok(PushOutcome { id: message_id_text(id), targets, invalid });
             }
-            let (reply, rx) = oneshot::channel();
-            if !self.shared.inboxes[shard].send(ShardMsg::Push {
-                envelope: envelope.clone(),
-                regids,
-                reply,
-            }) {
-                return Err(ApiError::Unavailable);
+            Target::Topics { topics, op } => {
+                let filter = Arc::new(GroupFilter::Topics { topics, op });
+                for shard in 0..self.shared.inboxes.len() {
+                    let filter = filter.clone();
+                    replies.push(self.ask(shard, |reply| ShardMsg::PushGroup {
+                        envelope: envelope.clone(),
+                        filter,
+                        reply,
+                    })?);
+                }
             }
-            replies.push(rx);
+            Target::All => {
+                let filter = Arc::new(GroupFilter::All);
+                for shard in 0..self.shared.inboxes.len() {
+                    let filter = filter.clone();
+                    replies.push(self.ask(shard, |reply| ShardMsg::PushGroup {
+                        envelope: envelope.clone(),
+                        filter,
+                        reply,
+                    })?);
+                }
+            }
         }
         let mut targets = 0;
         for rx in replies {
@@ -327,11 +366,88 @@ impl NodeHandle {
             targets += part.targets;
             invalid.extend(part.invalid.iter().map(|r| r.to_string()));
         }
-        Ok(PushOutcome {
-            id: crate::ids::message_id_text(envelope.id),
-            targets,
-            invalid,
-        })
+        Ok(PushOutcome { id: message_id_text(id), targets, invalid })
+    }
+
+    fn parse_regid(&self, text: &str) -> Option<RegId> {
+        RegId::parse(text).filter(|r| r.partition() < self.shared.partitions)
+    }
+
+    /// Sends a request to a shard; the receiver answers it.
+    fn ask<T>(
+        &self,
+        shard: usize,
+        msg: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
+    ) -> Result<oneshot::Receiver<T>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.shared.inboxes[shard].send(msg(reply)) {
+            return Err(ApiError::Unavailable);
+        }
+        Ok(rx)
+    }
+
+    /// Sets or removes an alias of one of the app's devices.
+    pub async fn set_alias(&self, app_id: AppId, regid: &str, alias: String, set: bool) -> Result<(), ApiError> {
+        let regid = self.parse_regid(regid).ok_or(ApiError::UnknownDevice)?;
+        let rx = self.ask(self.shared.home_shard(regid), |reply| ShardMsg::DeviceAlias {
+            app_id,
+            regid,
+            alias,
+            set,
+            reply,
+        })?;
+        match rx.await.map_err(|_| ApiError::Unavailable)? {
+            Ok(()) => Ok(()),
+            Err(ControlError::UnknownDevice) => Err(ApiError::UnknownDevice),
+            Err(ControlError::QuotaExceeded(text)) => Err(ApiError::Quota(text)),
+            Err(ControlError::Store(e)) => Err(ApiError::Store(e)),
+        }
+    }
+
+    /// The app's devices carrying `alias`.
+    pub async fn lookup_alias(&self, app_id: AppId, alias: &str) -> Result<Vec<String>, ApiError> {
+        let mut replies = Vec::new();
+        for shard in 0..self.shared.inboxes.len() {
+            let alias = alias.to_owned();
+            replies.push(self.ask(shard, |reply| ShardMsg::LookupAlias { app_id, alias, reply })?);
+        }
+        let mut out = Vec::new();
+        for rx in replies {
+            out.extend(rx.await.map_err(|_| ApiError::Unavailable)?.iter().map(|r| r.to_string()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Adds the app's devices to `topic` (or removes them); answers how many changed and
+    /// which RegIDs are not the app's.
+    pub async fn topic_members(
+        &self,
+        app_id: AppId,
+        topic: &str,
+        regids: &[String],
+        join: bool,
+    ) -> Result<(u64, Vec<String>), ApiError> {
+        let mut invalid = Vec::new();
+        let mut by_shard: Vec<Vec<RegId>> = vec![Vec::new(); self.shared.inboxes.len()];
+        for text in regids {
+            match self.parse_regid(text) {
+                Some(regid) => by_shard[self.shared.home_shard(regid)].push(regid),
+                None => invalid.push(text.clone()),
+            }
+        }
+        let mut replies = Vec::new();
+        for (shard, regids) in by_shard.into_iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let topic = topic.to_owned();
+            replies.push(self.ask(shard, |reply| ShardMsg::TopicMembers { app_id, topic, regids, join, reply })?);
+        }
+        let mut changed = 0;
+        for rx in replies {
+            let part = rx.await.map_err(|_| ApiError::Unavailable)??;
+            changed += part.changed;
+            invalid.extend(part.invalid.iter().map(|r| r.to_string()));
+        }
+        Ok((changed, invalid))
     }
 
     /// Registers a device of `app_id`; answers its RegID and token.
@@ -345,11 +461,7 @@ impl NodeHandle {
     }
 
     /// (targets, delivered) of one of the app's messages, summed over the shards.
-    pub async fn message_status(
-        &self,
-        app_id: AppId,
-        id: MessageId,
-    ) -> Result<Option<(u64, u64)>, ApiError> {
+    pub async fn message_status(&self, app_id: AppId, id: MessageId) -> Result<Option<(u64, u64)>, ApiError> {
         let mut replies = Vec::new();
         for inbox in &self.shared.inboxes {
             let (reply, rx) = oneshot::channel();

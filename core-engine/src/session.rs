@@ -4,8 +4,7 @@
 
 use crate::ids::MessageId;
 use crate::proto::{
-    self, Ack, Connack, Connect, DecodeError, Disconnect, Packet, Properties, QoS, Suback,
-    Unsuback, Version,
+    self, Ack, Connack, Connect, DecodeError, Disconnect, Packet, Properties, QoS, Suback, Unsuback, Version,
 };
 use std::collections::VecDeque;
 
@@ -30,6 +29,8 @@ pub mod reason {
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;
     pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
     pub const PACKET_TOO_LARGE: u8 = 0x95;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
     pub const WILDCARDS_NOT_SUPPORTED: u8 = 0xA2;
@@ -72,6 +73,66 @@ pub struct PushRef {
     /// Order of the push on its home shard (the pending queue's key).
     pub seq: u64,
     pub id: MessageId,
+    /// A topic or broadcast message (kept once per shard) rather than a device's own.
+    pub group: bool,
+}
+
+/// Topics a device publishes to, to ask something of the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlTopic {
+    /// `ctl/alias/set`: payload is the alias.
+    AliasSet,
+    /// `ctl/alias/unset`: payload is the alias.
+    AliasUnset,
+    /// `ctl/quiet`: payload is the quiet period as JSON, empty to clear it.
+    Quiet,
+    /// `ack/click`: payload is the id of the message the user clicked.
+    Click,
+}
+
+impl ControlTopic {
+    fn parse(topic: &str) -> Option<Self> {
+        Some(match topic {
+            "ctl/alias/set" => ControlTopic::AliasSet,
+            "ctl/alias/unset" => ControlTopic::AliasUnset,
+            "ctl/quiet" => ControlTopic::Quiet,
+            "ack/click" => ControlTopic::Click,
+            _ => return None,
+        })
+    }
+}
+
+/// Prefix of the topic filters that join an app topic (tag).
+pub const TOPIC_PREFIX: &str = "topic/";
+
+/// What a subscription filter asks for, in the push profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterKind<'a> {
+    /// The device's own inbox.
+    Inbox,
+    /// An app topic; the name after `topic/`.
+    Topic(&'a str),
+    /// A wildcard filter: refused.
+    Wildcard,
+    /// Anything else: refused.
+    Other,
+}
+
+/// Classifies a SUBSCRIBE/UNSUBSCRIBE filter.
+pub fn classify_filter(filter: &str) -> FilterKind<'_> {
+    if filter == INBOX_TOPIC {
+        FilterKind::Inbox
+    } else if filter.contains(['#', '+']) {
+        FilterKind::Wildcard
+    } else if let Some(name) = filter.strip_prefix(TOPIC_PREFIX) {
+        if crate::push::valid_name(name) {
+            FilterKind::Topic(name)
+        } else {
+            FilterKind::Other
+        }
+    } else {
+        FilterKind::Other
+    }
 }
 
 /// What the shard must act on.
@@ -81,6 +142,12 @@ pub enum Event {
     Connect(Box<Connect>),
     /// The device acknowledged this push.
     Acked(PushRef),
+    /// A SUBSCRIBE naming app topics; answer with [`Session::suback`].
+    Subscribe(Box<crate::proto::Subscribe>),
+    /// An UNSUBSCRIBE naming app topics; answer with [`Session::unsuback`].
+    Unsubscribe(Box<crate::proto::Unsubscribe>),
+    /// A control publish; answer with [`Session::ack_control`].
+    Control { topic: ControlTopic, payload: bytes::Bytes, packet_id: Option<u16> },
     /// The session is over; any farewell bytes are queued. Close the socket after sending them.
     Close(CloseReason),
 }
@@ -171,23 +238,13 @@ impl Session {
         assert_eq!(self.phase, Phase::AwaitConnect, "one CONNECT per session");
         self.version = connect.version;
         self.keep_alive_s = connect.keep_alive;
-        self.receive_max = connect
-            .properties
-            .receive_maximum
-            .unwrap_or(u16::MAX)
-            .max(1);
+        self.receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
         self.phase = Phase::Authenticating;
         self.partial = unprocessed;
     }
 
     /// Feeds bytes read from the socket.
-    pub fn handle_bytes(
-        &mut self,
-        now_s: u32,
-        data: &[u8],
-        limits: SessionLimits,
-        events: &mut Vec<Event>,
-    ) {
+    pub fn handle_bytes(&mut self, now_s: u32, data: &[u8], limits: SessionLimits, events: &mut Vec<Event>) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -254,20 +311,14 @@ impl Session {
                 }
                 _ => {
                     self.phase = Phase::Closed;
-                    events.push(Event::Close(CloseReason::OutOfProfile(
-                        reason::PROTOCOL_ERROR,
-                    )));
+                    events.push(Event::Close(CloseReason::OutOfProfile(reason::PROTOCOL_ERROR)));
                 }
             }
             return;
         }
         match packet {
             Packet::Puback(ack) => {
-                if let Some(pos) = self
-                    .inflight
-                    .iter()
-                    .position(|&(pid, _)| pid == ack.packet_id)
-                {
+                if let Some(pos) = self.inflight.iter().position(|&(pid, _)| pid == ack.packet_id) {
                     if let Some((_, push)) = self.inflight.remove(pos) {
                         events.push(Event::Acked(push));
                     }
@@ -278,37 +329,28 @@ impl Session {
             }
             Packet::Pingreq => self.write(&Packet::Pingresp),
             Packet::Subscribe(sub) => {
-                let codes = sub
-                    .filters
-                    .iter()
-                    .map(|f| self.subscribe_code(&f.filter, f.qos))
-                    .collect();
-                self.write(&Packet::Suback(Suback {
-                    packet_id: sub.packet_id,
-                    codes,
-                    properties: Properties::default(),
-                }));
-            }
-            Packet::Unsubscribe(unsub) => {
-                let codes = match self.version {
-                    Version::V311 => Vec::new(),
-                    Version::V5 => unsub
+                if sub.filters.iter().any(|f| matches!(classify_filter(&f.filter), FilterKind::Topic(_))) {
+                    events.push(Event::Subscribe(Box::new(sub)));
+                } else {
+                    let codes = sub
                         .filters
                         .iter()
-                        .map(|f| {
-                            if f == INBOX_TOPIC {
-                                reason::SUCCESS
-                            } else {
-                                reason::NO_SUBSCRIPTION_EXISTED
-                            }
-                        })
-                        .collect(),
-                };
-                self.write(&Packet::Unsuback(Unsuback {
-                    packet_id: unsub.packet_id,
-                    codes,
-                    properties: Properties::default(),
-                }));
+                        .map(|f| self.filter_code(&f.filter, f.qos).unwrap_or(reason::UNSPECIFIED))
+                        .collect();
+                    self.suback(sub.packet_id, codes);
+                }
+            }
+            Packet::Unsubscribe(unsub) => {
+                if unsub.filters.iter().any(|f| matches!(classify_filter(f), FilterKind::Topic(_))) {
+                    events.push(Event::Unsubscribe(Box::new(unsub)));
+                } else {
+                    let codes = unsub
+                        .filters
+                        .iter()
+                        .map(|f| if f == INBOX_TOPIC { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED })
+                        .collect();
+                    self.unsuback(unsub.packet_id, codes);
+                }
             }
             Packet::Publish(publish) => {
                 let code = if publish.qos == QoS::ExactlyOnce {
@@ -318,13 +360,15 @@ impl Session {
                 } else {
                     reason::NOT_AUTHORIZED
                 };
+                if code == reason::NOT_AUTHORIZED {
+                    if let Some(topic) = ControlTopic::parse(&publish.topic) {
+                        events.push(Event::Control { topic, payload: publish.payload, packet_id: publish.packet_id });
+                        return;
+                    }
+                }
                 match (self.version, publish.packet_id) {
                     (Version::V5, Some(packet_id)) if code == reason::NOT_AUTHORIZED => {
-                        let ack = Ack {
-                            packet_id,
-                            code,
-                            properties: Properties::default(),
-                        };
+                        let ack = Ack { packet_id, code, properties: Properties::default() };
                         self.write(&Packet::Puback(ack));
                     }
                     _ => self.close_out_of_profile(code, events),
@@ -338,14 +382,42 @@ impl Session {
         }
     }
 
-    fn subscribe_code(&self, filter: &str, qos: QoS) -> u8 {
-        if filter == INBOX_TOPIC {
-            return if qos == QoS::AtMostOnce { 0 } else { 1 };
+    /// The SUBACK code of a filter the profile decides alone; `None` for an app topic,
+    /// which the shard decides (limits, storage).
+    pub fn filter_code(&self, filter: &str, qos: QoS) -> Option<u8> {
+        let refused = |v5_code| if self.version == Version::V5 { v5_code } else { reason::V311_SUBSCRIBE_FAILURE };
+        match classify_filter(filter) {
+            FilterKind::Inbox => Some(if qos == QoS::AtMostOnce { 0 } else { 1 }),
+            FilterKind::Topic(_) => None,
+            FilterKind::Wildcard => Some(refused(reason::WILDCARDS_NOT_SUPPORTED)),
+            FilterKind::Other => Some(refused(reason::TOPIC_FILTER_INVALID)),
         }
-        match self.version {
-            Version::V311 => reason::V311_SUBSCRIBE_FAILURE,
-            Version::V5 if filter.contains(['#', '+']) => reason::WILDCARDS_NOT_SUPPORTED,
-            Version::V5 => reason::TOPIC_FILTER_INVALID,
+    }
+
+    /// Answers a SUBSCRIBE with one code per filter.
+    pub fn suback(&mut self, packet_id: u16, codes: Vec<u8>) {
+        debug_assert!(!codes.is_empty());
+        self.write(&Packet::Suback(Suback { packet_id, codes, properties: Properties::default() }));
+    }
+
+    /// Answers an UNSUBSCRIBE (MQTT 5: one code per filter; 3.1.1 has none).
+    pub fn unsuback(&mut self, packet_id: u16, codes: Vec<u8>) {
+        let codes = if self.version == Version::V5 { codes } else { Vec::new() };
+        self.write(&Packet::Unsuback(Unsuback { packet_id, codes, properties: Properties::default() }));
+    }
+
+    /// Answers a control publish: MQTT 5 PUBACK with `code`; 3.1.1 PUBACK on success and,
+    /// having no way to say no, closes the connection on failure.
+    pub fn ack_control(&mut self, packet_id: Option<u16>, code: u8, events: &mut Vec<Event>) {
+        match (self.version, packet_id) {
+            (Version::V5, Some(packet_id)) => {
+                self.write(&Packet::Puback(Ack { packet_id, code, properties: Properties::default() }));
+            }
+            (Version::V311, Some(packet_id)) if code == reason::SUCCESS => {
+                self.write(&Packet::Puback(Ack { packet_id, code, properties: Properties::default() }));
+            }
+            (Version::V311, Some(_)) => self.close_out_of_profile(code, events),
+            (_, None) => {}
         }
     }
 
@@ -357,13 +429,8 @@ impl Session {
 
     /// Queues an MQTT 5 DISCONNECT with `code` (MQTT 3.1.1 has none: the socket just closes).
     pub fn disconnect(&mut self, code: u8) {
-        if self.version == Version::V5
-            && matches!(self.phase, Phase::Connected | Phase::Authenticating)
-        {
-            self.write(&Packet::Disconnect(Disconnect {
-                code,
-                properties: Properties::default(),
-            }));
+        if self.version == Version::V5 && matches!(self.phase, Phase::Connected | Phase::Authenticating) {
+            self.write(&Packet::Disconnect(Disconnect { code, properties: Properties::default() }));
         }
     }
 
@@ -376,21 +443,9 @@ impl Session {
         limits: SessionLimits,
         events: &mut Vec<Event>,
     ) {
-        assert_eq!(
-            self.phase,
-            Phase::Authenticating,
-            "accept() answers a Connect event"
-        );
-        let properties = if self.version == Version::V5 {
-            properties
-        } else {
-            Properties::default()
-        };
-        self.write(&Packet::Connack(Connack {
-            session_present,
-            code: 0,
-            properties,
-        }));
+        assert_eq!(self.phase, Phase::Authenticating, "accept() answers a Connect event");
+        let properties = if self.version == Version::V5 { properties } else { Properties::default() };
+        self.write(&Packet::Connack(Connack { session_present, code: 0, properties }));
         self.phase = Phase::Connected;
         let buffered = std::mem::take(&mut self.partial);
         if !buffered.is_empty() {
@@ -400,44 +455,20 @@ impl Session {
 
     /// Refuses the CONNECT with a version-appropriate code; the session is closed.
     pub fn refuse(&mut self, code_v5: u8, code_v311: u8) {
-        assert_eq!(
-            self.phase,
-            Phase::Authenticating,
-            "refuse() answers a Connect event"
-        );
-        let code = if self.version == Version::V5 {
-            code_v5
-        } else {
-            code_v311
-        };
-        self.write(&Packet::Connack(Connack {
-            session_present: false,
-            code,
-            properties: Properties::default(),
-        }));
+        assert_eq!(self.phase, Phase::Authenticating, "refuse() answers a Connect event");
+        let code = if self.version == Version::V5 { code_v5 } else { code_v311 };
+        self.write(&Packet::Connack(Connack { session_present: false, code, properties: Properties::default() }));
         self.phase = Phase::Closed;
         self.partial = Vec::new();
     }
 
     /// Queues a QoS 1 push on the inbox topic. The caller checks [`Session::can_push`] first.
-    pub fn push(&mut self, push: PushRef, dup: bool, expiry_s: Option<u32>, json: &[u8]) {
+    pub fn push(&mut self, push: PushRef, dup: bool, expiry_s: Option<u32>, topic: &str, json: &[u8]) {
         assert!(self.can_push(), "push() without room in flight");
         let packet_id = self.next_packet_id;
         self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-        let expiry = if self.version == Version::V5 {
-            expiry_s
-        } else {
-            None
-        };
-        proto::encode_publish_qos1(
-            self.version,
-            dup,
-            INBOX_TOPIC,
-            packet_id,
-            expiry,
-            json,
-            &mut self.out,
-        );
+        let expiry = if self.version == Version::V5 { expiry_s } else { None };
+        proto::encode_publish_qos1(self.version, dup, topic, packet_id, expiry, json, &mut self.out);
         self.inflight.push_back((packet_id, push));
     }
 
@@ -447,9 +478,7 @@ impl Session {
         let silent = now_s.saturating_sub(self.last_rx_s);
         match self.phase {
             Phase::AwaitConnect | Phase::Authenticating => silent > CONNECT_TIMEOUT_S,
-            Phase::Connected => {
-                self.keep_alive_s > 0 && silent > u32::from(self.keep_alive_s) * 3 / 2
-            }
+            Phase::Connected => self.keep_alive_s > 0 && silent > u32::from(self.keep_alive_s) * 3 / 2,
             Phase::Closed => false,
         }
     }

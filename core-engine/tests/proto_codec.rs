@@ -6,9 +6,8 @@
 mod proto {
     use bytes::Bytes;
     use core_engine::proto::{
-        decode, encode, encode_publish_qos1, Ack, Auth, Connack, Connect, DecodeError, Disconnect,
-        EncodeError, LastWill, Packet, Properties, Publish, QoS, Suback, Subscribe,
-        SubscribeFilter, Unsuback, Unsubscribe, Version,
+        decode, encode, encode_publish_qos1, Ack, Auth, Connack, Connect, DecodeError, Disconnect, EncodeError,
+        LastWill, Packet, Properties, Publish, QoS, Suback, Subscribe, SubscribeFilter, Unsuback, Unsubscribe, Version,
     };
 
     const NO_LIMIT: usize = usize::MAX;
@@ -137,11 +136,7 @@ mod proto {
                 will: None,
                 properties: Properties::default(),
             }),
-            Packet::Connack(Connack {
-                session_present: true,
-                code: 0,
-                properties: props_for(v),
-            }),
+            Packet::Connack(Connack { session_present: true, code: 0, properties: props_for(v) }),
             Packet::Connack(Connack {
                 session_present: false,
                 code: if v5 { 0x87 } else { 5 },
@@ -165,26 +160,10 @@ mod proto {
                 properties: props_for(v),
                 payload: Bytes::new(),
             }),
-            Packet::Puback(Ack {
-                packet_id: 1,
-                code: 0,
-                properties: Properties::default(),
-            }),
-            Packet::Pubrec(Ack {
-                packet_id: 2,
-                code: code(0x10),
-                properties: Properties::default(),
-            }),
-            Packet::Pubrel(Ack {
-                packet_id: 3,
-                code: code(0x92),
-                properties: props_for(v),
-            }),
-            Packet::Pubcomp(Ack {
-                packet_id: 4,
-                code: 0,
-                properties: props_for(v),
-            }),
+            Packet::Puback(Ack { packet_id: 1, code: 0, properties: Properties::default() }),
+            Packet::Pubrec(Ack { packet_id: 2, code: code(0x10), properties: Properties::default() }),
+            Packet::Pubrel(Ack { packet_id: 3, code: code(0x92), properties: props_for(v) }),
+            Packet::Pubcomp(Ack { packet_id: 4, code: 0, properties: props_for(v) }),
             Packet::Subscribe(Subscribe {
                 packet_id: 10,
                 filters: vec![
@@ -205,11 +184,7 @@ mod proto {
                 ],
                 properties: props_for(v),
             }),
-            Packet::Suback(Suback {
-                packet_id: 10,
-                codes: vec![1, 2, 0x80],
-                properties: props_for(v),
-            }),
+            Packet::Suback(Suback { packet_id: 10, codes: vec![1, 2, 0x80], properties: props_for(v) }),
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: 11,
                 filters: vec!["a/+/c".into(), "x".into()],
@@ -222,10 +197,7 @@ mod proto {
             }),
             Packet::Pingreq,
             Packet::Pingresp,
-            Packet::Disconnect(Disconnect {
-                code: 0,
-                properties: Properties::default(),
-            }),
+            Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() }),
         ];
         if v5 {
             list.extend([
@@ -235,28 +207,13 @@ mod proto {
                     retain: false,
                     topic: String::new(),
                     packet_id: Some(9),
-                    properties: Properties {
-                        topic_alias: Some(1),
-                        ..Properties::default()
-                    },
+                    properties: Properties { topic_alias: Some(1), ..Properties::default() },
                     payload: Bytes::from_static(b"aliased"),
                 }),
-                Packet::Disconnect(Disconnect {
-                    code: 0x8E,
-                    properties: Properties::default(),
-                }),
-                Packet::Disconnect(Disconnect {
-                    code: 0x04,
-                    properties: rich_props(),
-                }),
-                Packet::Auth(Auth {
-                    code: 0,
-                    properties: Properties::default(),
-                }),
-                Packet::Auth(Auth {
-                    code: 0x18,
-                    properties: rich_props(),
-                }),
+                Packet::Disconnect(Disconnect { code: 0x8E, properties: Properties::default() }),
+                Packet::Disconnect(Disconnect { code: 0x04, properties: rich_props() }),
+                Packet::Auth(Auth { code: 0, properties: Properties::default() }),
+                Packet::Auth(Auth { code: 0x18, properties: rich_props() }),
             ]);
         }
         list
@@ -278,10 +235,7 @@ mod proto {
                 assert!(decode(&bytes, v, bytes.len()).is_ok());
                 assert_eq!(
                     decode(&bytes, v, bytes.len() - 1),
-                    Err(DecodeError::PacketTooLarge {
-                        size: bytes.len(),
-                        max: bytes.len() - 1
-                    })
+                    Err(DecodeError::PacketTooLarge { size: bytes.len(), max: bytes.len() - 1 })
                 );
             }
         }
@@ -311,10 +265,7 @@ mod proto {
                         Ok(Some((_, n))) => {
                             assert_eq!(n, f.len());
                             // Only list/payload-terminated packets can stay valid when cut.
-                            assert!(
-                                !matches!(p, Packet::Connect(_) | Packet::Connack(_)),
-                                "{p:?} cut to {k} decoded"
-                            );
+                            assert!(!matches!(p, Packet::Connect(_) | Packet::Connack(_)), "{p:?} cut to {k} decoded");
                         }
                         Ok(None) => panic!("whole frame reported incomplete"),
                     }
@@ -329,24 +280,15 @@ mod proto {
         let (first, body) = split_frame(&connect);
         for k in 0..body.len() {
             let err = dec(&frame(first, &body[..k]), Version::V311).unwrap_err();
-            assert!(
-                matches!(err, DecodeError::Truncated | DecodeError::Malformed(_)),
-                "k={k}: {err:?}"
-            );
+            assert!(matches!(err, DecodeError::Truncated | DecodeError::Malformed(_)), "k={k}: {err:?}");
         }
-        assert_eq!(
-            dec(&[0x40, 0x01, 0x00], Version::V311),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(dec(&[0x40, 0x01, 0x00], Version::V311), Err(DecodeError::Truncated));
         assert_eq!(
             dec(&[0x90, 0x02, 0x00, 0x01], Version::V311),
             Err(DecodeError::Malformed("SUBACK without return codes"))
         );
         // V5 CONNACK whose property length runs past the frame.
-        assert_eq!(
-            dec(&[0x20, 0x03, 0x00, 0x00, 0x05], Version::V5),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(dec(&[0x20, 0x03, 0x00, 0x00, 0x05], Version::V5), Err(DecodeError::Truncated));
     }
 
     #[test]
@@ -362,16 +304,9 @@ mod proto {
         ] {
             let (first, mut body) = split_frame(&enc(&p, v));
             body.push(0);
-            assert_eq!(
-                dec(&frame(first, &body), v),
-                Err(DecodeError::TrailingBytes),
-                "{p:?}"
-            );
+            assert_eq!(dec(&frame(first, &body), v), Err(DecodeError::TrailingBytes), "{p:?}");
         }
-        assert_eq!(
-            dec(&[0xE0, 0x01, 0x00], Version::V311),
-            Err(DecodeError::TrailingBytes)
-        );
+        assert_eq!(dec(&[0xE0, 0x01, 0x00], Version::V311), Err(DecodeError::TrailingBytes));
     }
 
     // ---- byte-exact vectors ----
@@ -389,9 +324,7 @@ mod proto {
     #[test]
     fn vector_mosquitto_sub_connect_311() {
         // `mosquitto_sub -V mqttv311 -i mosq-test -k 60 -t ...`: clean session, no credentials.
-        let mut wire = vec![
-            0x10, 0x15, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x09,
-        ];
+        let mut wire = vec![0x10, 0x15, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x09];
         wire.extend_from_slice(b"mosq-test");
         let want = Packet::Connect(Connect {
             version: Version::V311,
@@ -412,13 +345,11 @@ mod proto {
     fn vector_v5_connect_with_session_expiry() {
         // MQTT 5 CONNECT, clean start, keep-alive 10, session expiry 120, client id "c".
         let wire = [
-            0x10, 0x13, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x0A, 0x05, 0x11,
-            0x00, 0x00, 0x00, 0x78, 0x00, 0x01, b'c',
+            0x10, 0x13, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x0A, 0x05, 0x11, 0x00, 0x00, 0x00, 0x78,
+            0x00, 0x01, b'c',
         ];
         let p = dec_whole(&wire, Version::V311).unwrap();
-        let Packet::Connect(c) = &p else {
-            panic!("{p:?}")
-        };
+        let Packet::Connect(c) = &p else { panic!("{p:?}") };
         assert_eq!(c.version, Version::V5);
         assert_eq!(c.properties.session_expiry_interval, Some(120));
         assert_eq!(c.client_id, "c");
@@ -432,28 +363,19 @@ mod proto {
         let want = Packet::Connack(Connack {
             session_present: false,
             code: 0,
-            properties: Properties {
-                assigned_client_identifier: Some("auto-1234".into()),
-                ..Properties::default()
-            },
+            properties: Properties { assigned_client_identifier: Some("auto-1234".into()), ..Properties::default() },
         });
         assert_eq!(dec_whole(&wire, Version::V5), Ok(want.clone()));
         assert_eq!(enc(&want, Version::V5), wire);
         // 3.1.1 CONNACK: accepted, session present.
-        let c311 = Packet::Connack(Connack {
-            session_present: true,
-            code: 0,
-            properties: Properties::default(),
-        });
+        let c311 = Packet::Connack(Connack { session_present: true, code: 0, properties: Properties::default() });
         assert_eq!(enc(&c311, Version::V311), [0x20, 0x02, 0x01, 0x00]);
     }
 
     #[test]
     fn vector_publish_311_spec_example() {
         // MQTT 3.1.1 §3.3.2.3: topic "a/b", packet identifier 10.
-        let wire = [
-            0x32, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'i',
-        ];
+        let wire = [0x32, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0A, b'h', b'i'];
         let want = Packet::Publish(Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
@@ -469,36 +391,18 @@ mod proto {
 
     #[test]
     fn vector_v5_acks_short_and_long_forms() {
-        let short = Packet::Puback(Ack {
-            packet_id: 1,
-            code: 0,
-            properties: Properties::default(),
-        });
+        let short = Packet::Puback(Ack { packet_id: 1, code: 0, properties: Properties::default() });
         assert_eq!(enc(&short, Version::V5), [0x40, 0x02, 0x00, 0x01]);
         assert_eq!(enc(&short, Version::V311), [0x40, 0x02, 0x00, 0x01]);
         // Code 0 + empty property block is the same packet.
-        assert_eq!(
-            dec_whole(&[0x40, 0x04, 0x00, 0x01, 0x00, 0x00], Version::V5),
-            Ok(short.clone())
-        );
-        let code_only = Packet::Pubrec(Ack {
-            packet_id: 1,
-            code: 0x10,
-            properties: Properties::default(),
-        });
+        assert_eq!(dec_whole(&[0x40, 0x04, 0x00, 0x01, 0x00, 0x00], Version::V5), Ok(short.clone()));
+        let code_only = Packet::Pubrec(Ack { packet_id: 1, code: 0x10, properties: Properties::default() });
         let wire = [0x50, 0x03, 0x00, 0x01, 0x10];
         assert_eq!(enc(&code_only, Version::V5), wire);
         assert_eq!(dec_whole(&wire, Version::V5), Ok(code_only));
         // PUBREL has fixed-header flags 0b0010.
         assert_eq!(
-            enc(
-                &Packet::Pubrel(Ack {
-                    packet_id: 0x1234,
-                    code: 0,
-                    properties: Properties::default()
-                }),
-                Version::V5
-            ),
+            enc(&Packet::Pubrel(Ack { packet_id: 0x1234, code: 0, properties: Properties::default() }), Version::V5),
             [0x62, 0x02, 0x12, 0x34]
         );
     }
@@ -521,24 +425,13 @@ mod proto {
         assert_eq!(enc(&want, Version::V311), wire);
         // V5 options byte: retain handling 1, RAP, NL, QoS 2 = 0b0001_1110.
         let wire5 = [0x82, 0x07, 0x00, 0x02, 0x00, 0x00, 0x01, b'x', 0x1E];
-        let Packet::Subscribe(s) = dec_whole(&wire5, Version::V5).unwrap() else {
-            panic!()
-        };
+        let Packet::Subscribe(s) = dec_whole(&wire5, Version::V5).unwrap() else { panic!() };
         let f = &s.filters[0];
-        assert_eq!(
-            (f.qos, f.no_local, f.retain_as_published, f.retain_handling),
-            (QoS::ExactlyOnce, true, true, 1)
-        );
-        let normal = Packet::Disconnect(Disconnect {
-            code: 0,
-            properties: Properties::default(),
-        });
+        assert_eq!((f.qos, f.no_local, f.retain_as_published, f.retain_handling), (QoS::ExactlyOnce, true, true, 1));
+        let normal = Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() });
         assert_eq!(enc(&normal, Version::V5), [0xE0, 0x00]);
         assert_eq!(enc(&normal, Version::V311), [0xE0, 0x00]);
-        let taken_over = Packet::Disconnect(Disconnect {
-            code: 0x8E,
-            properties: Properties::default(),
-        });
+        let taken_over = Packet::Disconnect(Disconnect { code: 0x8E, properties: Properties::default() });
         assert_eq!(enc(&taken_over, Version::V5), [0xE0, 0x01, 0x8E]);
         assert_eq!(dec_whole(&[0xE0, 0x01, 0x8E], Version::V5), Ok(taken_over));
     }
@@ -558,11 +451,7 @@ mod proto {
                             topic: "t/1".into(),
                             packet_id: Some(77),
                             properties: Properties {
-                                message_expiry_interval: if v == Version::V5 {
-                                    expiry
-                                } else {
-                                    None
-                                },
+                                message_expiry_interval: if v == Version::V5 { expiry } else { None },
                                 ..Properties::default()
                             },
                             payload: Bytes::copy_from_slice(payload),
@@ -582,23 +471,14 @@ mod proto {
     #[test]
     fn five_byte_remaining_length() {
         for v in VERSIONS {
-            assert_eq!(
-                dec(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], v),
-                Err(DecodeError::MalformedLength)
-            );
-            assert_eq!(
-                dec(&[0x30, 0x80, 0x80, 0x80, 0x80], v),
-                Err(DecodeError::MalformedLength)
-            );
+            assert_eq!(dec(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], v), Err(DecodeError::MalformedLength));
+            assert_eq!(dec(&[0x30, 0x80, 0x80, 0x80, 0x80], v), Err(DecodeError::MalformedLength));
             // Three continuation bytes: the fourth may still come.
             assert_eq!(dec(&[0x30, 0x80, 0x80, 0x80], v), Ok(None));
         }
         // A malformed varint inside the body (property length).
         assert_eq!(
-            dec(
-                &[0x20, 0x07, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
-                Version::V5
-            ),
+            dec(&[0x20, 0x07, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], Version::V5),
             Err(DecodeError::MalformedLength)
         );
     }
@@ -608,52 +488,28 @@ mod proto {
         // 2,097,151 bytes announced; only the fixed header has arrived.
         assert_eq!(
             decode(&[0x30, 0xFF, 0xFF, 0x7F], Version::V311, 1024),
-            Err(DecodeError::PacketTooLarge {
-                size: 1 + 3 + 2_097_151,
-                max: 1024
-            })
+            Err(DecodeError::PacketTooLarge { size: 1 + 3 + 2_097_151, max: 1024 })
         );
         // Maximum remaining length.
         assert_eq!(
             decode(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F], Version::V5, 1 << 20),
-            Err(DecodeError::PacketTooLarge {
-                size: 5 + 268_435_455,
-                max: 1 << 20
-            })
+            Err(DecodeError::PacketTooLarge { size: 5 + 268_435_455, max: 1 << 20 })
         );
         // Under the limit but incomplete: need more bytes.
         assert_eq!(decode(&[0x30, 0x80, 0x01], Version::V5, 1024), Ok(None));
-        assert_eq!(
-            DecodeError::PacketTooLarge { size: 2, max: 1 }.reason_code(),
-            0x95
-        );
+        assert_eq!(DecodeError::PacketTooLarge { size: 2, max: 1 }.reason_code(), 0x95);
     }
 
     #[test]
     fn unknown_packet_types() {
-        assert_eq!(
-            dec(&[0x00, 0x00], Version::V5),
-            Err(DecodeError::UnknownPacketType(0))
-        );
-        assert_eq!(
-            dec(&[0xF0, 0x00], Version::V311),
-            Err(DecodeError::UnknownPacketType(15))
-        );
+        assert_eq!(dec(&[0x00, 0x00], Version::V5), Err(DecodeError::UnknownPacketType(0)));
+        assert_eq!(dec(&[0xF0, 0x00], Version::V311), Err(DecodeError::UnknownPacketType(15)));
         assert_eq!(
             dec(&[0xF0, 0x00], Version::V5),
-            Ok(Some((
-                Packet::Auth(Auth {
-                    code: 0,
-                    properties: Properties::default()
-                }),
-                2
-            )))
+            Ok(Some((Packet::Auth(Auth { code: 0, properties: Properties::default() }), 2)))
         );
         // Refused from the first byte, before the length arrives.
-        assert_eq!(
-            dec(&[0x00], Version::V5),
-            Err(DecodeError::UnknownPacketType(0))
-        );
+        assert_eq!(dec(&[0x00], Version::V5), Err(DecodeError::UnknownPacketType(0)));
     }
 
     #[test]
@@ -680,10 +536,7 @@ mod proto {
     #[test]
     fn qos_3() {
         for v in VERSIONS {
-            assert_eq!(
-                dec(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], v),
-                Err(DecodeError::InvalidQoS(3))
-            );
+            assert_eq!(dec(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], v), Err(DecodeError::InvalidQoS(3)));
             // Subscription option QoS 3.
             assert_eq!(
                 dec(
@@ -700,63 +553,31 @@ mod proto {
         // Will QoS 3 (connect flags 0b0001_1110).
         let mut c = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x1E, 0x00, 0x00];
         c.extend_from_slice(&[0x00, 0x00, 0x00, 0x01, b't', 0x00, 0x00]);
-        assert_eq!(
-            dec(&frame(0x10, &c), Version::V311),
-            Err(DecodeError::InvalidQoS(3))
-        );
+        assert_eq!(dec(&frame(0x10, &c), Version::V311), Err(DecodeError::InvalidQoS(3)));
     }
 
     #[test]
     fn zero_packet_id() {
         for v in VERSIONS {
-            assert_eq!(
-                dec(&[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], v),
-                Err(DecodeError::ZeroPacketId)
-            );
+            assert_eq!(dec(&[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], v), Err(DecodeError::ZeroPacketId));
             for first in [0x40, 0x50, 0x62, 0x70] {
-                assert_eq!(
-                    dec(&[first, 0x02, 0x00, 0x00], v),
-                    Err(DecodeError::ZeroPacketId)
-                );
+                assert_eq!(dec(&[first, 0x02, 0x00, 0x00], v), Err(DecodeError::ZeroPacketId));
             }
         }
         assert_eq!(DecodeError::ZeroPacketId.reason_code(), 0x82);
-        let p = Packet::Puback(Ack {
-            packet_id: 0,
-            code: 0,
-            properties: Properties::default(),
-        });
+        let p = Packet::Puback(Ack { packet_id: 0, code: 0, properties: Properties::default() });
         let mut out = vec![1, 2, 3];
-        assert!(matches!(
-            encode(&p, Version::V5, &mut out),
-            Err(EncodeError::Invalid(_))
-        ));
+        assert!(matches!(encode(&p, Version::V5, &mut out), Err(EncodeError::Invalid(_))));
         assert_eq!(out, [1, 2, 3]);
     }
 
     #[test]
     fn empty_subscribe_and_unsubscribe() {
-        assert_eq!(
-            dec(&[0x82, 0x02, 0x00, 0x01], Version::V311),
-            Err(DecodeError::EmptySubscription)
-        );
-        assert_eq!(
-            dec(&[0x82, 0x03, 0x00, 0x01, 0x00], Version::V5),
-            Err(DecodeError::EmptySubscription)
-        );
-        assert_eq!(
-            dec(&[0xA2, 0x02, 0x00, 0x01], Version::V311),
-            Err(DecodeError::EmptySubscription)
-        );
-        assert_eq!(
-            dec(&[0xA2, 0x03, 0x00, 0x01, 0x00], Version::V5),
-            Err(DecodeError::EmptySubscription)
-        );
-        let empty = Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![],
-            properties: Properties::default(),
-        });
+        assert_eq!(dec(&[0x82, 0x02, 0x00, 0x01], Version::V311), Err(DecodeError::EmptySubscription));
+        assert_eq!(dec(&[0x82, 0x03, 0x00, 0x01, 0x00], Version::V5), Err(DecodeError::EmptySubscription));
+        assert_eq!(dec(&[0xA2, 0x02, 0x00, 0x01], Version::V311), Err(DecodeError::EmptySubscription));
+        assert_eq!(dec(&[0xA2, 0x03, 0x00, 0x01, 0x00], Version::V5), Err(DecodeError::EmptySubscription));
+        let empty = Packet::Subscribe(Subscribe { packet_id: 1, filters: vec![], properties: Properties::default() });
         assert!(encode(&empty, Version::V5, &mut Vec::new()).is_err());
     }
 
@@ -764,29 +585,17 @@ mod proto {
     fn bad_utf8() {
         for v in VERSIONS {
             // PUBLISH topic 0xFF
-            assert_eq!(
-                dec(&[0x30, 0x03, 0x00, 0x01, 0xFF], v),
-                Err(DecodeError::InvalidUtf8)
-            );
+            assert_eq!(dec(&[0x30, 0x03, 0x00, 0x01, 0xFF], v), Err(DecodeError::InvalidUtf8));
             // PUBLISH topic with U+0000
-            assert_eq!(
-                dec(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00], v),
-                Err(DecodeError::InvalidUtf8)
-            );
+            assert_eq!(dec(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00], v), Err(DecodeError::InvalidUtf8));
         }
         // CONNECT client id with an overlong encoding of '/'.
         let mut c = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00];
         c.extend_from_slice(&[0x00, 0x02, 0xC0, 0xAF]);
-        assert_eq!(
-            dec(&frame(0x10, &c), Version::V311),
-            Err(DecodeError::InvalidUtf8)
-        );
+        assert_eq!(dec(&frame(0x10, &c), Version::V311), Err(DecodeError::InvalidUtf8));
         // V5 user property value.
         assert_eq!(
-            dec(
-                &[0xE0, 0x08, 0x00, 0x06, 0x26, 0x00, 0x00, 0x00, 0x01, 0xFE],
-                Version::V5
-            ),
+            dec(&[0xE0, 0x08, 0x00, 0x06, 0x26, 0x00, 0x00, 0x00, 0x01, 0xFE], Version::V5),
             Err(DecodeError::InvalidUtf8)
         );
     }
@@ -814,28 +623,13 @@ mod proto {
 
     #[test]
     fn trailing_bytes() {
-        assert_eq!(
-            dec(&[0xC0, 0x01, 0x00], Version::V311),
-            Err(DecodeError::TrailingBytes)
-        );
-        assert_eq!(
-            dec(&[0x40, 0x03, 0x00, 0x01, 0x00], Version::V311),
-            Err(DecodeError::TrailingBytes)
-        );
-        assert_eq!(
-            dec(&[0x20, 0x03, 0x00, 0x00, 0x00], Version::V311),
-            Err(DecodeError::TrailingBytes)
-        );
+        assert_eq!(dec(&[0xC0, 0x01, 0x00], Version::V311), Err(DecodeError::TrailingBytes));
+        assert_eq!(dec(&[0x40, 0x03, 0x00, 0x01, 0x00], Version::V311), Err(DecodeError::TrailingBytes));
+        assert_eq!(dec(&[0x20, 0x03, 0x00, 0x00, 0x00], Version::V311), Err(DecodeError::TrailingBytes));
         // V311 UNSUBACK has no payload.
-        assert_eq!(
-            dec(&[0xB0, 0x03, 0x00, 0x01, 0x00], Version::V311),
-            Err(DecodeError::TrailingBytes)
-        );
+        assert_eq!(dec(&[0xB0, 0x03, 0x00, 0x01, 0x00], Version::V311), Err(DecodeError::TrailingBytes));
         // V5 PUBACK: empty property block then one more byte.
-        assert_eq!(
-            dec(&[0x40, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00], Version::V5),
-            Err(DecodeError::TrailingBytes)
-        );
+        assert_eq!(dec(&[0x40, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00], Version::V5), Err(DecodeError::TrailingBytes));
     }
 
     #[test]
@@ -851,22 +645,13 @@ mod proto {
             frame(0x10, &c)
         };
         let err = dec(&connect(b"MQIsdp", 3, 0x02), Version::V311).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::UnsupportedProtocol {
-                name: "MQIsdp".into(),
-                level: 3
-            }
-        );
+        assert_eq!(err, DecodeError::UnsupportedProtocol { name: "MQIsdp".into(), level: 3 });
         assert_eq!(err.reason_code(), 0x84);
         assert!(matches!(
             dec(&connect(b"MQTT", 6, 0x02), Version::V311),
             Err(DecodeError::UnsupportedProtocol { level: 6, .. })
         ));
-        assert!(matches!(
-            dec(&connect(b"MQTX", 4, 0x02), Version::V311),
-            Err(DecodeError::UnsupportedProtocol { .. })
-        ));
+        assert!(matches!(dec(&connect(b"MQTX", 4, 0x02), Version::V311), Err(DecodeError::UnsupportedProtocol { .. })));
         assert!(dec(&connect(b"MQTT", 4, 0x02), Version::V311).is_ok());
         assert!(dec(&connect(b"MQTT", 5, 0x02), Version::V311).is_ok());
         // Reserved flag.
@@ -885,34 +670,22 @@ mod proto {
         let mut c = connect(b"MQTT", 4, 0x40);
         c.extend_from_slice(&[0x00, 0x01, b'p']);
         c[1] += 3;
-        assert!(matches!(
-            dec(&c, Version::V311),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(dec(&c, Version::V311), Err(DecodeError::Malformed(_))));
         let mut c = connect(b"MQTT", 5, 0x40);
         c.extend_from_slice(&[0x00, 0x01, b'p']);
         c[1] += 3;
-        let Packet::Connect(c) = dec_whole(&c, Version::V311).unwrap() else {
-            panic!()
-        };
+        let Packet::Connect(c) = dec_whole(&c, Version::V311).unwrap() else { panic!() };
         assert_eq!((c.username, c.password), (None, Some(b"p".to_vec())));
     }
 
     #[test]
     fn malformed_properties() {
         // DISCONNECT with code 0 and: unknown id 0x04; duplicated reason string.
-        for props in [
-            &[0x02, 0x04, 0x00][..],
-            &[0x06, 0x1F, 0x00, 0x00, 0x1F, 0x00, 0x00][..],
-            &[0x02, 0x24, 0x02][..],
-        ] {
+        for props in [&[0x02, 0x04, 0x00][..], &[0x06, 0x1F, 0x00, 0x00, 0x1F, 0x00, 0x00][..], &[0x02, 0x24, 0x02][..]]
+        {
             let mut body = vec![0x00];
             body.extend_from_slice(props);
-            assert_eq!(
-                dec(&frame(0xE0, &body), Version::V5),
-                Err(DecodeError::MalformedProperties),
-                "{props:02x?}"
-            );
+            assert_eq!(dec(&frame(0xE0, &body), Version::V5), Err(DecodeError::MalformedProperties), "{props:02x?}");
         }
         assert_eq!(DecodeError::MalformedProperties.reason_code(), 0x81);
     }
@@ -930,19 +703,10 @@ mod proto {
             payload: Bytes::new(),
         });
         let mut out = vec![9];
-        assert_eq!(
-            encode(&p, Version::V311, &mut out),
-            Err(EncodeError::FieldTooLong)
-        );
+        assert_eq!(encode(&p, Version::V311, &mut out), Err(EncodeError::FieldTooLong));
         assert_eq!(out, [9]);
-        let auth = Packet::Auth(Auth {
-            code: 0,
-            properties: Properties::default(),
-        });
-        assert!(matches!(
-            encode(&auth, Version::V311, &mut out),
-            Err(EncodeError::Invalid(_))
-        ));
+        let auth = Packet::Auth(Auth { code: 0, properties: Properties::default() });
+        assert!(matches!(encode(&auth, Version::V311, &mut out), Err(EncodeError::Invalid(_))));
         let qos1_no_id = Packet::Publish(Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
@@ -979,10 +743,7 @@ mod proto {
             let bytes = enc(&p, v);
             assert_eq!(bytes[1] & 0x80, 0x80);
             assert_eq!(dec_whole(&bytes, v), Ok(p.clone()));
-            assert!(matches!(
-                decode(&bytes[..5], v, 1_000_000),
-                Err(DecodeError::PacketTooLarge { .. })
-            ));
+            assert!(matches!(decode(&bytes[..5], v, 1_000_000), Err(DecodeError::PacketTooLarge { .. })));
         }
     }
 }

@@ -7,9 +7,8 @@
 mod proto {
     use bytes::Bytes;
     use core_engine::proto::{
-        decode, encode, Ack, Auth, Connack, Connect, DecodeError, Disconnect, LastWill, Packet,
-        Properties, Publish, QoS, Suback, Subscribe, SubscribeFilter, Unsuback, Unsubscribe,
-        Version,
+        decode, encode, Ack, Auth, Connack, Connect, DecodeError, Disconnect, LastWill, Packet, Properties, Publish,
+        QoS, Suback, Subscribe, SubscribeFilter, Unsuback, Unsubscribe, Version,
     };
     use proptest::collection::vec;
     use proptest::option::of as opt;
@@ -20,11 +19,7 @@ mod proto {
     }
 
     fn qos() -> impl Strategy<Value = QoS> {
-        prop_oneof![
-            Just(QoS::AtMostOnce),
-            Just(QoS::AtLeastOnce),
-            Just(QoS::ExactlyOnce)
-        ]
+        prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
     }
 
     /// Any UTF-8 without U+0000 (mix of ASCII, multi-byte and astral characters).
@@ -37,20 +32,16 @@ mod proto {
     }
 
     fn topic_filter() -> impl Strategy<Value = String> {
-        (
-            vec(prop_oneof!["[a-z0-9é]{0,4}", Just("+".to_string())], 1..4),
-            any::<bool>(),
-        )
-            .prop_map(|(levels, hash)| {
-                let mut f = levels.join("/");
-                if hash {
-                    f.push_str(if f.is_empty() { "#" } else { "/#" });
-                }
-                if f.is_empty() {
-                    f.push('#');
-                }
-                f
-            })
+        (vec(prop_oneof!["[a-z0-9é]{0,4}", Just("+".to_string())], 1..4), any::<bool>()).prop_map(|(levels, hash)| {
+            let mut f = levels.join("/");
+            if hash {
+                f.push_str(if f.is_empty() { "#" } else { "/#" });
+            }
+            if f.is_empty() {
+                f.push('#');
+            }
+            f
+        })
     }
 
     fn data() -> impl Strategy<Value = Vec<u8>> {
@@ -117,53 +108,29 @@ mod proto {
     }
 
     fn will() -> impl Strategy<Value = LastWill> {
-        (topic_name(), data(), qos(), any::<bool>(), properties()).prop_map(
-            |(topic, payload, qos, retain, properties)| LastWill {
-                topic,
-                payload,
-                qos,
-                retain,
-                properties,
+        (topic_name(), data(), qos(), any::<bool>(), properties())
+            .prop_map(|(topic, payload, qos, retain, properties)| LastWill { topic, payload, qos, retain, properties })
+    }
+
+    fn connect() -> impl Strategy<Value = Packet> {
+        (text(), any::<bool>(), any::<u16>(), opt(text()), opt(data()), opt(will()), properties()).prop_map(
+            |(client_id, clean_start, keep_alive, username, password, will, properties)| {
+                Packet::Connect(Connect {
+                    version: Version::V5,
+                    client_id,
+                    clean_start,
+                    keep_alive,
+                    username,
+                    password,
+                    will,
+                    properties,
+                })
             },
         )
     }
 
-    fn connect() -> impl Strategy<Value = Packet> {
-        (
-            text(),
-            any::<bool>(),
-            any::<u16>(),
-            opt(text()),
-            opt(data()),
-            opt(will()),
-            properties(),
-        )
-            .prop_map(
-                |(client_id, clean_start, keep_alive, username, password, will, properties)| {
-                    Packet::Connect(Connect {
-                        version: Version::V5,
-                        client_id,
-                        clean_start,
-                        keep_alive,
-                        username,
-                        password,
-                        will,
-                        properties,
-                    })
-                },
-            )
-    }
-
     fn publish() -> impl Strategy<Value = Packet> {
-        (
-            any::<bool>(),
-            qos(),
-            any::<bool>(),
-            topic_name(),
-            packet_id(),
-            properties(),
-            vec(any::<u8>(), 0..64),
-        )
+        (any::<bool>(), qos(), any::<bool>(), topic_name(), packet_id(), properties(), vec(any::<u8>(), 0..64))
             .prop_map(|(dup, qos, retain, topic, id, properties, payload)| {
                 let qos0 = qos == QoS::AtMostOnce;
                 Packet::Publish(Publish {
@@ -270,14 +237,8 @@ mod proto {
                 }
                 Packet::Connect(c)
             }
-            Packet::Connack(c) => Packet::Connack(Connack {
-                properties: none(),
-                ..c
-            }),
-            Packet::Publish(p) => Packet::Publish(Publish {
-                properties: none(),
-                ..p
-            }),
+            Packet::Connack(c) => Packet::Connack(Connack { properties: none(), ..c }),
+            Packet::Publish(p) => Packet::Publish(Publish { properties: none(), ..p }),
             Packet::Puback(a) => Packet::Puback(strip_ack(a)),
             Packet::Pubrec(a) => Packet::Pubrec(strip_ack(a)),
             Packet::Pubrel(a) => Packet::Pubrel(strip_ack(a)),
@@ -287,32 +248,16 @@ mod proto {
                 filters: s
                     .filters
                     .into_iter()
-                    .map(|f| SubscribeFilter {
-                        no_local: false,
-                        retain_as_published: false,
-                        retain_handling: 0,
-                        ..f
-                    })
+                    .map(|f| SubscribeFilter { no_local: false, retain_as_published: false, retain_handling: 0, ..f })
                     .collect(),
                 properties: none(),
             }),
-            Packet::Suback(s) => Packet::Suback(Suback {
-                properties: none(),
-                ..s
-            }),
-            Packet::Unsubscribe(u) => Packet::Unsubscribe(Unsubscribe {
-                properties: none(),
-                ..u
-            }),
-            Packet::Unsuback(u) => Packet::Unsuback(Unsuback {
-                packet_id: u.packet_id,
-                codes: vec![],
-                properties: none(),
-            }),
-            Packet::Disconnect(_) => Packet::Disconnect(Disconnect {
-                code: 0,
-                properties: none(),
-            }),
+            Packet::Suback(s) => Packet::Suback(Suback { properties: none(), ..s }),
+            Packet::Unsubscribe(u) => Packet::Unsubscribe(Unsubscribe { properties: none(), ..u }),
+            Packet::Unsuback(u) => {
+                Packet::Unsuback(Unsuback { packet_id: u.packet_id, codes: vec![], properties: none() })
+            }
+            Packet::Disconnect(_) => Packet::Disconnect(Disconnect { code: 0, properties: none() }),
             // AUTH does not exist in 3.1.1.
             Packet::Auth(_) => Packet::Pingreq,
             p @ (Packet::Pingreq | Packet::Pingresp) => p,
@@ -320,11 +265,7 @@ mod proto {
     }
 
     fn strip_ack(a: Ack) -> Ack {
-        Ack {
-            packet_id: a.packet_id,
-            code: 0,
-            properties: Properties::default(),
-        }
+        Ack { packet_id: a.packet_id, code: 0, properties: Properties::default() }
     }
 
     /// If the decoder accepted something, re-encoding it must give the same packet back.

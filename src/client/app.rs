@@ -31,8 +31,8 @@ pub struct AppCreateArgs {
 /// Reads and trims `DATA/admin.token`.
 pub fn read_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("admin.token");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the admin token from {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading the admin token from {}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
         bail!("{} is empty", path.display());
@@ -46,9 +46,7 @@ pub fn run_app_create(args: AppCreateArgs) -> anyhow::Result<()> {
         None => read_admin_token(&args.data_dir)?,
     };
     let http = HttpClient::new(&args.http, HTTP_TIMEOUT)?;
-    let resp = runtime()?
-        .block_on(http.create_app(&token, &args.name, &args.package))?
-        .error_for_status()?;
+    let resp = runtime()?.block_on(http.create_app(&token, &args.name, &args.package))?.error_for_status()?;
     print_line(&resp.text())
 }
 

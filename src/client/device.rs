@@ -12,8 +12,7 @@ use anyhow::{bail, Context};
 use core_engine::proto::{Packet, QoS, Version};
 use loadgen::http_client::HttpClient;
 use loadgen::mqtt_client::{
-    device_connect, packet_name, reason_name, resolve, tcp_connect, with_timeout, ClientError,
-    MqttConn, Registration,
+    device_connect, packet_name, reason_name, resolve, tcp_connect, with_timeout, ClientError, MqttConn, Registration,
 };
 use tokio::time::Instant;
 
@@ -70,12 +69,8 @@ fn version_of(v: u8) -> Version {
 pub fn load_state(path: &Path) -> anyhow::Result<Option<Registration>> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            let reg: Registration = serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{} is not a device state file {{\"regid\",\"token\"}}",
-                    path.display()
-                )
-            })?;
+            let reg: Registration = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a device state file {{\"regid\",\"token\"}}", path.display()))?;
             Ok(Some(reg))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -119,32 +114,24 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
         Some(reg) => {
             let mut conn = open(addr, version).await?;
             let connect = device_connect(version, &args.app_id, &reg, KEEP_ALIVE, false);
-            let connack = with_timeout("CONNACK", HANDSHAKE_TIMEOUT, conn.handshake(connect))
-                .await
-                .map_err(|e| {
-                    let ctx = refused_context(&e, &format!("reconnect as {}", reg.regid));
-                    anyhow::Error::new(e).context(ctx)
-                })?;
+            let connack = with_timeout("CONNACK", HANDSHAKE_TIMEOUT, conn.handshake(connect)).await.map_err(|e| {
+                let ctx = refused_context(&e, &format!("reconnect as {}", reg.regid));
+                anyhow::Error::new(e).context(ctx)
+            })?;
             if !connack.session_present {
-                eprintln!(
-                    "note: the node reported no session present for {}",
-                    reg.regid
-                );
+                eprintln!("note: the node reported no session present for {}", reg.regid);
             }
             conn
         }
         None if matches!(version, Version::V5) => {
             let mut conn = open(addr, version).await?;
-            let reg = with_timeout(
-                "CONNACK",
-                HANDSHAKE_TIMEOUT,
-                conn.register(&args.app_id, &args.app_key, KEEP_ALIVE),
-            )
-            .await
-            .map_err(|e| {
-                let ctx = refused_context(&e, "registration");
-                anyhow::Error::new(e).context(ctx)
-            })?;
+            let reg =
+                with_timeout("CONNACK", HANDSHAKE_TIMEOUT, conn.register(&args.app_id, &args.app_key, KEEP_ALIVE))
+                    .await
+                    .map_err(|e| {
+                        let ctx = refused_context(&e, "registration");
+                        anyhow::Error::new(e).context(ctx)
+                    })?;
             save_state(&args.state, &reg)?;
             eprintln!("registered regid={}", reg.regid);
             conn
@@ -152,23 +139,17 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
         None => {
             // MQTT 3.1.1 cannot assign a client id: register over HTTP, then connect.
             let http = HttpClient::new(&args.http, HTTP_TIMEOUT)?;
-            let resp = http
-                .register_device(&args.app_id, &args.app_key)
-                .await?
-                .error_for_status()?;
-            let reg: Registration = resp.json().with_context(|| {
-                format!("unexpected answer to POST /v1/devices: {}", resp.text())
-            })?;
+            let resp = http.register_device(&args.app_id, &args.app_key).await?.error_for_status()?;
+            let reg: Registration =
+                resp.json().with_context(|| format!("unexpected answer to POST /v1/devices: {}", resp.text()))?;
             save_state(&args.state, &reg)?;
             eprintln!("registered regid={}", reg.regid);
             let mut conn = open(addr, version).await?;
             let connect = device_connect(version, &args.app_id, &reg, KEEP_ALIVE, false);
-            with_timeout("CONNACK", HANDSHAKE_TIMEOUT, conn.handshake(connect))
-                .await
-                .map_err(|e| {
-                    let ctx = refused_context(&e, &format!("connect as {}", reg.regid));
-                    anyhow::Error::new(e).context(ctx)
-                })?;
+            with_timeout("CONNACK", HANDSHAKE_TIMEOUT, conn.handshake(connect)).await.map_err(|e| {
+                let ctx = refused_context(&e, &format!("connect as {}", reg.regid));
+                anyhow::Error::new(e).context(ctx)
+            })?;
             conn
         }
     };
@@ -182,11 +163,7 @@ async fn device(args: DeviceArgs) -> anyhow::Result<()> {
 
 /// Prints and acknowledges pushes until `count` (if any) have arrived; pings every
 /// keep-alive/2 and gives up when the node is silent for 1.5 x keep-alive.
-async fn receive_loop(
-    conn: &mut MqttConn,
-    version: Version,
-    count: Option<u64>,
-) -> anyhow::Result<()> {
+async fn receive_loop(conn: &mut MqttConn, version: Version, count: Option<u64>) -> anyhow::Result<()> {
     let keep_alive = Duration::from_secs(u64::from(KEEP_ALIVE));
     let ping_every = keep_alive / 2;
     let silence_limit = keep_alive * 3 / 2;
@@ -195,8 +172,7 @@ async fn receive_loop(
     let mut received: u64 = 0;
     loop {
         let dead_at = last_rx + silence_limit;
-        let packet = match tokio::time::timeout_at(next_ping.min(dead_at), conn.read_packet()).await
-        {
+        let packet = match tokio::time::timeout_at(next_ping.min(dead_at), conn.read_packet()).await {
             Ok(p) => p.context("reading from the node")?,
             Err(_) => {
                 let now = Instant::now();
@@ -241,11 +217,7 @@ async fn receive_loop(
             Packet::Pingresp | Packet::Unsuback(_) => {}
             Packet::Disconnect(d) => {
                 let v5 = matches!(version, Version::V5);
-                bail!(
-                    "the node disconnected: reason code {:#04x} ({})",
-                    d.code,
-                    reason_name(v5, d.code)
-                );
+                bail!("the node disconnected: reason code {:#04x} ({})", d.code, reason_name(v5, d.code));
             }
             other => eprintln!("warning: ignoring unexpected {}", packet_name(&other)),
         }
@@ -270,42 +242,19 @@ mod tests {
         assert_eq!(cli.device.state, PathBuf::from("./device.json"));
         assert_eq!(cli.device.mqtt_version, 5);
         assert_eq!(cli.device.count, None);
-        let cli = Cli::try_parse_from([
-            "x",
-            "--app-id",
-            "a",
-            "--app-key",
-            "k",
-            "--mqtt-version",
-            "3",
-            "--count",
-            "2",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["x", "--app-id", "a", "--app-key", "k", "--mqtt-version", "3", "--count", "2"])
+            .unwrap();
         assert_eq!(cli.device.mqtt_version, 3);
         assert_eq!(cli.device.count, Some(2));
-        assert!(Cli::try_parse_from([
-            "x",
-            "--app-id",
-            "a",
-            "--app-key",
-            "k",
-            "--mqtt-version",
-            "4.5"
-        ])
-        .is_err());
+        assert!(Cli::try_parse_from(["x", "--app-id", "a", "--app-key", "k", "--mqtt-version", "4.5"]).is_err());
     }
 
     #[test]
     fn state_file_round_trip() {
-        let path =
-            std::env::temp_dir().join(format!("pushnode-device-test-{}.json", std::process::id()));
+        let path = std::env::temp_dir().join(format!("pushnode-device-test-{}.json", std::process::id()));
         let _ = std::fs::remove_file(&path);
         assert!(load_state(&path).unwrap().is_none());
-        let reg = Registration {
-            regid: "r".into(),
-            token: "t".into(),
-        };
+        let reg = Registration { regid: "r".into(), token: "t".into() };
         save_state(&path, &reg).unwrap();
         assert_eq!(load_state(&path).unwrap(), Some(reg));
         std::fs::write(&path, b"{}").unwrap();

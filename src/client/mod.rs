@@ -21,9 +21,7 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A current-thread runtime with IO and timers.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Prints an answer body as one line on stdout.

@@ -40,17 +40,9 @@ pub struct SendArgs {
 pub fn message_body(args: &SendArgs) -> Value {
     let mut m = Map::new();
     m.insert("target".into(), json!({ "regids": args.regids }));
-    let kind = if args.passthrough {
-        "passthrough"
-    } else {
-        "notification"
-    };
+    let kind = if args.passthrough { "passthrough" } else { "notification" };
     m.insert("type".into(), kind.into());
-    for (key, val) in [
-        ("title", &args.title),
-        ("description", &args.description),
-        ("payload", &args.payload),
-    ] {
+    for (key, val) in [("title", &args.title), ("description", &args.description), ("payload", &args.payload)] {
         if let Some(v) = val {
             m.insert(key.into(), v.clone().into());
         }
@@ -63,16 +55,11 @@ pub fn message_body(args: &SendArgs) -> Value {
 
 pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
     if args.regids.len() > MAX_REGIDS {
-        bail!(
-            "{} RegIDs given; a message targets at most {MAX_REGIDS}",
-            args.regids.len()
-        );
+        bail!("{} RegIDs given; a message targets at most {MAX_REGIDS}", args.regids.len());
     }
     let http = HttpClient::new(&args.http, HTTP_TIMEOUT)?;
     let body = message_body(&args);
-    let resp = runtime()?
-        .block_on(http.send_message(&args.secret, &body))?
-        .error_for_status()?;
+    let resp = runtime()?.block_on(http.send_message(&args.secret, &body))?.error_for_status()?;
     print_line(&resp.text())
 }
 
@@ -106,10 +93,7 @@ mod tests {
         .unwrap();
         assert_eq!(cli.send.http, DEFAULT_HTTP);
         let body = message_body(&cli.send);
-        assert_eq!(
-            body,
-            json!({"target":{"regids":["a","b"]},"type":"passthrough","title":"T","ttl":30})
-        );
+        assert_eq!(body, json!({"target":{"regids":["a","b"]},"type":"passthrough","title":"T","ttl":30}));
     }
 
     #[test]

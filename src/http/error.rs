@@ -15,11 +15,7 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        HttpError {
-            status,
-            code,
-            message: message.into(),
-        }
+        HttpError { status, code, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -44,11 +40,9 @@ impl From<ApiError> for HttpError {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Invalid(e) => HttpError::bad_request(e.to_string()),
-            ApiError::Unavailable => HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            ),
+            ApiError::Unavailable => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            ApiError::UnknownDevice => HttpError::not_found("unknown RegID for this app"),
+            ApiError::Quota(text) => HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded", text),
             other => {
                 tracing::error!(error = %other, "request failed in the store");
                 HttpError::new(
@@ -66,9 +60,8 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     let raw = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(raw)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
 }

@@ -28,21 +28,16 @@ pub fn start(addr: SocketAddr, threads: usize, state: Arc<HttpState>) -> anyhow:
         let listener = core_engine::sys::reuseport_listener(addr, 1024)?;
         listener.set_nonblocking(true)?;
         let state = state.clone();
-        std::thread::Builder::new()
-            .name(format!("http-{index}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "starting the HTTP runtime failed");
-                        return;
-                    }
-                };
-                runtime.block_on(serve(listener, state));
-            })?;
+        std::thread::Builder::new().name(format!("http-{index}")).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "starting the HTTP runtime failed");
+                    return;
+                }
+            };
+            runtime.block_on(serve(listener, state));
+        })?;
     }
     Ok(())
 }

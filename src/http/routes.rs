@@ -5,7 +5,7 @@ use super::error::{json_response, HttpError};
 use super::HttpState;
 use bytes::Bytes;
 use core_engine::ids::{hash_eq, parse_message_id, secret_hash, AppId};
-use core_engine::push::{PushRequest, MAX_REGIDS};
+use core_engine::push::{valid_name, SendRequest, MAX_REGIDS};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -13,27 +13,62 @@ use serde::Deserialize;
 
 type HttpResult = Result<Response<Full<Bytes>>, HttpError>;
 
+/// A path segment with %XX escapes decoded (aliases and topics may hold any UTF-8).
+fn percent_decoded(segment: &str) -> Result<String, HttpError> {
+    let bad = || HttpError::bad_request(format!("bad percent-encoding in {segment:?}"));
+    let raw = segment.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
 /// Answers one request.
 pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result = match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({"status": "ok"}),
-        )),
+        (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (&Method::POST, ["v1", "apps"]) => create_app(state, req).await,
         (&Method::POST, ["v1", "devices"]) => register_device(state, req).await,
         (&Method::POST, ["v1", "messages"]) => send_message(state, req).await,
         (&Method::GET, ["v1", "messages", id]) => message_status(state, &req, id).await,
+        (&Method::GET, ["v1", "aliases", alias]) => match percent_decoded(alias) {
+            Ok(alias) => lookup_alias(state, &req, &alias).await,
+            Err(e) => Err(e),
+        },
+        (&Method::POST, ["v1", "devices", regid, "aliases"]) => set_alias(state, req, regid).await,
+        (&Method::DELETE, ["v1", "devices", regid, "aliases", alias]) => match percent_decoded(alias) {
+            Ok(alias) => unset_alias(state, &req, regid, &alias).await,
+            Err(e) => Err(e),
+        },
+        (&Method::POST, ["v1", "topics", topic, action @ ("subscribe" | "unsubscribe")]) => {
+            match percent_decoded(topic) {
+                Ok(topic) => topic_members(state, req, &topic, *action == "subscribe").await,
+                Err(e) => Err(e),
+            }
+        }
         (
             _,
             ["healthz"]
             | ["v1", "apps"]
             | ["v1", "devices"]
             | ["v1", "messages"]
-            | ["v1", "messages", _],
+            | ["v1", "messages", _]
+            | ["v1", "aliases", _]
+            | ["v1", "devices", _, "aliases"]
+            | ["v1", "devices", _, "aliases", _]
+            | ["v1", "topics", _, "subscribe" | "unsubscribe"],
         ) => Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -46,11 +81,8 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
     response
 }
 
-/// Reads a JSON body of at most `max_body_bytes`.
-async fn json_body<T: serde::de::DeserializeOwned>(
-    state: &HttpState,
-    req: Request<Incoming>,
-) -> Result<T, HttpError> {
+/// Reads a body of at most `max_body_bytes`.
+async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, HttpError> {
     let too_large = || {
         HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -66,7 +98,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), state.max_body_bytes)
+    Ok(Limited::new(req.into_body(), state.max_body_bytes)
         .collect()
         .await
         .map_err(|e| {
@@ -76,16 +108,17 @@ async fn json_body<T: serde::de::DeserializeOwned>(
                 HttpError::bad_request(format!("reading the body failed: {e}"))
             }
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// Reads a JSON body of at most `max_body_bytes`.
+async fn json_body<T: serde::de::DeserializeOwned>(state: &HttpState, req: Request<Incoming>) -> Result<T, HttpError> {
+    let body = read_body(state, req).await?;
     serde_json::from_slice(&body).map_err(|e| HttpError::bad_request(format!("invalid JSON: {e}")))
 }
 
 fn authorization<'a>(req: &'a Request<Incoming>, scheme: &str) -> Option<&'a str> {
-    let value = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let value = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
     value.strip_prefix(scheme).map(str::trim)
 }
 
@@ -93,11 +126,7 @@ fn authorization<'a>(req: &'a Request<Incoming>, scheme: &str) -> Option<&'a str
 fn app_of(state: &HttpState, req: &Request<Incoming>) -> Result<AppId, HttpError> {
     let secret = authorization(req, "key=")
         .ok_or_else(|| HttpError::unauthorized("missing `Authorization: key=<app secret>`"))?;
-    state
-        .node
-        .apps()
-        .authenticate_secret(secret)
-        .ok_or_else(|| HttpError::unauthorized("unknown app secret"))
+    state.node.apps().authenticate_secret(secret).ok_or_else(|| HttpError::unauthorized("unknown app secret"))
 }
 
 #[derive(Deserialize)]
@@ -111,21 +140,13 @@ struct CreateApp {
 async fn create_app(state: &HttpState, req: Request<Incoming>) -> HttpResult {
     let token = authorization(&req, "Bearer ").unwrap_or("");
     if !hash_eq(&secret_hash(token), &secret_hash(&state.admin_token)) {
-        return Err(HttpError::unauthorized(
-            "missing or wrong `Authorization: Bearer <admin token>`",
-        ));
+        return Err(HttpError::unauthorized("missing or wrong `Authorization: Bearer <admin token>`"));
     }
     let body: CreateApp = json_body(state, req).await?;
     if body.name.is_empty() || body.name.len() > 128 || body.package.len() > 256 {
-        return Err(HttpError::bad_request(
-            "name must be 1..=128 bytes and package at most 256",
-        ));
+        return Err(HttpError::bad_request("name must be 1..=128 bytes and package at most 256"));
     }
-    let created = state
-        .node
-        .apps()
-        .create(&body.name, &body.package)
-        .map_err(core_engine::ApiError::from)?;
+    let created = state.node.apps().create(&body.name, &body.package).map_err(core_engine::ApiError::from)?;
     tracing::info!(app_id = %created.app_id, name = %body.name, "app created");
     Ok(json_response(StatusCode::CREATED, &created))
 }
@@ -140,46 +161,68 @@ struct RegisterDevice {
 async fn register_device(state: &HttpState, req: Request<Incoming>) -> HttpResult {
     let body: RegisterDevice = json_body(state, req).await?;
     let app_id: Option<AppId> = body.app_id.parse().ok();
-    let Some(app_id) = app_id.filter(|&id| {
-        state
-            .node
-            .apps()
-            .check_device_key(id, body.app_key.as_bytes())
-    }) else {
+    let Some(app_id) = app_id.filter(|&id| state.node.apps().check_device_key(id, body.app_key.as_bytes())) else {
         return Err(HttpError::unauthorized("unknown app id or wrong app key"));
     };
     let (regid, token) = state.node.register(app_id).await?;
-    Ok(json_response(
-        StatusCode::CREATED,
-        &serde_json::json!({ "regid": regid.to_string(), "token": token }),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Target {
-    regids: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct SendMessage {
-    target: Target,
-    #[serde(flatten)]
-    message: PushRequest,
+    Ok(json_response(StatusCode::CREATED, &serde_json::json!({ "regid": regid.to_string(), "token": token })))
 }
 
 async fn send_message(state: &HttpState, req: Request<Incoming>) -> HttpResult {
     let app_id = app_of(state, &req)?;
-    let body: SendMessage = json_body(state, req).await?;
-    let regids = &body.target.regids;
-    if regids.is_empty() || regids.len() > MAX_REGIDS {
-        return Err(HttpError::bad_request(format!(
-            "target.regids must hold 1..={MAX_REGIDS} RegIDs, got {}",
-            regids.len()
-        )));
-    }
-    let outcome = state.node.push(app_id, body.message, regids).await?;
+    let body = read_body(state, req).await?;
+    let request = SendRequest::from_json(&body).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let outcome = state.node.send(app_id, request).await?;
     Ok(json_response(StatusCode::OK, &outcome))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBody {
+    alias: String,
+}
+
+const BAD_NAME: &str = "must be 1..=128 bytes without '/', '+', '#' or control characters";
+
+async fn set_alias(state: &HttpState, req: Request<Incoming>, regid: &str) -> HttpResult {
+    let app_id = app_of(state, &req)?;
+    let body: AliasBody = json_body(state, req).await?;
+    if !valid_name(&body.alias) {
+        return Err(HttpError::bad_request(format!("alias {BAD_NAME}")));
+    }
+    state.node.set_alias(app_id, regid, body.alias, true).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "regid": regid, "ok": true })))
+}
+
+async fn unset_alias(state: &HttpState, req: &Request<Incoming>, regid: &str, alias: &str) -> HttpResult {
+    let app_id = app_of(state, req)?;
+    state.node.set_alias(app_id, regid, alias.to_owned(), false).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "regid": regid, "ok": true })))
+}
+
+async fn lookup_alias(state: &HttpState, req: &Request<Incoming>, alias: &str) -> HttpResult {
+    let app_id = app_of(state, req)?;
+    let regids = state.node.lookup_alias(app_id, alias).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "alias": alias, "regids": regids })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegIdsBody {
+    regids: Vec<String>,
+}
+
+async fn topic_members(state: &HttpState, req: Request<Incoming>, topic: &str, join: bool) -> HttpResult {
+    let app_id = app_of(state, &req)?;
+    if !valid_name(topic) {
+        return Err(HttpError::bad_request(format!("topic {BAD_NAME}")));
+    }
+    let body: RegIdsBody = json_body(state, req).await?;
+    if body.regids.is_empty() || body.regids.len() > MAX_REGIDS {
+        return Err(HttpError::bad_request(format!("regids must hold 1..={MAX_REGIDS} RegIDs")));
+    }
+    let (changed, invalid) = state.node.topic_members(app_id, topic, &body.regids, join).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "topic": topic, "changed": changed, "invalid": invalid })))
 }
 
 async fn message_status(state: &HttpState, req: &Request<Incoming>, id_text: &str) -> HttpResult {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::error::DecodeError;
 use super::packet::{
-    Ack, Auth, Connack, Connect, Disconnect, LastWill, Packet, Publish, QoS, Suback, Subscribe,
-    SubscribeFilter, Unsuback, Unsubscribe, Version,
+    Ack, Auth, Connack, Connect, Disconnect, LastWill, Packet, Publish, QoS, Suback, Subscribe, SubscribeFilter,
+    Unsuback, Unsubscribe, Version,
 };
 use super::properties::{decode_properties, Properties};
 use super::reader::Reader;
@@ -32,11 +32,7 @@ use super::reader::Reader;
 /// alias; topic filters must be non-empty with `+` / `#` occupying whole levels and `#`
 /// last; a will topic must be a non-empty topic name; the 3.1.1 password flag without the
 /// user-name flag is malformed (MQTT-3.1.2-22) while 5.0 accepts it.
-pub fn decode(
-    buf: &[u8],
-    version: Version,
-    max_packet_size: usize,
-) -> Result<Option<(Packet, usize)>, DecodeError> {
+pub fn decode(buf: &[u8], version: Version, max_packet_size: usize) -> Result<Option<(Packet, usize)>, DecodeError> {
     let Some((&first, after_first)) = buf.split_first() else {
         return Ok(None);
     };
@@ -47,10 +43,7 @@ pub fn decode(
     let header = 1 + len_bytes;
     let total = header + remaining;
     if total > max_packet_size {
-        return Err(DecodeError::PacketTooLarge {
-            size: total,
-            max: max_packet_size,
-        });
+        return Err(DecodeError::PacketTooLarge { size: total, max: max_packet_size });
     }
     let Some(frame) = buf.get(header..total) else {
         return Ok(None);
@@ -155,10 +148,7 @@ fn properties(r: &mut Reader<'_>, version: Version) -> Result<Properties, Decode
 
 /// MQTT 5 "reason code, then properties, both omittable" tail (PUBACK family,
 /// DISCONNECT, AUTH). 3.1.1 has neither.
-fn code_and_properties(
-    r: &mut Reader<'_>,
-    version: Version,
-) -> Result<(u8, Properties), DecodeError> {
+fn code_and_properties(r: &mut Reader<'_>, version: Version) -> Result<(u8, Properties), DecodeError> {
     if version == Version::V311 || r.is_empty() {
         return Ok((0, Properties::default()));
     }
@@ -201,12 +191,7 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
     let version = match (name, level) {
         ("MQTT", 4) => Version::V311,
         ("MQTT", 5) => Version::V5,
-        _ => {
-            return Err(DecodeError::UnsupportedProtocol {
-                name: name.to_owned(),
-                level,
-            })
-        }
+        _ => return Err(DecodeError::UnsupportedProtocol { name: name.to_owned(), level }),
     };
     let flags = r.u8()?;
     if flags & 0x01 != 0 {
@@ -223,9 +208,7 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
     }
     let will_qos = qos(will_qos_bits)?;
     if version == Version::V311 && password_flag && !username_flag {
-        return Err(DecodeError::Malformed(
-            "password flag without user name flag",
-        ));
+        return Err(DecodeError::Malformed("password flag without user name flag"));
     }
     let keep_alive = r.u16()?;
     let properties = properties(r, version)?;
@@ -238,36 +221,13 @@ fn decode_connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
         }
         check_topic_name(&topic)?;
         let payload = r.binary()?.to_vec();
-        Some(LastWill {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            properties: will_properties,
-        })
+        Some(LastWill { topic, payload, qos: will_qos, retain: will_retain, properties: will_properties })
     } else {
         None
     };
-    let username = if username_flag {
-        Some(r.string_owned()?)
-    } else {
-        None
-    };
-    let password = if password_flag {
-        Some(r.binary()?.to_vec())
-    } else {
-        None
-    };
-    Ok(Connect {
-        version,
-        client_id,
-        clean_start,
-        keep_alive,
-        username,
-        password,
-        will,
-        properties,
-    })
+    let username = if username_flag { Some(r.string_owned()?) } else { None };
+    let password = if password_flag { Some(r.binary()?.to_vec()) } else { None };
+    Ok(Connect { version, client_id, clean_start, keep_alive, username, password, will, properties })
 }
 
 fn decode_connack(r: &mut Reader<'_>, version: Version) -> Result<Connack, DecodeError> {
@@ -277,11 +237,7 @@ fn decode_connack(r: &mut Reader<'_>, version: Version) -> Result<Connack, Decod
     }
     let code = r.u8()?;
     let properties = properties(r, version)?;
-    Ok(Connack {
-        session_present: ack_flags & 0x01 != 0,
-        code,
-        properties,
-    })
+    Ok(Connack { session_present: ack_flags & 0x01 != 0, code, properties })
 }
 
 fn decode_publish(first: u8, r: &mut Reader<'_>, version: Version) -> Result<Publish, DecodeError> {
@@ -296,29 +252,15 @@ fn decode_publish(first: u8, r: &mut Reader<'_>, version: Version) -> Result<Pub
     };
     let properties = properties(r, version)?;
     if topic.is_empty() && properties.topic_alias.is_none() {
-        return Err(DecodeError::Malformed(
-            "empty topic name without topic alias",
-        ));
+        return Err(DecodeError::Malformed("empty topic name without topic alias"));
     }
-    Ok(Publish {
-        dup,
-        qos,
-        retain,
-        topic,
-        packet_id,
-        properties,
-        payload: Bytes::copy_from_slice(r.rest()),
-    })
+    Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload: Bytes::copy_from_slice(r.rest()) })
 }
 
 fn decode_ack(r: &mut Reader<'_>, version: Version) -> Result<Ack, DecodeError> {
     let packet_id = packet_id(r)?;
     let (code, properties) = code_and_properties(r, version)?;
-    Ok(Ack {
-        packet_id,
-        code,
-        properties,
-    })
+    Ok(Ack { packet_id, code, properties })
 }
 
 fn decode_subscribe(r: &mut Reader<'_>, version: Version) -> Result<Subscribe, DecodeError> {
@@ -348,22 +290,12 @@ fn decode_subscribe(r: &mut Reader<'_>, version: Version) -> Result<Subscribe, D
                 (options & 0x04 != 0, options & 0x08 != 0, retain_handling)
             }
         };
-        filters.push(SubscribeFilter {
-            filter,
-            qos,
-            no_local,
-            retain_as_published,
-            retain_handling,
-        });
+        filters.push(SubscribeFilter { filter, qos, no_local, retain_as_published, retain_handling });
     }
     if filters.is_empty() {
         return Err(DecodeError::EmptySubscription);
     }
-    Ok(Subscribe {
-        packet_id,
-        filters,
-        properties,
-    })
+    Ok(Subscribe { packet_id, filters, properties })
 }
 
 fn decode_suback(r: &mut Reader<'_>, version: Version) -> Result<Suback, DecodeError> {
@@ -373,11 +305,7 @@ fn decode_suback(r: &mut Reader<'_>, version: Version) -> Result<Suback, DecodeE
     if codes.is_empty() {
         return Err(DecodeError::Malformed("SUBACK without return codes"));
     }
-    Ok(Suback {
-        packet_id,
-        codes,
-        properties,
-    })
+    Ok(Suback { packet_id, codes, properties })
 }
 
 fn decode_unsubscribe(r: &mut Reader<'_>, version: Version) -> Result<Unsubscribe, DecodeError> {
@@ -392,32 +320,20 @@ fn decode_unsubscribe(r: &mut Reader<'_>, version: Version) -> Result<Unsubscrib
     if filters.is_empty() {
         return Err(DecodeError::EmptySubscription);
     }
-    Ok(Unsubscribe {
-        packet_id,
-        filters,
-        properties,
-    })
+    Ok(Unsubscribe { packet_id, filters, properties })
 }
 
 fn decode_unsuback(r: &mut Reader<'_>, version: Version) -> Result<Unsuback, DecodeError> {
     let packet_id = packet_id(r)?;
     if version == Version::V311 {
-        return Ok(Unsuback {
-            packet_id,
-            codes: Vec::new(),
-            properties: Properties::default(),
-        });
+        return Ok(Unsuback { packet_id, codes: Vec::new(), properties: Properties::default() });
     }
     let properties = decode_properties(r)?;
     let codes = r.rest().to_vec();
     if codes.is_empty() {
         return Err(DecodeError::Malformed("UNSUBACK without reason codes"));
     }
-    Ok(Unsuback {
-        packet_id,
-        codes,
-        properties,
-    })
+    Ok(Unsuback { packet_id, codes, properties })
 }
 
 #[cfg(test)]
@@ -426,17 +342,7 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in [
-            "a",
-            "#",
-            "+",
-            "a/+/b",
-            "a/#",
-            "+/+",
-            "/",
-            "$share/g/a/#",
-            "a//b",
-        ] {
+        for ok in ["a", "#", "+", "a/+/b", "a/#", "+/+", "/", "$share/g/a/#", "a//b"] {
             assert!(check_topic_filter(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a#", "#/a", "a/b#", "a+", "+a/b", "a/#/b"] {
@@ -449,9 +355,6 @@ mod tests {
         assert_eq!(remaining_length(&[]), Ok(None));
         assert_eq!(remaining_length(&[0x80, 0x80, 0x80]), Ok(None));
         assert_eq!(remaining_length(&[0x05, 0xFF]), Ok(Some((5, 1))));
-        assert_eq!(
-            remaining_length(&[0x80, 0x80, 0x80, 0x80]),
-            Err(DecodeError::MalformedLength)
-        );
+        assert_eq!(remaining_length(&[0x80, 0x80, 0x80, 0x80]), Err(DecodeError::MalformedLength));
     }
 }

@@ -7,9 +7,7 @@
 //! re-validate content such as topic syntax or U+0000 in strings.
 
 use super::error::EncodeError;
-use super::packet::{
-    Ack, Connack, Connect, Packet, Publish, QoS, Suback, Subscribe, Unsuback, Unsubscribe, Version,
-};
+use super::packet::{Ack, Connack, Connect, Packet, Publish, QoS, Suback, Subscribe, Unsuback, Unsubscribe, Version};
 use super::properties::{encode_properties, Properties};
 use super::reader::MAX_VARINT;
 use super::writer::{put_binary, put_len_prefixed, put_string, put_u16, put_u32, varint_bytes};
@@ -57,9 +55,7 @@ fn encode_packet(packet: &Packet, version: Version, out: &mut Vec<u8>) -> Result
             if !v5 {
                 return Err(EncodeError::Invalid("AUTH does not exist in MQTT 3.1.1"));
             }
-            frame(out, 0xF0, |out| {
-                code_and_properties(a.code, &a.properties, out)
-            })
+            frame(out, 0xF0, |out| code_and_properties(a.code, &a.properties, out))
         }
     }
 }
@@ -91,9 +87,7 @@ fn props(p: &Properties, v5: bool, out: &mut Vec<u8>) -> Result<(), EncodeError>
 fn connect(c: &Connect, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let v5 = c.version == Version::V5;
     if !v5 && c.password.is_some() && c.username.is_none() {
-        return Err(EncodeError::Invalid(
-            "MQTT 3.1.1 CONNECT cannot carry a password without a user name",
-        ));
+        return Err(EncodeError::Invalid("MQTT 3.1.1 CONNECT cannot carry a password without a user name"));
     }
     put_string(out, "MQTT")?;
     out.push(c.version.level());
@@ -152,17 +146,9 @@ fn publish(p: &Publish, v5: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> 
     put_string(out, &p.topic)?;
     match (p.qos, p.packet_id) {
         (QoS::AtMostOnce, None) => {}
-        (QoS::AtMostOnce, Some(_)) => {
-            return Err(EncodeError::Invalid(
-                "QoS 0 PUBLISH with a packet identifier",
-            ))
-        }
+        (QoS::AtMostOnce, Some(_)) => return Err(EncodeError::Invalid("QoS 0 PUBLISH with a packet identifier")),
         (_, Some(id)) => packet_id(id, out)?,
-        (_, None) => {
-            return Err(EncodeError::Invalid(
-                "QoS 1/2 PUBLISH without a packet identifier",
-            ))
-        }
+        (_, None) => return Err(EncodeError::Invalid("QoS 1/2 PUBLISH without a packet identifier")),
     }
     props(&p.properties, v5, out)?;
     out.extend_from_slice(&p.payload);

@@ -18,7 +18,7 @@ pub use decode::decode;
 pub use encode::{encode, encode_publish_qos1};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Ack, Auth, Connack, Connect, Disconnect, LastWill, Packet, Publish, QoS, Suback, Subscribe,
-    SubscribeFilter, Unsuback, Unsubscribe, Version,
+    Ack, Auth, Connack, Connect, Disconnect, LastWill, Packet, Publish, QoS, Suback, Subscribe, SubscribeFilter,
+    Unsuback, Unsubscribe, Version,
 };
 pub use properties::Properties;

@@ -109,9 +109,7 @@ pub(crate) fn decode_properties(r: &mut Reader<'_>) -> Result<Properties, Decode
     while !block.is_empty() {
         decode_one(&mut block, &mut p).map_err(|e| match e {
             // A value running past the property block, or a bad varint inside it.
-            DecodeError::Truncated | DecodeError::MalformedLength => {
-                DecodeError::MalformedProperties
-            }
+            DecodeError::Truncated | DecodeError::MalformedLength => DecodeError::MalformedProperties,
             other => other,
         })?;
     }
@@ -220,9 +218,7 @@ fn encode_body(p: &Properties, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     binary(out, 0x09, &p.correlation_data)?;
     for &id in &p.subscription_identifiers {
         if id == 0 || id > MAX_VARINT {
-            return Err(EncodeError::Invalid(
-                "subscription identifier outside 1..=268435455",
-            ));
+            return Err(EncodeError::Invalid("subscription identifier outside 1..=268435455"));
         }
         out.push(0x0B);
         put_varint(out, id as usize)?;
@@ -286,15 +282,10 @@ mod tests {
 
     #[test]
     fn multiple_user_properties_and_subscription_ids() {
-        let p = dec(&[
-            12, 0x0B, 0x01, 0x0B, 0x80, 0x01, 0x26, 0, 0, 0, 0, 0x26, 0, 0, 0, 0,
-        ]);
+        let p = dec(&[12, 0x0B, 0x01, 0x0B, 0x80, 0x01, 0x26, 0, 0, 0, 0, 0x26, 0, 0, 0, 0]);
         // length 12 cuts the second user property: malformed.
         assert_eq!(p, Err(DecodeError::MalformedProperties));
-        let p = dec(&[
-            15, 0x0B, 0x01, 0x0B, 0x80, 0x01, 0x26, 0, 0, 0, 0, 0x26, 0, 0, 0, 0,
-        ])
-        .unwrap();
+        let p = dec(&[15, 0x0B, 0x01, 0x0B, 0x80, 0x01, 0x26, 0, 0, 0, 0, 0x26, 0, 0, 0, 0]).unwrap();
         assert_eq!(p.subscription_identifiers, vec![1, 128]);
         assert_eq!(p.user_properties.len(), 2);
     }
@@ -304,15 +295,9 @@ mod tests {
         // unknown id
         assert_eq!(dec(&[2, 0x04, 0]), Err(DecodeError::MalformedProperties));
         // duplicated single-value property
-        assert_eq!(
-            dec(&[4, 0x01, 0, 0x01, 1]),
-            Err(DecodeError::MalformedProperties)
-        );
+        assert_eq!(dec(&[4, 0x01, 0, 0x01, 1]), Err(DecodeError::MalformedProperties));
         // value past the block
-        assert_eq!(
-            dec(&[3, 0x02, 0, 0, 0, 0]),
-            Err(DecodeError::MalformedProperties)
-        );
+        assert_eq!(dec(&[3, 0x02, 0, 0, 0, 0]), Err(DecodeError::MalformedProperties));
         // block past the frame
         assert_eq!(dec(&[9, 0x01, 0]), Err(DecodeError::Truncated));
         // boolean-like value 2

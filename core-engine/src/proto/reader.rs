@@ -54,19 +54,13 @@ impl<'a> Reader<'a> {
 
     /// Big-endian two-byte integer.
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
-        let b: [u8; 2] = self
-            .take(2)?
-            .try_into()
-            .map_err(|_| DecodeError::Truncated)?;
+        let b: [u8; 2] = self.take(2)?.try_into().map_err(|_| DecodeError::Truncated)?;
         Ok(u16::from_be_bytes(b))
     }
 
     /// Big-endian four-byte integer.
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        let b: [u8; 4] = self
-            .take(4)?
-            .try_into()
-            .map_err(|_| DecodeError::Truncated)?;
+        let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| DecodeError::Truncated)?;
         Ok(u32::from_be_bytes(b))
     }
 
@@ -136,32 +130,17 @@ mod tests {
         assert_eq!(Reader::new(&[0x00]).varint(), Ok(0));
         assert_eq!(Reader::new(&[0x7F]).varint(), Ok(127));
         assert_eq!(Reader::new(&[0x80, 0x01]).varint(), Ok(128));
-        assert_eq!(
-            Reader::new(&[0xFF, 0xFF, 0xFF, 0x7F]).varint(),
-            Ok(MAX_VARINT)
-        );
-        assert_eq!(
-            Reader::new(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]).varint(),
-            Err(DecodeError::MalformedLength)
-        );
+        assert_eq!(Reader::new(&[0xFF, 0xFF, 0xFF, 0x7F]).varint(), Ok(MAX_VARINT));
+        assert_eq!(Reader::new(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]).varint(), Err(DecodeError::MalformedLength));
         assert_eq!(Reader::new(&[0x80]).varint(), Err(DecodeError::Truncated));
     }
 
     #[test]
     fn strings() {
         assert_eq!(Reader::new(&[0, 2, b'h', b'i']).string(), Ok("hi"));
-        assert_eq!(
-            Reader::new(&[0, 1, 0xFF]).string(),
-            Err(DecodeError::InvalidUtf8)
-        );
-        assert_eq!(
-            Reader::new(&[0, 1, 0x00]).string(),
-            Err(DecodeError::InvalidUtf8)
-        );
+        assert_eq!(Reader::new(&[0, 1, 0xFF]).string(), Err(DecodeError::InvalidUtf8));
+        assert_eq!(Reader::new(&[0, 1, 0x00]).string(), Err(DecodeError::InvalidUtf8));
         // UTF-16 surrogate encoded as UTF-8 (CESU) is refused.
-        assert_eq!(
-            Reader::new(&[0, 3, 0xED, 0xA0, 0x80]).string(),
-            Err(DecodeError::InvalidUtf8)
-        );
+        assert_eq!(Reader::new(&[0, 3, 0xED, 0xA0, 0x80]).string(), Err(DecodeError::InvalidUtf8));
     }
 }

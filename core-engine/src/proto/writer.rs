@@ -100,10 +100,7 @@ mod tests {
             put_varint(&mut out, v).unwrap();
             assert_eq!(out, want, "{v}");
         }
-        assert_eq!(
-            put_varint(&mut Vec::new(), 268_435_456),
-            Err(EncodeError::PacketTooLarge)
-        );
+        assert_eq!(put_varint(&mut Vec::new(), 268_435_456), Err(EncodeError::PacketTooLarge));
     }
 
     #[test]

@@ -83,20 +83,13 @@ struct EnvelopeJson<'a> {
 
 impl PushRequest {
     /// Checks every limit and builds the envelope.
-    pub fn into_envelope(
-        self,
-        id: MessageId,
-        app_id: AppId,
-        now_s: u64,
-    ) -> Result<Envelope, PushError> {
+    pub fn into_envelope(self, id: MessageId, app_id: AppId, now_s: u64) -> Result<Envelope, PushError> {
         let invalid = |what: String| Err(PushError::Invalid(what));
         if self.title.chars().count() > MAX_TITLE_CHARS {
             return invalid(format!("title is over {MAX_TITLE_CHARS} characters"));
         }
         if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
-            return invalid(format!(
-                "description is over {MAX_DESCRIPTION_CHARS} characters"
-            ));
+            return invalid(format!("description is over {MAX_DESCRIPTION_CHARS} characters"));
         }
         if self.payload.len() > MAX_PAYLOAD_BYTES {
             return invalid(format!("payload is over {MAX_PAYLOAD_BYTES} bytes"));
@@ -110,23 +103,16 @@ impl PushRequest {
                 other => other.to_string().len(),
             };
             if len > MAX_EXTRA_VALUE_CHARS || key.chars().count() > MAX_EXTRA_VALUE_CHARS {
-                return invalid(format!(
-                    "extra.{key} is over {MAX_EXTRA_VALUE_CHARS} characters"
-                ));
+                return invalid(format!("extra.{key} is over {MAX_EXTRA_VALUE_CHARS} characters"));
             }
         }
-        if self.kind == MessageKind::Notification
-            && self.title.is_empty()
-            && self.description.is_empty()
-        {
+        if self.kind == MessageKind::Notification && self.title.is_empty() && self.description.is_empty() {
             return invalid("a notification needs a title or a description".into());
         }
         let ttl = match self.ttl {
             None => MAX_TTL_SECS,
             Some(0) => return invalid("ttl must be at least 1 second".into()),
-            Some(t) if t > MAX_TTL_SECS => {
-                return invalid(format!("ttl is over {MAX_TTL_SECS} seconds (14 days)"))
-            }
+            Some(t) if t > MAX_TTL_SECS => return invalid(format!("ttl is over {MAX_TTL_SECS} seconds (14 days)")),
             Some(t) => t,
         };
         let expires_at = now_s + ttl;
@@ -142,12 +128,7 @@ impl PushRequest {
             expires_at,
         })
         .map_err(|e| PushError::Invalid(e.to_string()))?;
-        Ok(Envelope {
-            id,
-            app_id,
-            expires_at,
-            json: json.into(),
-        })
+        Ok(Envelope { id, app_id, expires_at, json: json.into() })
     }
 }
 
@@ -157,12 +138,7 @@ mod tests {
 
     #[test]
     fn envelope_carries_fields() {
-        let req = PushRequest {
-            title: "hi".into(),
-            payload: "p".into(),
-            ttl: Some(60),
-            ..Default::default()
-        };
+        let req = PushRequest { title: "hi".into(), payload: "p".into(), ttl: Some(60), ..Default::default() };
         let env = req.into_envelope(7, 1, 1000).unwrap();
         assert_eq!(env.expires_at, 1060);
         let v: serde_json::Value = serde_json::from_slice(&env.json).unwrap();
@@ -174,22 +150,11 @@ mod tests {
 
     #[test]
     fn limits_are_refused() {
-        let long = PushRequest {
-            title: "x".repeat(51),
-            ..Default::default()
-        };
+        let long = PushRequest { title: "x".repeat(51), ..Default::default() };
         assert!(long.into_envelope(1, 1, 0).is_err());
-        let ttl = PushRequest {
-            title: "t".into(),
-            ttl: Some(MAX_TTL_SECS + 1),
-            ..Default::default()
-        };
+        let ttl = PushRequest { title: "t".into(), ttl: Some(MAX_TTL_SECS + 1), ..Default::default() };
         assert!(ttl.into_envelope(1, 1, 0).is_err());
-        let payload = PushRequest {
-            kind: MessageKind::Passthrough,
-            payload: "x".repeat(4097),
-            ..Default::default()
-        };
+        let payload = PushRequest { kind: MessageKind::Passthrough, payload: "x".repeat(4097), ..Default::default() };
         assert!(payload.into_envelope(1, 1, 0).is_err());
     }
 }

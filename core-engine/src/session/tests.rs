@@ -3,9 +3,7 @@
 use super::*;
 use crate::proto::{decode, encode, Publish, Subscribe, SubscribeFilter, Unsubscribe};
 
-const LIMITS: SessionLimits = SessionLimits {
-    max_packet_bytes: 4096,
-};
+const LIMITS: SessionLimits = SessionLimits { max_packet_bytes: 4096 };
 
 fn bytes(packet: Packet, version: Version) -> Vec<u8> {
     let mut out = Vec::new();
@@ -23,10 +21,7 @@ fn connect(version: Version, receive_max: Option<u16>) -> Vec<u8> {
             username: Some("1".into()),
             password: Some(b"t".to_vec()),
             will: None,
-            properties: Properties {
-                receive_maximum: receive_max,
-                ..Properties::default()
-            },
+            properties: Properties { receive_maximum: receive_max, ..Properties::default() },
         }),
         version,
     )
@@ -37,9 +32,7 @@ fn output(session: &mut Session, version: Version) -> Vec<Packet> {
     let mut packets = Vec::new();
     let mut at = 0;
     while at < out.len() {
-        let (packet, used) = decode(&out[at..], version, usize::MAX)
-            .unwrap()
-            .expect("whole packets");
+        let (packet, used) = decode(&out[at..], version, usize::MAX).unwrap().expect("whole packets");
         packets.push(packet);
         at += used;
     }
@@ -55,14 +48,7 @@ fn connected(version: Version, receive_max: Option<u16>) -> Session {
     session.accept(0, true, Properties::default(), LIMITS, &mut events);
     assert!(events.is_empty());
     let packets = output(&mut session, version);
-    assert!(matches!(
-        packets.as_slice(),
-        [Packet::Connack(Connack {
-            session_present: true,
-            code: 0,
-            ..
-        })]
-    ));
+    assert!(matches!(packets.as_slice(), [Packet::Connack(Connack { session_present: true, code: 0, .. })]));
     session
 }
 
@@ -87,17 +73,11 @@ fn bytes_after_connect_wait_for_accept() {
     raw.extend(bytes(Packet::Pingreq, Version::V5));
     session.handle_bytes(0, &raw, LIMITS, &mut events);
     assert_eq!(events.len(), 1);
-    assert!(
-        !session.has_output(),
-        "nothing is answered before authentication"
-    );
+    assert!(!session.has_output(), "nothing is answered before authentication");
     events.clear();
     session.accept(0, false, Properties::default(), LIMITS, &mut events);
     let packets = output(&mut session, Version::V5);
-    assert!(matches!(
-        packets.as_slice(),
-        [Packet::Connack(_), Packet::Pingresp]
-    ));
+    assert!(matches!(packets.as_slice(), [Packet::Connack(_), Packet::Pingresp]));
 }
 
 #[test]
@@ -109,9 +89,7 @@ fn refuse_answers_the_version_code() {
         session.refuse(0x86, 4);
         assert!(session.is_closed());
         let packets = output(&mut session, version);
-        assert!(
-            matches!(packets.as_slice(), [Packet::Connack(Connack { code: c, .. })] if *c == code)
-        );
+        assert!(matches!(packets.as_slice(), [Packet::Connack(Connack { code: c, .. })] if *c == code));
     }
 }
 
@@ -119,54 +97,32 @@ fn refuse_answers_the_version_code() {
 fn first_packet_must_be_connect() {
     let mut session = Session::new(0);
     let mut events = Vec::new();
-    session.handle_bytes(
-        0,
-        &bytes(Packet::Pingreq, Version::V311),
-        LIMITS,
-        &mut events,
-    );
-    assert!(matches!(
-        events.as_slice(),
-        [Event::Close(CloseReason::OutOfProfile(_))]
-    ));
+    session.handle_bytes(0, &bytes(Packet::Pingreq, Version::V311), LIMITS, &mut events);
+    assert!(matches!(events.as_slice(), [Event::Close(CloseReason::OutOfProfile(_))]));
     assert!(session.is_closed());
 }
 
 #[test]
 fn pushes_respect_receive_maximum_and_acks_free_room() {
     let mut session = connected(Version::V5, Some(2));
-    session.push(PushRef { seq: 1, id: 10 }, false, Some(60), b"a");
-    session.push(PushRef { seq: 2, id: 11 }, true, Some(60), b"b");
+    session.push(PushRef { seq: 1, id: 10, group: false }, false, Some(60), INBOX_TOPIC, b"a");
+    session.push(PushRef { seq: 2, id: 11, group: false }, true, Some(60), INBOX_TOPIC, b"b");
     assert!(!session.can_push());
     let packets = output(&mut session, Version::V5);
-    let Packet::Publish(first) = &packets[0] else {
-        panic!("a publish")
-    };
-    assert_eq!(
-        (first.topic.as_str(), first.qos, first.dup),
-        (INBOX_TOPIC, QoS::AtLeastOnce, false)
-    );
+    let Packet::Publish(first) = &packets[0] else { panic!("a publish") };
+    assert_eq!((first.topic.as_str(), first.qos, first.dup), (INBOX_TOPIC, QoS::AtLeastOnce, false));
     assert_eq!(first.properties.message_expiry_interval, Some(60));
-    let Packet::Publish(second) = &packets[1] else {
-        panic!("a publish")
-    };
+    let Packet::Publish(second) = &packets[1] else { panic!("a publish") };
     assert!(second.dup);
     let mut events = Vec::new();
     let ack = bytes(
-        Packet::Puback(Ack {
-            packet_id: second.packet_id.unwrap(),
-            code: 0,
-            properties: Properties::default(),
-        }),
+        Packet::Puback(Ack { packet_id: second.packet_id.unwrap(), code: 0, properties: Properties::default() }),
         Version::V5,
     );
     session.handle_bytes(1, &ack, LIMITS, &mut events);
-    assert_eq!(events, vec![Event::Acked(PushRef { seq: 2, id: 11 })]);
+    assert_eq!(events, vec![Event::Acked(PushRef { seq: 2, id: 11, group: false })]);
     assert!(session.can_push());
-    assert_eq!(
-        session.inflight().collect::<Vec<_>>(),
-        vec![PushRef { seq: 1, id: 10 }]
-    );
+    assert_eq!(session.inflight().collect::<Vec<_>>(), vec![PushRef { seq: 1, id: 10, group: false }]);
     events.clear();
     session.handle_bytes(1, &ack, LIMITS, &mut events);
     assert!(events.is_empty(), "a repeated PUBACK acknowledges nothing");
@@ -175,7 +131,7 @@ fn pushes_respect_receive_maximum_and_acks_free_room() {
 #[test]
 fn v311_push_has_no_properties() {
     let mut session = connected(Version::V311, None);
-    session.push(PushRef { seq: 1, id: 1 }, false, Some(60), b"{}");
+    session.push(PushRef { seq: 1, id: 1, group: false }, false, Some(60), INBOX_TOPIC, b"{}");
     let packets = output(&mut session, Version::V311);
     assert!(matches!(&packets[0], Packet::Publish(p) if p.properties == Properties::default()));
 }
@@ -204,18 +160,14 @@ fn subscribe_grants_inbox_and_refuses_the_rest() {
         session.handle_bytes(0, &bytes(sub, version), LIMITS, &mut events);
         assert!(events.is_empty());
         let packets = output(&mut session, version);
-        assert!(
-            matches!(&packets[..], [Packet::Suback(s)] if s.packet_id == 7 && s.codes == vec![1, wildcard, other])
-        );
+        assert!(matches!(&packets[..], [Packet::Suback(s)] if s.packet_id == 7 && s.codes == vec![1, wildcard, other]));
         let unsub = Packet::Unsubscribe(Unsubscribe {
             packet_id: 8,
             filters: vec!["inbox".into()],
             properties: Properties::default(),
         });
         session.handle_bytes(0, &bytes(unsub, version), LIMITS, &mut events);
-        assert!(
-            matches!(&output(&mut session, version)[..], [Packet::Unsuback(u)] if u.packet_id == 8)
-        );
+        assert!(matches!(&output(&mut session, version)[..], [Packet::Unsuback(u)] if u.packet_id == 8));
     }
 }
 
@@ -234,40 +186,18 @@ fn device_publish_is_refused() {
     };
     let mut session = connected(Version::V5, None);
     let mut events = Vec::new();
-    session.handle_bytes(
-        0,
-        &bytes(publish(QoS::AtLeastOnce, false), Version::V5),
-        LIMITS,
-        &mut events,
-    );
+    session.handle_bytes(0, &bytes(publish(QoS::AtLeastOnce, false), Version::V5), LIMITS, &mut events);
     assert!(events.is_empty());
-    assert!(
-        matches!(&output(&mut session, Version::V5)[..], [Packet::Puback(a)] if a.code == 0x87)
-    );
-    session.handle_bytes(
-        0,
-        &bytes(publish(QoS::ExactlyOnce, false), Version::V5),
-        LIMITS,
-        &mut events,
-    );
+    assert!(matches!(&output(&mut session, Version::V5)[..], [Packet::Puback(a)] if a.code == 0x87));
+    session.handle_bytes(0, &bytes(publish(QoS::ExactlyOnce, false), Version::V5), LIMITS, &mut events);
     assert_eq!(events, vec![Event::Close(CloseReason::OutOfProfile(0x9B))]);
-    assert!(
-        matches!(&output(&mut session, Version::V5)[..], [Packet::Disconnect(d)] if d.code == 0x9B)
-    );
+    assert!(matches!(&output(&mut session, Version::V5)[..], [Packet::Disconnect(d)] if d.code == 0x9B));
 
     let mut session = connected(Version::V311, None);
     events.clear();
-    session.handle_bytes(
-        0,
-        &bytes(publish(QoS::AtLeastOnce, false), Version::V311),
-        LIMITS,
-        &mut events,
-    );
+    session.handle_bytes(0, &bytes(publish(QoS::AtLeastOnce, false), Version::V311), LIMITS, &mut events);
     assert_eq!(events, vec![Event::Close(CloseReason::OutOfProfile(0x87))]);
-    assert!(
-        !session.has_output(),
-        "3.1.1 has no DISCONNECT from the server"
-    );
+    assert!(!session.has_output(), "3.1.1 has no DISCONNECT from the server");
 }
 
 #[test]
@@ -276,9 +206,7 @@ fn malformed_bytes_close_with_0x81() {
     let mut events = Vec::new();
     session.handle_bytes(0, &[0x00, 0x00, 0xff], LIMITS, &mut events);
     assert_eq!(events, vec![Event::Close(CloseReason::Malformed(0x81))]);
-    assert!(
-        matches!(&output(&mut session, Version::V5)[..], [Packet::Disconnect(d)] if d.code == 0x81)
-    );
+    assert!(matches!(&output(&mut session, Version::V5)[..], [Packet::Disconnect(d)] if d.code == 0x81));
     events.clear();
     session.handle_bytes(0, &[0xC0, 0x00], LIMITS, &mut events);
     assert!(events.is_empty(), "a closed session ignores further bytes");
@@ -302,12 +230,7 @@ fn timeouts() {
     assert!(!session.is_timed_out(15));
     assert!(session.is_timed_out(16));
     let mut events = Vec::new();
-    session.handle_bytes(
-        15,
-        &bytes(Packet::Pingreq, Version::V311),
-        LIMITS,
-        &mut events,
-    );
+    session.handle_bytes(15, &bytes(Packet::Pingreq, Version::V311), LIMITS, &mut events);
     assert!(!session.is_timed_out(30));
 }
 

@@ -3,51 +3,74 @@
 
 use crate::ids::{AppId, MessageId, RegId};
 use crate::proto::Connect;
-use crate::push::Envelope;
+use crate::push::{Envelope, GroupFilter};
 use crate::store::StoreError;
 use crate::sys::EventFd;
 use crossbeam_channel::{Receiver, Sender};
 use futures_channel::oneshot;
 use std::sync::Arc;
 
-/// A shard's part of a push: how many of its RegIDs were valid, and which were not.
+/// A shard's part of a push: how many targets it stored the message for, which of its
+/// RegIDs were invalid, and (alias sends) which aliases it found.
 #[derive(Debug, Default)]
 pub struct PushPart {
     pub targets: u64,
     pub invalid: Vec<RegId>,
+    pub found_aliases: Vec<String>,
 }
+
+/// A shard's part of a server-side topic change.
+#[derive(Debug, Default)]
+pub struct TopicPart {
+    pub changed: u64,
+    pub invalid: Vec<RegId>,
+}
+
+/// Why a device-level request was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No such device in this app.
+    #[error("unknown RegID")]
+    UnknownDevice,
+    /// A per-device or per-app limit; the text says which.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Work for a shard.
 pub enum ShardMsg {
     /// Store `envelope` for each of `regids` (all homed here) and deliver it; answer once durable.
-    Push {
-        envelope: Arc<Envelope>,
-        regids: Vec<RegId>,
-        reply: oneshot::Sender<Result<PushPart, StoreError>>,
-    },
+    Push { envelope: Arc<Envelope>, regids: Vec<RegId>, reply: Reply<PushPart> },
+    /// Store and deliver to this shard's devices carrying any of `aliases`.
+    PushAliases { envelope: Arc<Envelope>, aliases: Arc<[String]>, reply: Reply<PushPart> },
+    /// Store once and deliver to this shard's devices that `filter` selects.
+    PushGroup { envelope: Arc<Envelope>, filter: Arc<GroupFilter>, reply: Reply<PushPart> },
     /// Register a device of `app_id` in one of this shard's partitions.
-    Register {
-        app_id: AppId,
-        reply: oneshot::Sender<Result<(RegId, String), StoreError>>,
-    },
+    Register { app_id: AppId, reply: Reply<(RegId, String)> },
     /// (targets, delivered) of a message in this shard's partitions.
-    MessageStatus {
+    MessageStatus { app_id: AppId, id: MessageId, reply: Reply<Option<(u64, u64)>> },
+    /// Set or remove an alias of a device homed here.
+    DeviceAlias {
         app_id: AppId,
-        id: MessageId,
-        reply: oneshot::Sender<Result<Option<(u64, u64)>, StoreError>>,
+        regid: RegId,
+        alias: String,
+        set: bool,
+        reply: oneshot::Sender<Result<(), ControlError>>,
     },
+    /// Add devices homed here to a topic, or remove them.
+    TopicMembers { app_id: AppId, topic: String, regids: Vec<RegId>, join: bool, reply: Reply<TopicPart> },
+    /// This shard's devices carrying an alias.
+    LookupAlias { app_id: AppId, alias: String, reply: oneshot::Sender<Vec<RegId>> },
     /// A connection another shard accepted, whose device lives here; its descriptor
     /// arrives by MSG_RING with the same `handoff_id`.
-    Handoff {
-        handoff_id: u64,
-        connect: Box<Connect>,
-        unprocessed: Vec<u8>,
-    },
+    Handoff { handoff_id: u64, connect: Box<Connect>, unprocessed: Vec<u8> },
     /// A store job of this shard finished.
-    Stored {
-        result: Result<(), StoreError>,
-        then: AfterStore,
-    },
+    Stored { result: Result<(), StoreError>, then: AfterStore },
     /// Stop: close connections and exit the loop.
     Shutdown,
 }
@@ -55,27 +78,13 @@ pub enum ShardMsg {
 /// What the shard does when a store job it submitted is durable.
 pub enum AfterStore {
     /// A device registered over MQTT: answer its CONNECT.
-    Registered {
-        conn: u32,
-        gen: u32,
-        regid: RegId,
-        token: String,
-        record: crate::store::DeviceRecord,
-    },
-    /// A push is stored: deliver to online targets and answer the app server.
-    Pushed {
-        envelope: Arc<Envelope>,
-        seq: u64,
-        regids: Vec<RegId>,
-        invalid: Vec<RegId>,
-        reply: oneshot::Sender<Result<PushPart, StoreError>>,
-    },
+    Registered { conn: u32, gen: u32, regid: RegId, token: String, record: Box<super::Device> },
     /// A device registered over HTTP.
-    RegisteredHttp {
-        regid: RegId,
-        token: String,
-        reply: oneshot::Sender<Result<(RegId, String), StoreError>>,
-    },
+    RegisteredHttp { regid: RegId, token: String, reply: Reply<(RegId, String)> },
+    /// A push is stored: deliver to online targets and answer the app server.
+    Pushed { envelope: Arc<Envelope>, seq: u64, regids: Vec<RegId>, part: PushPart, reply: Reply<PushPart> },
+    /// A group message is stored: deliver to online targets and answer.
+    GroupStored { envelope: Arc<Envelope>, seq: u64, filter: Arc<GroupFilter>, targets: u64, reply: Reply<PushPart> },
 }
 
 /// The sending side of a shard's queue, shared by every thread.
@@ -88,13 +97,7 @@ pub struct ShardInbox {
 impl ShardInbox {
     pub fn new() -> std::io::Result<(Self, Receiver<ShardMsg>)> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        Ok((
-            ShardInbox {
-                tx,
-                wake: Arc::new(EventFd::new()?),
-            },
-            rx,
-        ))
+        Ok((ShardInbox { tx, wake: Arc::new(EventFd::new()?) }, rx))
     }
 
     /// Queues `msg` and wakes the shard. False if the shard has stopped.

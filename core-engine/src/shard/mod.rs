@@ -5,11 +5,14 @@
 //! The loop moves bytes and time between the ring and the sans-IO sessions; what a
 //! session's events mean for devices and messages is in `device.rs`.
 
+mod control;
+mod delivery;
 mod device;
+mod groups;
 mod inbox;
 mod token;
 
-pub use inbox::{AfterStore, PushPart, ShardInbox, ShardMsg};
+pub use inbox::{AfterStore, ControlError, PushPart, ShardInbox, ShardMsg, TopicPart};
 
 use crate::ids::{MessageIdSource, RegId};
 use crate::node::NodeShared;
@@ -35,16 +38,51 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 // The idle-connection budget (DESIGN.md: <= 512 bytes of user space per idle connection),
 // checked by the compiler: a connection's slab entry plus its device's index entry.
 const _: () = assert!(std::mem::size_of::<Conn>() <= 200);
-const _: () = assert!(std::mem::size_of::<(RegId, Device)>() <= 72);
+const _: () = assert!(std::mem::size_of::<(RegId, Device)>() <= 80);
 
 /// A device homed on this shard.
 #[derive(Debug)]
-struct Device {
+pub struct Device {
     record: DeviceRecord,
     /// Slab key of its live connection, if any.
     conn: Option<u32>,
     /// Highest seq ever sent to it: a resend at or below it carries DUP.
     last_sent: u64,
+    /// Group messages at or below this seq are done for this device (acknowledged, or
+    /// sent before it registered).
+    group_cursor: u64,
+    /// Aliases and topics; most devices have few or none, so they live behind one pointer.
+    extras: Option<Box<DeviceExtras>>,
+}
+
+/// A device's aliases and topic memberships (topic id on this shard, seq it joined at).
+#[derive(Debug, Default)]
+struct DeviceExtras {
+    aliases: Vec<Box<str>>,
+    topics: Vec<(u32, u64)>,
+}
+
+impl Device {
+    fn new(record: DeviceRecord, group_cursor: u64) -> Self {
+        Device { record, conn: None, last_sent: 0, group_cursor, extras: None }
+    }
+
+    fn extras_mut(&mut self) -> &mut DeviceExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    fn aliases(&self) -> &[Box<str>] {
+        self.extras.as_ref().map_or(&[], |e| e.aliases.as_slice())
+    }
+
+    fn topics(&self) -> &[(u32, u64)] {
+        self.extras.as_ref().map_or(&[], |e| e.topics.as_slice())
+    }
+
+    /// Whether the device was in topic `id` before `seq`.
+    fn joined_before(&self, id: u32, seq: u64) -> bool {
+        self.topics().iter().any(|&(t, joined)| t == id && joined < seq)
+    }
 }
 
 /// One connection. Idle, it holds no buffer: the session's vectors are empty.
@@ -78,7 +116,11 @@ pub struct Shard {
     inbox_rx: Receiver<ShardMsg>,
     conns: Slab<Conn>,
     devices: HashMap<RegId, Device>,
+    topics: groups::TopicIndex,
+    aliases: groups::AliasIndex,
     stores: HashMap<u16, Arc<PartitionStore>>,
+    /// The partition this shard keeps its group messages in.
+    group_partition: u16,
     owned_partitions: Vec<u16>,
     next_partition: usize,
     writer: StoreWriter,
@@ -114,51 +156,48 @@ impl Shard {
             .setup_coop_taskrun()
             .setup_cqsize(cfg.completion_queue_entries)
             .build(cfg.submission_queue_entries)
-            .map_err(|source| EngineError::Ring {
-                what: "creating the io_uring instance",
-                source,
-            })?;
-        ring.submitter()
-            .register_files_sparse(cfg.max_connections_per_shard)
-            .map_err(|source| EngineError::Ring { what: "registering the fixed-file table (lower max_connections_per_shard or raise `ulimit -n`)", source })?;
-        let bufs = BufRing::new(
-            &ring.submitter(),
-            cfg.recv_buffers,
-            cfg.recv_buffer_bytes,
-            RECV_BGID,
-        )?;
+            .map_err(|source| EngineError::Ring { what: "creating the io_uring instance", source })?;
+        ring.submitter().register_files_sparse(cfg.max_connections_per_shard).map_err(|source| EngineError::Ring {
+            what: "registering the fixed-file table (lower max_connections_per_shard or raise `ulimit -n`)",
+            source,
+        })?;
+        let bufs = BufRing::new(&ring.submitter(), cfg.recv_buffers, cfg.recv_buffer_bytes, RECV_BGID)?;
         let mut devices = HashMap::new();
+        let mut topics = groups::TopicIndex::default();
+        let mut aliases = groups::AliasIndex::default();
         for store in &setup.stores {
             for (regid, record) in store.load_devices()? {
-                devices.insert(
-                    regid,
-                    Device {
-                        record,
-                        conn: None,
-                        last_sent: 0,
-                    },
-                );
+                devices.insert(regid, Device::new(record, 0));
+            }
+            for (regid, cursor) in store.load_group_cursors()? {
+                if let Some(device) = devices.get_mut(&regid) {
+                    device.group_cursor = cursor;
+                }
+            }
+            for (regid, alias) in store.load_aliases()? {
+                let Some(device) = devices.get_mut(&regid) else { continue };
+                aliases.add(device.record.app_id, &alias, regid);
+                device.extras_mut().aliases.push(alias.into());
+            }
+            for (regid, topic, joined) in store.load_subscriptions()? {
+                let Some(device) = devices.get_mut(&regid) else { continue };
+                let (id, created) = topics.join(device.record.app_id, &topic, regid);
+                if created {
+                    setup.shared.app_topics.appeared(device.record.app_id, &topic, usize::MAX);
+                }
+                device.extras_mut().topics.push((id, joined));
             }
         }
         let owned_partitions: Vec<u16> = setup.stores.iter().map(|s| s.partition).collect();
-        let writer = StoreWriter::start(
-            format!("store-{}", setup.index),
-            setup.stores.clone(),
-            cfg.durability,
-        )
-        .map_err(|source| EngineError::Io {
-            what: "starting the store writer",
-            source,
-        })?;
+        let writer = StoreWriter::start(format!("store-{}", setup.index), setup.stores.clone(), cfg.durability)
+            .map_err(|source| EngineError::Io { what: "starting the store writer", source })?;
         tracing::info!(
             shard = setup.index,
             devices = devices.len(),
             partitions = owned_partitions.len(),
             "shard loaded"
         );
-        let limits = SessionLimits {
-            max_packet_bytes: cfg.max_packet_bytes,
-        };
+        let limits = SessionLimits { max_packet_bytes: cfg.max_packet_bytes };
         Ok(Shard {
             ring,
             bufs,
@@ -168,6 +207,9 @@ impl Shard {
             inbox_rx: setup.inbox_rx,
             conns: Slab::new(),
             devices,
+            topics,
+            aliases,
+            group_partition: owned_partitions.first().copied().unwrap_or(0),
             stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,
@@ -205,11 +247,7 @@ impl Shard {
                 }
             }
             completions.clear();
-            completions.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
             for &(user_data, result, flags) in &completions {
                 self.complete(user_data, result, flags);
             }
@@ -260,15 +298,11 @@ impl Shard {
     }
 
     fn now_unix_s() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
     fn now_unix_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 
     fn arm_accept(&mut self) {
@@ -276,29 +310,22 @@ impl Shard {
             return;
         }
         let fd = types::Fd(self.listener.as_raw_fd());
-        let entry = opcode::AcceptMulti::new(fd)
-            .allocate_file_index(true)
-            .build()
-            .user_data(token::plain(token::ACCEPT, 0));
+        let entry =
+            opcode::AcceptMulti::new(fd).allocate_file_index(true).build().user_data(token::plain(token::ACCEPT, 0));
         self.push_sqe(entry);
         self.accept_armed = true;
     }
 
     fn arm_wake(&mut self) {
         let fd = types::Fd(self.shared.inboxes[self.index].eventfd().raw_fd());
-        let entry = opcode::Read::new(fd, self.wake_buf.as_mut_ptr(), 8)
-            .build()
-            .user_data(token::plain(token::WAKE, 0));
+        let entry =
+            opcode::Read::new(fd, self.wake_buf.as_mut_ptr(), 8).build().user_data(token::plain(token::WAKE, 0));
         self.push_sqe(entry);
     }
 
     fn arm_tick(&mut self) {
         let ts: *const types::Timespec = &*self.tick_ts;
-        self.push_sqe(
-            opcode::Timeout::new(ts)
-                .build()
-                .user_data(token::plain(token::TICK, 0)),
-        );
+        self.push_sqe(opcode::Timeout::new(ts).build().user_data(token::plain(token::TICK, 0)));
     }
 
     fn arm_recv(&mut self, key: u32) {
@@ -307,9 +334,11 @@ impl Shard {
         };
         debug_assert!(!conn.recv_armed);
         conn.recv_armed = true;
-        let entry = opcode::RecvMulti::new(types::Fixed(conn.slot), RECV_BGID)
-            .build()
-            .user_data(token::conn(token::RECV, key, conn.gen));
+        let entry = opcode::RecvMulti::new(types::Fixed(conn.slot), RECV_BGID).build().user_data(token::conn(
+            token::RECV,
+            key,
+            conn.gen,
+        ));
         self.push_sqe(entry);
     }
 
@@ -324,9 +353,7 @@ impl Shard {
         }
         if self.stopping.is_some() {
             self.push_sqe(
-                opcode::Close::new(types::Fixed(result as u32))
-                    .build()
-                    .user_data(token::plain(token::CLOSE, 0)),
+                opcode::Close::new(types::Fixed(result as u32)).build().user_data(token::plain(token::CLOSE, 0)),
             );
             return;
         }
@@ -382,8 +409,7 @@ impl Shard {
             let conn = &mut self.conns[key as usize];
             if !conn.closing {
                 let data = self.bufs.get(bid, result as usize);
-                conn.session
-                    .handle_bytes(self.now_s, data, self.limits, &mut self.events);
+                conn.session.handle_bytes(self.now_s, data, self.limits, &mut self.events);
             }
             self.bufs.recycle(bid);
             self.process_events(key);
@@ -413,6 +439,9 @@ impl Shard {
             match event {
                 Event::Connect(connect) => self.on_connect(key, connect),
                 Event::Acked(push) => self.on_acked(key, push),
+                Event::Subscribe(subscribe) => self.on_subscribe(key, subscribe),
+                Event::Unsubscribe(unsubscribe) => self.on_unsubscribe(key, unsubscribe),
+                Event::Control { topic, payload, packet_id } => self.on_control(key, topic, &payload, packet_id),
                 Event::Close(reason) => self.close_conn(key, reason),
             }
         }
@@ -518,9 +547,7 @@ impl Shard {
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
             .user_data(token::plain(token::CANCEL, 0));
-        let close = opcode::Close::new(types::Fixed(slot))
-            .build()
-            .user_data(token::plain(token::CLOSE, 0));
+        let close = opcode::Close::new(types::Fixed(slot)).build().user_data(token::plain(token::CLOSE, 0));
         self.push_sqe(cancel);
         self.push_sqe(close);
         let conn = self.conns.remove(key as usize);
@@ -545,9 +572,7 @@ impl Shard {
             .map(|(k, _)| k as u32)
             .collect();
         for key in expired {
-            self.conns[key as usize]
-                .session
-                .close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
+            self.conns[key as usize].session.close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
             self.close_conn(key, CloseReason::Timeout);
         }
     }
@@ -565,9 +590,7 @@ impl Shard {
         self.stopping = Some(Instant::now());
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
         for key in keys {
-            self.conns[key as usize]
-                .session
-                .close(crate::session::reason::SERVER_SHUTTING_DOWN);
+            self.conns[key as usize].session.close(crate::session::reason::SERVER_SHUTTING_DOWN);
             self.close_conn(key, CloseReason::Server);
         }
     }

@@ -1,7 +1,7 @@
 //! One partition's redb database and the operations on it.
 
 use crate::ids::{AppId, MessageId, RegId};
-use crate::push::Envelope;
+use crate::push::{Envelope, GroupFilter};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +10,14 @@ const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
 /// (regid, seq) -> message id: the device's queue, in its home shard's order.
 const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+/// regid ++ alias -> (): a device's aliases.
+const ALIASES: TableDefinition<&[u8], ()> = TableDefinition::new("aliases");
+/// regid ++ topic -> seq at which the device joined the topic.
+const SUBSCRIPTIONS: TableDefinition<&[u8], u64> = TableDefinition::new("subscriptions");
+/// seq -> group message (topic expression or broadcast) kept once for the shard.
+const GROUP: TableDefinition<u64, &[u8]> = TableDefinition::new("group");
+/// regid -> highest group seq the device acknowledged (or the seq it registered at).
+const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
 /// message id -> (app id, targets, delivered) in this partition.
 const MSG_STATS: TableDefinition<u64, (u32, u64, u64)> = TableDefinition::new("msg_stats");
 
@@ -75,9 +83,55 @@ pub struct PendingMessage {
     pub json: Arc<[u8]>,
 }
 
+/// A group message as kept for a shard.
+#[derive(Clone, Debug)]
+pub struct GroupMessage {
+    pub seq: u64,
+    pub id: MessageId,
+    pub app_id: AppId,
+    pub expires_at: u64,
+    pub filter: GroupFilter,
+    pub json: Arc<[u8]>,
+}
+
 /// One write, applied inside a grouped transaction.
 #[derive(Debug)]
 pub enum WriteOp {
+    SetAlias {
+        regid: RegId,
+        alias: String,
+    },
+    UnsetAlias {
+        regid: RegId,
+        alias: String,
+    },
+    Subscribe {
+        regid: RegId,
+        topic: String,
+        seq: u64,
+    },
+    Unsubscribe {
+        regid: RegId,
+        topic: String,
+    },
+    /// Keeps a group message once, in the shard's group partition, for `targets` devices.
+    StoreGroup {
+        partition: u16,
+        envelope: Arc<Envelope>,
+        seq: u64,
+        filter: GroupFilter,
+        targets: u64,
+    },
+    /// The device acknowledged group messages up to `seq`.
+    GroupCursor {
+        regid: RegId,
+        seq: u64,
+    },
+    /// One more delivery of a group message kept in `partition`.
+    GroupDelivered {
+        partition: u16,
+        id: MessageId,
+    },
     RegisterDevice {
         regid: RegId,
         record: DeviceRecord,
@@ -103,6 +157,30 @@ fn pending_key(regid: &RegId, seq: u64) -> [u8; 20] {
     key
 }
 
+fn suffixed_key(regid: &RegId, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(12 + name.len());
+    key.extend_from_slice(&regid.0);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn encode_group(envelope: &Envelope, filter: &GroupFilter) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + 32);
+    out.extend_from_slice(&envelope.id.to_le_bytes());
+    out.extend_from_slice(&envelope.app_id.to_le_bytes());
+    out.extend_from_slice(&envelope.expires_at.to_le_bytes());
+    out.extend_from_slice(&serde_json::to_vec(filter).unwrap_or_default());
+    out
+}
+
+fn decode_group(raw: &[u8]) -> Option<(MessageId, AppId, u64, GroupFilter)> {
+    let id = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
+    let app_id = u32::from_le_bytes(raw.get(8..12)?.try_into().ok()?);
+    let expires_at = u64::from_le_bytes(raw.get(12..20)?.try_into().ok()?);
+    let filter = serde_json::from_slice(raw.get(20..)?).ok()?;
+    Some((id, app_id, expires_at, filter))
+}
+
 /// One partition's database.
 pub struct PartitionStore {
     pub partition: u16,
@@ -113,14 +191,16 @@ impl PartitionStore {
     /// Opens (or creates) `dir/partition-NNNN.redb` and its tables.
     pub fn open(dir: &Path, partition: u16, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = dir.join(format!("partition-{partition:04}.redb"));
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(&path)?;
+        let db = redb::Builder::new().set_cache_size(cache_bytes).create(&path)?;
         let txn = db.begin_write()?;
         txn.open_table(DEVICES)?;
         txn.open_table(PENDING)?;
         txn.open_table(BODIES)?;
         txn.open_table(MSG_STATS)?;
+        txn.open_table(ALIASES)?;
+        txn.open_table(SUBSCRIPTIONS)?;
+        txn.open_table(GROUP)?;
+        txn.open_table(GROUP_CURSORS)?;
         txn.commit()?;
         Ok(PartitionStore { partition, db })
     }
@@ -132,14 +212,8 @@ impl PartitionStore {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            let (Ok(key), Some(record)) = (
-                <[u8; 12]>::try_from(k.value()),
-                DeviceRecord::from_bytes(v.value()),
-            ) else {
-                tracing::warn!(
-                    partition = self.partition,
-                    "skipping a malformed device row"
-                );
+            let (Ok(key), Some(record)) = (<[u8; 12]>::try_from(k.value()), DeviceRecord::from_bytes(v.value())) else {
+                tracing::warn!(partition = self.partition, "skipping a malformed device row");
                 continue;
             };
             out.push((RegId(key), record));
@@ -163,11 +237,7 @@ impl PartitionStore {
         let mut out = Vec::new();
         for row in pending.range(&start[..]..=&end[..])? {
             let (k, v) = row?;
-            let seq = u64::from_be_bytes(
-                k.value()[12..20]
-                    .try_into()
-                    .map_err(|_| StoreError("bad key".into()))?,
-            );
+            let seq = u64::from_be_bytes(k.value()[12..20].try_into().map_err(|_| StoreError("bad key".into()))?);
             let id = v.value();
             let Some(body) = bodies.get(id)? else {
                 continue;
@@ -180,12 +250,7 @@ impl PartitionStore {
             if expires_at <= now_s {
                 continue;
             }
-            out.push(PendingMessage {
-                seq,
-                id,
-                expires_at,
-                json: raw[8..].into(),
-            });
+            out.push(PendingMessage { seq, id, expires_at, json: raw[8..].into() });
             if out.len() >= limit {
                 break;
             }
@@ -193,12 +258,85 @@ impl PartitionStore {
         Ok(out)
     }
 
-    /// (targets, delivered) of a message in this partition, if it belongs to `app_id`.
-    pub fn message_stats(
+    /// Every (device, alias) of this partition.
+    pub fn load_aliases(&self) -> Result<Vec<(RegId, String)>, StoreError> {
+        self.load_suffixed(ALIASES, |_| ()).map(|rows| rows.into_iter().map(|(r, name, ())| (r, name)).collect())
+    }
+
+    /// Every (device, topic, seq joined) of this partition.
+    pub fn load_subscriptions(&self) -> Result<Vec<(RegId, String, u64)>, StoreError> {
+        self.load_suffixed(SUBSCRIPTIONS, |v| v)
+    }
+
+    /// Every device's group cursor in this partition.
+    pub fn load_group_cursors(&self) -> Result<Vec<(RegId, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(GROUP_CURSORS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Ok(key) = <[u8; 12]>::try_from(k.value()) {
+                out.push((RegId(key), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_suffixed<V: redb::Value + 'static, T>(
         &self,
-        app_id: AppId,
-        id: MessageId,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+        definition: TableDefinition<&[u8], V>,
+        value: impl Fn(V::SelfType<'_>) -> T,
+    ) -> Result<Vec<(RegId, String, T)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(definition)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let raw = k.value();
+            let (Some(regid), Some(name)) = (
+                raw.get(..12).and_then(|r| <[u8; 12]>::try_from(r).ok()),
+                raw.get(12..).and_then(|n| std::str::from_utf8(n).ok()),
+            ) else {
+                continue;
+            };
+            out.push((RegId(regid), name.to_owned(), value(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Unexpired group messages after `after` (a seq) that `wanted` accepts, in order, at most `limit`.
+    pub fn group_after(
+        &self,
+        after: u64,
+        now_s: u64,
+        limit: usize,
+        mut wanted: impl FnMut(&GroupMessage) -> bool,
+    ) -> Result<Vec<GroupMessage>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let group = txn.open_table(GROUP)?;
+        let bodies = txn.open_table(BODIES)?;
+        let mut out = Vec::new();
+        for row in group.range(after.saturating_add(1)..)? {
+            let (k, v) = row?;
+            let Some((id, app_id, expires_at, filter)) = decode_group(v.value()) else { continue };
+            if expires_at <= now_s {
+                continue;
+            }
+            let Some(body) = bodies.get(id)? else { continue };
+            let json: Arc<[u8]> = body.value().get(8..).unwrap_or_default().into();
+            let message = GroupMessage { seq: k.value(), id, app_id, expires_at, filter, json };
+            if wanted(&message) {
+                out.push(message);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// (targets, delivered) of a message in this partition, if it belongs to `app_id`.
+    pub fn message_stats(&self, app_id: AppId, id: MessageId) -> Result<Option<(u64, u64)>, StoreError> {
         let txn = self.db.begin_read()?;
         let stats = txn.open_table(MSG_STATS)?;
         Ok(stats.get(id)?.and_then(|v| {
@@ -216,17 +354,17 @@ impl PartitionStore {
             let mut pending = txn.open_table(PENDING)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut stats = txn.open_table(MSG_STATS)?;
+            let mut aliases = txn.open_table(ALIASES)?;
+            let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
+            let mut group = txn.open_table(GROUP)?;
+            let mut cursors = txn.open_table(GROUP_CURSORS)?;
             for op in ops {
                 match op {
                     WriteOp::RegisterDevice { regid, record } => {
                         debug_assert_eq!(regid.partition(), self.partition);
                         devices.insert(&regid.0[..], &record.to_bytes()[..])?;
                     }
-                    WriteOp::StorePush {
-                        envelope,
-                        seq,
-                        regids,
-                    } => {
+                    WriteOp::StorePush { envelope, seq, regids } => {
                         let mut body = Vec::with_capacity(8 + envelope.json.len());
                         body.extend_from_slice(&envelope.expires_at.to_le_bytes());
                         body.extend_from_slice(&envelope.json);
@@ -235,21 +373,49 @@ impl PartitionStore {
                             debug_assert_eq!(regid.partition(), self.partition);
                             pending.insert(&pending_key(regid, *seq)[..], envelope.id)?;
                         }
-                        let (owner, targets, delivered) = stats
-                            .get(envelope.id)?
-                            .map(|v| v.value())
-                            .unwrap_or((envelope.app_id, 0, 0));
-                        stats.insert(
-                            envelope.id,
-                            (owner, targets + regids.len() as u64, delivered),
-                        )?;
+                        let (owner, targets, delivered) =
+                            stats.get(envelope.id)?.map(|v| v.value()).unwrap_or((envelope.app_id, 0, 0));
+                        stats.insert(envelope.id, (owner, targets + regids.len() as u64, delivered))?;
+                    }
+                    WriteOp::SetAlias { regid, alias } => {
+                        aliases.insert(&suffixed_key(regid, alias)[..], ())?;
+                    }
+                    WriteOp::UnsetAlias { regid, alias } => {
+                        aliases.remove(&suffixed_key(regid, alias)[..])?;
+                    }
+                    WriteOp::Subscribe { regid, topic, seq } => {
+                        subscriptions.insert(&suffixed_key(regid, topic)[..], *seq)?;
+                    }
+                    WriteOp::Unsubscribe { regid, topic } => {
+                        subscriptions.remove(&suffixed_key(regid, topic)[..])?;
+                    }
+                    WriteOp::StoreGroup { envelope, seq, filter, targets, .. } => {
+                        let mut body = Vec::with_capacity(8 + envelope.json.len());
+                        body.extend_from_slice(&envelope.expires_at.to_le_bytes());
+                        body.extend_from_slice(&envelope.json);
+                        bodies.insert(envelope.id, &body[..])?;
+                        group.insert(*seq, &encode_group(envelope, filter)[..])?;
+                        let (owner, old_targets, delivered) =
+                            stats.get(envelope.id)?.map(|v| v.value()).unwrap_or((envelope.app_id, 0, 0));
+                        stats.insert(envelope.id, (owner, old_targets + targets, delivered))?;
+                    }
+                    WriteOp::GroupCursor { regid, seq } => {
+                        let current = cursors.get(&regid.0[..])?.map_or(0, |v| v.value());
+                        if *seq > current {
+                            cursors.insert(&regid.0[..], *seq)?;
+                        }
+                    }
+                    WriteOp::GroupDelivered { id, .. } => {
+                        let current = stats.get(*id)?.map(|v| v.value());
+                        if let Some((owner, targets, delivered)) = current {
+                            stats.insert(*id, (owner, targets, delivered + 1))?;
+                        }
                     }
                     WriteOp::Acked { regid, seq, id } => {
                         if pending.remove(&pending_key(regid, *seq)[..])?.is_none() {
                             continue; // a duplicate PUBACK: counted once
                         }
-                        let Some((owner, targets, delivered)) = stats.get(*id)?.map(|v| v.value())
-                        else {
+                        let Some((owner, targets, delivered)) = stats.get(*id)?.map(|v| v.value()) else {
                             continue;
                         };
                         let delivered = delivered + 1;
@@ -271,12 +437,7 @@ mod tests {
     use super::*;
 
     fn envelope(id: MessageId, expires_at: u64) -> Arc<Envelope> {
-        Arc::new(Envelope {
-            id,
-            app_id: 9,
-            expires_at,
-            json: format!("{{\"n\":{id}}}").into_bytes().into(),
-        })
+        Arc::new(Envelope { id, app_id: 9, expires_at, json: format!("{{\"n\":{id}}}").into_bytes().into() })
     }
 
     #[test]
@@ -287,49 +448,22 @@ mod tests {
         let b = RegId::generate(3);
         {
             let store = PartitionStore::open(&dir, 3, 1 << 20).unwrap();
-            let record = DeviceRecord {
-                app_id: 9,
-                token_hash: [1; 16],
-                created_at: 5,
-            };
+            let record = DeviceRecord { app_id: 9, token_hash: [1; 16], created_at: 5 };
             let reg = WriteOp::RegisterDevice { regid: a, record };
-            let p1 = WriteOp::StorePush {
-                envelope: envelope(10, 100),
-                seq: 1,
-                regids: vec![a, b],
-            };
-            let p2 = WriteOp::StorePush {
-                envelope: envelope(11, 100),
-                seq: 2,
-                regids: vec![a],
-            };
-            store
-                .apply(&[&reg, &p1, &p2], redb::Durability::Immediate)
-                .unwrap();
+            let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
+            let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
+            store.apply(&[&reg, &p1, &p2], redb::Durability::Immediate).unwrap();
         }
         let store = PartitionStore::open(&dir, 3, 1 << 20).unwrap();
         assert_eq!(store.load_devices().unwrap().len(), 1);
         let got = store.pending_for(&a, 0, 50, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), vec![10, 11]);
         assert_eq!(store.pending_for(&a, 1, 50, 10).unwrap().len(), 1);
-        assert!(
-            store.pending_for(&a, 0, 100, 10).unwrap().is_empty(),
-            "expired messages are not pending"
-        );
-        let ack = WriteOp::Acked {
-            regid: a,
-            seq: 1,
-            id: 10,
-        };
-        store
-            .apply(&[&ack, &ack], redb::Durability::Immediate)
-            .unwrap();
+        assert!(store.pending_for(&a, 0, 100, 10).unwrap().is_empty(), "expired messages are not pending");
+        let ack = WriteOp::Acked { regid: a, seq: 1, id: 10 };
+        store.apply(&[&ack, &ack], redb::Durability::Immediate).unwrap();
         assert_eq!(store.message_stats(9, 10).unwrap(), Some((2, 1)));
-        assert_eq!(
-            store.message_stats(8, 10).unwrap(),
-            None,
-            "another app sees nothing"
-        );
+        assert_eq!(store.message_stats(8, 10).unwrap(), None, "another app sees nothing");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

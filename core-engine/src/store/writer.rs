@@ -40,19 +40,10 @@ pub struct StoreWriter {
 
 impl StoreWriter {
     /// Starts the writer thread for `partitions`.
-    pub fn start(
-        name: String,
-        partitions: Vec<Arc<PartitionStore>>,
-        durability: Durability,
-    ) -> std::io::Result<Self> {
+    pub fn start(name: String, partitions: Vec<Arc<PartitionStore>>, durability: Durability) -> std::io::Result<Self> {
         let (jobs, rx) = crossbeam_channel::unbounded();
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(rx, partitions, durability))?;
-        Ok(StoreWriter {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(rx, partitions, durability))?;
+        Ok(StoreWriter { jobs: Some(jobs), thread: Some(thread) })
     }
 
     /// Lets the writer commit what is queued, then waits for it to exit.
@@ -77,16 +68,20 @@ impl StoreWriter {
 
 fn partition_of(op: &WriteOp) -> u16 {
     match op {
-        WriteOp::RegisterDevice { regid, .. } | WriteOp::Acked { regid, .. } => regid.partition(),
+        WriteOp::RegisterDevice { regid, .. }
+        | WriteOp::Acked { regid, .. }
+        | WriteOp::SetAlias { regid, .. }
+        | WriteOp::UnsetAlias { regid, .. }
+        | WriteOp::Subscribe { regid, .. }
+        | WriteOp::Unsubscribe { regid, .. }
+        | WriteOp::GroupCursor { regid, .. } => regid.partition(),
+        WriteOp::StoreGroup { partition, .. } | WriteOp::GroupDelivered { partition, .. } => *partition,
         WriteOp::StorePush { regids, .. } => regids.first().map(|r| r.partition()).unwrap_or(0),
     }
 }
 
 fn run(rx: Receiver<StoreJob>, partitions: Vec<Arc<PartitionStore>>, durability: Durability) {
-    let by_number: BTreeMap<u16, Arc<PartitionStore>> = partitions
-        .iter()
-        .map(|p| (p.partition, p.clone()))
-        .collect();
+    let by_number: BTreeMap<u16, Arc<PartitionStore>> = partitions.iter().map(|p| (p.partition, p.clone())).collect();
     let mut unsynced = false;
     let mut last_sync = Instant::now();
     loop {
@@ -116,10 +111,7 @@ fn run(rx: Receiver<StoreJob>, partitions: Vec<Arc<PartitionStore>>, durability:
             }
         }
         // Acknowledgements need no fsync of their own: losing one only means a resend.
-        let only_acks = batch
-            .iter()
-            .flat_map(|j| &j.ops)
-            .all(|op| matches!(op, WriteOp::Acked { .. }));
+        let only_acks = batch.iter().flat_map(|j| &j.ops).all(|op| matches!(op, WriteOp::Acked { .. }));
         let redb_durability = match durability {
             Durability::Fsync if !only_acks => redb::Durability::Immediate,
             _ => redb::Durability::None,
@@ -127,10 +119,7 @@ fn run(rx: Receiver<StoreJob>, partitions: Vec<Arc<PartitionStore>>, durability:
         let mut failed: BTreeMap<u16, StoreError> = BTreeMap::new();
         for (partition, ops) in grouped {
             let Some(store) = by_number.get(&partition) else {
-                failed.insert(
-                    partition,
-                    StoreError(format!("partition {partition} is not owned by this writer")),
-                );
+                failed.insert(partition, StoreError(format!("partition {partition} is not owned by this writer")));
                 continue;
             };
             if let Err(e) = store.apply(&ops, redb_durability) {

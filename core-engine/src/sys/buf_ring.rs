@@ -14,10 +14,7 @@ pub enum BufRingError {
     #[error("out of memory allocating {bytes} bytes for the buffer ring")]
     OutOfMemory { bytes: usize },
     #[error("registering the buffer ring failed: {source} (kernel >= 5.19 needed; if it is ENOMEM, raise `ulimit -l` (memlock) above {ring_bytes} bytes)")]
-    Register {
-        source: std::io::Error,
-        ring_bytes: usize,
-    },
+    Register { source: std::io::Error, ring_bytes: usize },
 }
 
 /// The ring and its buffers; registered under one buffer group id.
@@ -34,44 +31,24 @@ pub struct BufRing {
 
 impl BufRing {
     /// Allocates `entries` buffers of `buf_size` bytes and registers them as group `bgid`.
-    pub fn new(
-        submitter: &Submitter<'_>,
-        entries: u16,
-        buf_size: u32,
-        bgid: u16,
-    ) -> Result<Self, BufRingError> {
+    pub fn new(submitter: &Submitter<'_>, entries: u16, buf_size: u32, bgid: u16) -> Result<Self, BufRingError> {
         if entries == 0 || !entries.is_power_of_two() || entries > 32768 {
-            return Err(BufRingError::BadEntries {
-                entries: entries.into(),
-            });
+            return Err(BufRingError::BadEntries { entries: entries.into() });
         }
         let ring_bytes = usize::from(entries) * std::mem::size_of::<BufRingEntry>();
-        let ring_layout = Layout::from_size_align(ring_bytes, 4096)
-            .map_err(|_| BufRingError::OutOfMemory { bytes: ring_bytes })?;
+        let ring_layout =
+            Layout::from_size_align(ring_bytes, 4096).map_err(|_| BufRingError::OutOfMemory { bytes: ring_bytes })?;
         let buffer_bytes = usize::from(entries) * buf_size as usize;
-        let buffers_layout =
-            Layout::from_size_align(buffer_bytes, 4096).map_err(|_| BufRingError::OutOfMemory {
-                bytes: buffer_bytes,
-            })?;
+        let buffers_layout = Layout::from_size_align(buffer_bytes, 4096)
+            .map_err(|_| BufRingError::OutOfMemory { bytes: buffer_bytes })?;
         // SAFETY: both layouts have a non-zero size (entries >= 1, buf_size checked by the caller's config).
         let ring = unsafe { alloc_zeroed(ring_layout) } as *mut BufRingEntry;
         // SAFETY: as above.
         let buffers = unsafe { alloc_zeroed(buffers_layout) };
         if ring.is_null() || buffers.is_null() {
-            return Err(BufRingError::OutOfMemory {
-                bytes: ring_bytes + buffer_bytes,
-            });
+            return Err(BufRingError::OutOfMemory { bytes: ring_bytes + buffer_bytes });
         }
-        let mut this = BufRing {
-            ring,
-            ring_layout,
-            buffers,
-            buffers_layout,
-            entries,
-            buf_size,
-            tail: 0,
-            bgid,
-        };
+        let mut this = BufRing { ring, ring_layout, buffers, buffers_layout, entries, buf_size, tail: 0, bgid };
         // SAFETY: the ring memory is page-aligned, `entries` long, and lives until drop,
         // which happens after the io_uring instance that uses it (the shard drops the ring first).
         unsafe { submitter.register_buf_ring_with_flags(ring as u64, entries, bgid, 0) }
@@ -90,9 +67,7 @@ impl BufRing {
         // entries between its head and our published tail, and this one is past the tail.
         let entry = unsafe { &mut *self.ring.add(index) };
         // SAFETY: bid < entries, so the buffer lies inside the buffers allocation.
-        entry.set_addr(
-            unsafe { self.buffers.add(usize::from(bid) * self.buf_size as usize) } as u64,
-        );
+        entry.set_addr(unsafe { self.buffers.add(usize::from(bid) * self.buf_size as usize) } as u64);
         entry.set_len(self.buf_size);
         entry.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
@@ -107,18 +82,10 @@ impl BufRing {
 
     /// The first `len` bytes the kernel wrote into buffer `bid`.
     pub fn get(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(
-            bid < self.entries && len <= self.buf_size as usize,
-            "buffer {bid}/{len} out of range"
-        );
+        assert!(bid < self.entries && len <= self.buf_size as usize, "buffer {bid}/{len} out of range");
         // SAFETY: bounds checked above; the kernel handed this buffer to us and will not
         // touch it until we give it back with `recycle`.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.buffers.add(usize::from(bid) * self.buf_size as usize),
-                len,
-            )
-        }
+        unsafe { std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * self.buf_size as usize), len) }
     }
 
     /// Gives buffer `bid` back to the kernel.

@@ -21,10 +21,7 @@ impl EventFd {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(EventFd {
-            file: File::from(owned),
-            pending: AtomicBool::new(false),
-        })
+        Ok(EventFd { file: File::from(owned), pending: AtomicBool::new(false) })
     }
 
     /// Wakes the reader unless a wake-up is already pending.

@@ -1,0 +1,173 @@
+//! What devices and app servers change about a device: topic memberships (SUBSCRIBE or
+//! HTTP) and aliases (control publishes or HTTP), with their limits, kept in step in the
+//! shard's indexes and the store.
+
+use super::inbox::{ControlError, TopicPart};
+use super::Shard;
+use crate::ids::{AppId, RegId};
+use crate::proto::{QoS, Subscribe, Unsubscribe};
+use crate::push::valid_name;
+use crate::session::{classify_filter, reason, ControlTopic, FilterKind};
+use crate::store::{StoreJob, WriteOp};
+
+impl Shard {
+    /// Joins `regid` to `topic`; Ok(false) if it already was a member.
+    fn join_topic(&mut self, regid: RegId, topic: &str) -> Result<bool, ControlError> {
+        let limits = (self.shared.config.max_topics_per_device, self.shared.config.max_topics_per_app);
+        let device = self.devices.get(&regid).ok_or(ControlError::UnknownDevice)?;
+        let app_id = device.record.app_id;
+        if let Some(id) = self.topics.id(app_id, topic) {
+            if device.topics().iter().any(|&(t, _)| t == id) {
+                return Ok(false);
+            }
+        }
+        if device.topics().len() >= limits.0 {
+            return Err(ControlError::QuotaExceeded(format!("a device joins at most {} topics", limits.0)));
+        }
+        if self.topics.id(app_id, topic).is_none() && !self.shared.app_topics.appeared(app_id, topic, limits.1) {
+            return Err(ControlError::QuotaExceeded(format!("an app has at most {} topics", limits.1)));
+        }
+        let (id, _) = self.topics.join(app_id, topic, regid);
+        let seq = self.seq.next(Self::now_unix_ms());
+        let device = self.devices.get_mut(&regid).expect("checked above");
+        device.extras_mut().topics.push((id, seq));
+        self.writer
+            .submit(StoreJob { ops: vec![WriteOp::Subscribe { regid, topic: topic.to_owned(), seq }], done: None });
+        Ok(true)
+    }
+
+    /// Removes `regid` from `topic`; false if it was not a member.
+    fn leave_topic(&mut self, regid: RegId, topic: &str) -> bool {
+        let Some(device) = self.devices.get_mut(&regid) else { return false };
+        let app_id = device.record.app_id;
+        let Some(id) = self.topics.id(app_id, topic) else { return false };
+        let Some(extras) = device.extras.as_mut() else { return false };
+        let before = extras.topics.len();
+        extras.topics.retain(|&(t, _)| t != id);
+        if extras.topics.len() == before {
+            return false;
+        }
+        if self.topics.leave(id, &regid) {
+            self.shared.app_topics.vanished(app_id, topic);
+        }
+        self.writer.submit(StoreJob { ops: vec![WriteOp::Unsubscribe { regid, topic: topic.to_owned() }], done: None });
+        true
+    }
+
+    /// Sets or removes an alias of `regid`, which must belong to `app_id`.
+    pub(super) fn change_alias(
+        &mut self,
+        app_id: AppId,
+        regid: RegId,
+        alias: &str,
+        set: bool,
+    ) -> Result<(), ControlError> {
+        let max = self.shared.config.max_aliases_per_device;
+        let device =
+            self.devices.get_mut(&regid).filter(|d| d.record.app_id == app_id).ok_or(ControlError::UnknownDevice)?;
+        let has = device.aliases().iter().any(|a| &**a == alias);
+        let op = match (set, has) {
+            (true, true) | (false, false) => return Ok(()),
+            (true, false) => {
+                if device.aliases().len() >= max {
+                    return Err(ControlError::QuotaExceeded(format!("a device has at most {max} aliases")));
+                }
+                device.extras_mut().aliases.push(alias.into());
+                self.aliases.add(app_id, alias, regid);
+                WriteOp::SetAlias { regid, alias: alias.to_owned() }
+            }
+            (false, true) => {
+                device.extras_mut().aliases.retain(|a| &**a != alias);
+                self.aliases.remove(app_id, alias, &regid);
+                WriteOp::UnsetAlias { regid, alias: alias.to_owned() }
+            }
+        };
+        self.writer.submit(StoreJob { ops: vec![op], done: None });
+        Ok(())
+    }
+
+    /// The app server adds devices to a topic or removes them.
+    pub(super) fn change_topic_members(
+        &mut self,
+        app_id: AppId,
+        topic: &str,
+        regids: Vec<RegId>,
+        join: bool,
+    ) -> TopicPart {
+        let mut part = TopicPart::default();
+        for regid in regids {
+            if !self.devices.get(&regid).is_some_and(|d| d.record.app_id == app_id) {
+                part.invalid.push(regid);
+                continue;
+            }
+            let changed =
+                if join { self.join_topic(regid, topic).unwrap_or(false) } else { self.leave_topic(regid, topic) };
+            part.changed += u64::from(changed);
+        }
+        part
+    }
+
+    pub(super) fn on_subscribe(&mut self, key: u32, subscribe: Box<Subscribe>) {
+        let Some(regid) = self.conns[key as usize].device else { return };
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let v5 = matches!(self.conns[key as usize].session.version(), crate::proto::Version::V5);
+        for filter in &subscribe.filters {
+            let code = match (
+                self.conns[key as usize].session.filter_code(&filter.filter, filter.qos),
+                classify_filter(&filter.filter),
+            ) {
+                (Some(code), _) => code,
+                (None, FilterKind::Topic(name)) => match self.join_topic(regid, name) {
+                    Ok(_) => u8::from(filter.qos != QoS::AtMostOnce),
+                    Err(e) => {
+                        tracing::debug!(shard = self.index, error = %e, "subscription refused");
+                        if v5 {
+                            reason::QUOTA_EXCEEDED
+                        } else {
+                            reason::V311_SUBSCRIBE_FAILURE
+                        }
+                    }
+                },
+                (None, _) => reason::UNSPECIFIED,
+            };
+            codes.push(code);
+        }
+        self.conns[key as usize].session.suback(subscribe.packet_id, codes);
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, key: u32, unsubscribe: Box<Unsubscribe>) {
+        let Some(regid) = self.conns[key as usize].device else { return };
+        let codes = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| match classify_filter(filter) {
+                FilterKind::Inbox => reason::SUCCESS,
+                FilterKind::Topic(name) if self.leave_topic(regid, name) => reason::SUCCESS,
+                _ => reason::NO_SUBSCRIPTION_EXISTED,
+            })
+            .collect();
+        self.conns[key as usize].session.unsuback(unsubscribe.packet_id, codes);
+    }
+
+    pub(super) fn on_control(&mut self, key: u32, topic: ControlTopic, payload: &[u8], packet_id: Option<u16>) {
+        let Some(regid) = self.conns[key as usize].device else { return };
+        let code = match topic {
+            ControlTopic::AliasSet | ControlTopic::AliasUnset => match std::str::from_utf8(payload) {
+                Ok(alias) if valid_name(alias) => {
+                    let app_id = self.devices.get(&regid).map_or(0, |d| d.record.app_id);
+                    match self.change_alias(app_id, regid, alias, topic == ControlTopic::AliasSet) {
+                        Ok(()) => reason::SUCCESS,
+                        Err(ControlError::QuotaExceeded(_)) => reason::QUOTA_EXCEEDED,
+                        Err(_) => reason::UNSPECIFIED,
+                    }
+                }
+                _ => reason::PAYLOAD_FORMAT_INVALID,
+            },
+            // Quiet hours and click receipts come with the features that use them.
+            ControlTopic::Quiet | ControlTopic::Click => reason::NOT_AUTHORIZED,
+        };
+        let mut events = std::mem::take(&mut self.events);
+        self.conns[key as usize].session.ack_control(packet_id, code, &mut events);
+        self.events = events;
+    }
+}

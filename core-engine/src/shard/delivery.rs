@@ -1,0 +1,367 @@
+//! Storing pushes and delivering them in order: a device's own messages (RegID and
+//! alias sends) wait in its pending queue; group messages (topics, broadcast) are kept
+//! once per shard and merged into each device's stream by sequence number.
+
+use super::inbox::{AfterStore, PushPart, Reply, ShardMsg};
+use super::{Device, Shard};
+use crate::ids::RegId;
+use crate::push::{Envelope, GroupFilter};
+use crate::session::{PushRef, INBOX_TOPIC, TOPIC_PREFIX};
+use crate::store::{GroupMessage, PendingMessage, StoreError, StoreJob, WriteOp};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Most messages read from the store at once for one device, per stream.
+const PENDING_BATCH: usize = 64;
+
+/// The topic a group message reaches a device on: the first topic of the expression the
+/// device is in, or the inbox for a broadcast.
+fn group_topic(filter: &GroupFilter, member: impl Fn(&str) -> bool) -> String {
+    match filter {
+        GroupFilter::All => INBOX_TOPIC.to_owned(),
+        GroupFilter::Topics { topics, .. } => {
+            let name = topics.iter().find(|t| member(t)).or(topics.first()).map_or("", |t| t.as_str());
+            format!("{TOPIC_PREFIX}{name}")
+        }
+    }
+}
+
+fn expiry_s(expires_at: u64, now_s: u64) -> Option<u32> {
+    Some(u32::try_from(expires_at.saturating_sub(now_s)).unwrap_or(u32::MAX))
+}
+
+/// One item of a device's merged stream.
+enum Next {
+    Own(PendingMessage),
+    Group(GroupMessage),
+}
+
+impl Next {
+    fn seq(&self) -> u64 {
+        match self {
+            Next::Own(m) => m.seq,
+            Next::Group(m) => m.seq,
+        }
+    }
+}
+
+impl Shard {
+    /// Whether `device` is a target of a group message sent at `seq`.
+    fn group_member(&self, device: &Device, filter: &GroupFilter, seq: u64) -> bool {
+        filter
+            .matches(|name| self.topics.id(device.record.app_id, name).is_some_and(|id| device.joined_before(id, seq)))
+    }
+
+    /// The devices of this shard a group message sent at `seq` is for.
+    fn group_targets(&self, app_id: crate::ids::AppId, filter: &GroupFilter, seq: u64) -> Vec<RegId> {
+        let selected = |regid: &RegId| {
+            self.devices.get(regid).is_some_and(|d| d.record.app_id == app_id && self.group_member(d, filter, seq))
+        };
+        match filter {
+            GroupFilter::All => {
+                self.devices.iter().filter(|(_, d)| d.record.app_id == app_id).map(|(r, _)| *r).collect()
+            }
+            GroupFilter::Topics { topics, .. } => {
+                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::new();
+                for topic in topics {
+                    let Some(members) = self.topics.id(app_id, topic).and_then(|id| self.topics.get(id)) else {
+                        continue;
+                    };
+                    for regid in &members.members {
+                        if seen.insert(*regid) && selected(regid) {
+                            out.push(*regid);
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    pub(super) fn on_acked(&mut self, key: u32, push: PushRef) {
+        let conn = &self.conns[key as usize];
+        let Some(regid) = conn.device else { return };
+        let backlog = conn.backlog;
+        let ops = if push.group {
+            if let Some(device) = self.devices.get_mut(&regid) {
+                device.group_cursor = device.group_cursor.max(push.seq);
+            }
+            vec![
+                WriteOp::GroupCursor { regid, seq: push.seq },
+                WriteOp::GroupDelivered { partition: self.group_partition, id: push.id },
+            ]
+        } else {
+            vec![WriteOp::Acked { regid, seq: push.seq, id: push.id }]
+        };
+        self.writer.submit(StoreJob { ops, done: None });
+        if backlog {
+            self.pump(key);
+        }
+    }
+
+    /// Fills the session's window from the store: the device's own queue and the shard's
+    /// group messages, merged in sequence order.
+    pub(super) fn pump(&mut self, key: u32) {
+        let now = Self::now_unix_s();
+        loop {
+            let conn = &self.conns[key as usize];
+            let Some(regid) = conn.device else { return };
+            if !conn.backlog || !conn.session.can_push() {
+                return;
+            }
+            let Some(device) = self.devices.get(&regid) else { return };
+            let (Some(own_store), Some(group_store)) =
+                (self.stores.get(&regid.partition()), self.stores.get(&self.group_partition))
+            else {
+                return;
+            };
+            let own = own_store.pending_for(&regid, conn.cursor, now, PENDING_BATCH);
+            let app_id = device.record.app_id;
+            let group = group_store.group_after(conn.cursor.max(device.group_cursor), now, PENDING_BATCH, |m| {
+                m.app_id == app_id && self.group_member(device, &m.filter, m.seq)
+            });
+            let (own, group) = match (own, group) {
+                (Ok(own), Ok(group)) => (own, group),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(shard = self.index, error = %e, "reading pending messages failed");
+                    return;
+                }
+            };
+            // A full batch may hide later items: merge only up to the smaller of the full batches' ends.
+            let own_full = own.len() == PENDING_BATCH;
+            let group_full = group.len() == PENDING_BATCH;
+            let limit = [own_full.then(|| own.last().map(|m| m.seq)), group_full.then(|| group.last().map(|m| m.seq))]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .min()
+                .unwrap_or(u64::MAX);
+            let mut merged: Vec<Next> =
+                own.into_iter().map(Next::Own).chain(group.into_iter().map(Next::Group)).collect();
+            merged.sort_by_key(Next::seq);
+            let device = self.devices.get(&regid).expect("checked above");
+            let topics: Vec<String> = merged
+                .iter()
+                .map(|n| match n {
+                    Next::Own(_) => INBOX_TOPIC.to_owned(),
+                    Next::Group(m) => group_topic(&m.filter, |name| {
+                        self.topics.id(app_id, name).is_some_and(|id| device.joined_before(id, m.seq))
+                    }),
+                })
+                .collect();
+            let device = self.devices.get_mut(&regid).expect("checked above");
+            let conn = &mut self.conns[key as usize];
+            for (next, topic) in merged.into_iter().zip(topics) {
+                if next.seq() > limit {
+                    break;
+                }
+                if !conn.session.can_push() {
+                    return; // backlog stays set: the rest waits for acknowledgements
+                }
+                let (push, expires_at, json) = match &next {
+                    Next::Own(m) => (PushRef { seq: m.seq, id: m.id, group: false }, m.expires_at, &m.json),
+                    Next::Group(m) => (PushRef { seq: m.seq, id: m.id, group: true }, m.expires_at, &m.json),
+                };
+                let dup = push.seq <= device.last_sent;
+                conn.session.push(push, dup, expiry_s(expires_at, now), &topic, json);
+                conn.cursor = push.seq;
+                device.last_sent = device.last_sent.max(push.seq);
+            }
+            if !own_full && !group_full {
+                conn.backlog = false;
+                return;
+            }
+        }
+    }
+
+    pub(super) fn on_message(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Push { envelope, regids, reply } => {
+                let (valid, invalid): (Vec<RegId>, Vec<RegId>) = regids
+                    .into_iter()
+                    .partition(|r| self.devices.get(r).is_some_and(|d| d.record.app_id == envelope.app_id));
+                self.store_push(envelope, valid, PushPart { invalid, ..PushPart::default() }, reply);
+            }
+            ShardMsg::PushAliases { envelope, aliases, reply } => {
+                let mut found = Vec::new();
+                let mut targets = std::collections::BTreeSet::new();
+                for alias in aliases.iter() {
+                    let devices = self.aliases.get(envelope.app_id, alias);
+                    if !devices.is_empty() {
+                        found.push(alias.clone());
+                        targets.extend(devices.iter().copied());
+                    }
+                }
+                let part = PushPart { found_aliases: found, ..PushPart::default() };
+                self.store_push(envelope, targets.into_iter().collect(), part, reply);
+            }
+            ShardMsg::PushGroup { envelope, filter, reply } => self.store_group(envelope, filter, reply),
+            ShardMsg::Register { app_id, reply } => {
+                let (regid, token, device, ops) = self.new_device(app_id);
+                let inbox = self.shared.inboxes[self.index].clone();
+                self.writer.submit(StoreJob {
+                    ops,
+                    done: Some(Box::new(move |result| {
+                        inbox.send(ShardMsg::Stored {
+                            result,
+                            then: AfterStore::RegisteredHttp { regid, token, reply },
+                        });
+                    })),
+                });
+                // Indexed now: its record is in the job, and a failed commit removes it.
+                self.devices.insert(regid, device);
+            }
+            ShardMsg::MessageStatus { app_id, id, reply } => {
+                let mut total: Option<(u64, u64)> = None;
+                for store in self.stores.values() {
+                    match store.message_stats(app_id, id) {
+                        Ok(Some((t, d))) => {
+                            let sum = total.get_or_insert((0, 0));
+                            sum.0 += t;
+                            sum.1 += d;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(total));
+            }
+            ShardMsg::DeviceAlias { app_id, regid, alias, set, reply } => {
+                let _ = reply.send(self.change_alias(app_id, regid, &alias, set));
+            }
+            ShardMsg::TopicMembers { app_id, topic, regids, join, reply } => {
+                let _ = reply.send(Ok(self.change_topic_members(app_id, &topic, regids, join)));
+            }
+            ShardMsg::LookupAlias { app_id, alias, reply } => {
+                let _ = reply.send(self.aliases.get(app_id, &alias).to_vec());
+            }
+            ShardMsg::Handoff { handoff_id, connect, unprocessed } => {
+                self.handoffs.insert(handoff_id, (connect, unprocessed));
+            }
+            ShardMsg::Stored { result, then } => self.on_stored(result, then),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Queues `envelope` for each of `targets` (devices homed here, already checked).
+    fn store_push(&mut self, envelope: Arc<Envelope>, targets: Vec<RegId>, part: PushPart, reply: Reply<PushPart>) {
+        if targets.is_empty() {
+            let _ = reply.send(Ok(part));
+            return;
+        }
+        let seq = self.seq.next(Self::now_unix_ms());
+        let mut by_partition: BTreeMap<u16, Vec<RegId>> = BTreeMap::new();
+        for regid in &targets {
+            by_partition.entry(regid.partition()).or_default().push(*regid);
+        }
+        let ops = by_partition
+            .into_values()
+            .map(|regids| WriteOp::StorePush { envelope: envelope.clone(), seq, regids })
+            .collect();
+        let inbox = self.shared.inboxes[self.index].clone();
+        self.writer.submit(StoreJob {
+            ops,
+            done: Some(Box::new(move |result| {
+                let then = AfterStore::Pushed { envelope, seq, regids: targets, part, reply };
+                inbox.send(ShardMsg::Stored { result, then });
+            })),
+        });
+    }
+
+    /// Keeps a group message once for this shard, counting its targets here.
+    fn store_group(&mut self, envelope: Arc<Envelope>, filter: Arc<GroupFilter>, reply: Reply<PushPart>) {
+        let targets = self.group_targets(envelope.app_id, &filter, u64::MAX).len() as u64;
+        if targets == 0 && matches!(*filter, GroupFilter::Topics { .. }) {
+            // No member here now: nobody here can catch up on it later either.
+            let _ = reply.send(Ok(PushPart::default()));
+            return;
+        }
+        let seq = self.seq.next(Self::now_unix_ms());
+        let op = WriteOp::StoreGroup {
+            partition: self.group_partition,
+            envelope: envelope.clone(),
+            seq,
+            filter: (*filter).clone(),
+            targets,
+        };
+        let inbox = self.shared.inboxes[self.index].clone();
+        self.writer.submit(StoreJob {
+            ops: vec![op],
+            done: Some(Box::new(move |result| {
+                let then = AfterStore::GroupStored { envelope, seq, filter, targets, reply };
+                inbox.send(ShardMsg::Stored { result, then });
+            })),
+        });
+    }
+
+    fn on_stored(&mut self, result: Result<(), StoreError>, then: AfterStore) {
+        match then {
+            AfterStore::Registered { conn: key, gen, regid, token, record } => {
+                if result.is_ok() {
+                    self.devices.insert(regid, *record);
+                }
+                self.registered_over_mqtt(key, gen, regid, token, result);
+            }
+            AfterStore::RegisteredHttp { regid, token, reply } => {
+                if result.is_err() {
+                    self.devices.remove(&regid);
+                }
+                let _ = reply.send(result.map(|()| (regid, token)));
+            }
+            AfterStore::Pushed { envelope, seq, regids, mut part, reply } => {
+                if let Err(e) = result {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                part.targets = regids.len() as u64;
+                let now = Self::now_unix_s();
+                for regid in &regids {
+                    self.deliver_live(regid, &envelope, seq, false, INBOX_TOPIC, now);
+                }
+                let _ = reply.send(Ok(part));
+            }
+            AfterStore::GroupStored { envelope, seq, filter, targets, reply } => {
+                if let Err(e) = result {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let now = Self::now_unix_s();
+                for regid in self.group_targets(envelope.app_id, &filter, seq) {
+                    let Some(device) = self.devices.get(&regid) else { continue };
+                    if device.conn.is_none() {
+                        continue;
+                    }
+                    let topic = group_topic(&filter, |name| {
+                        self.topics.id(envelope.app_id, name).is_some_and(|id| device.joined_before(id, seq))
+                    });
+                    self.deliver_live(&regid, &envelope, seq, true, &topic, now);
+                }
+                let _ = reply.send(Ok(PushPart { targets, ..PushPart::default() }));
+            }
+        }
+    }
+
+    /// Sends a just-stored message to `regid` if it is online and caught up; otherwise
+    /// the device reads it from the store when its window opens.
+    fn deliver_live(&mut self, regid: &RegId, envelope: &Envelope, seq: u64, group: bool, topic: &str, now: u64) {
+        let Some(device) = self.devices.get_mut(regid) else { return };
+        let Some(key) = device.conn else { return };
+        let conn = &mut self.conns[key as usize];
+        if conn.closing || !conn.session.is_connected() || seq <= conn.cursor {
+            return; // already read from the store
+        }
+        if conn.backlog || !conn.session.can_push() {
+            conn.backlog = true;
+            return;
+        }
+        let push = PushRef { seq, id: envelope.id, group };
+        conn.session.push(push, seq <= device.last_sent, expiry_s(envelope.expires_at, now), topic, &envelope.json);
+        conn.cursor = seq;
+        device.last_sent = device.last_sent.max(seq);
+        self.flush(key);
+    }
+}
