@@ -1,0 +1,216 @@
+"""Every way to target a push: topics (device SUBSCRIBE and HTTP), topic expressions,
+broadcast to all, aliases (device control publishes and HTTP), with offline catch-up,
+limits and isolation between apps."""
+
+import struct
+
+import mqttraw
+
+
+def _group_push(node, app, target: dict, **fields) -> dict:
+    body = {"target": target, "type": "passthrough", "payload": "p"}
+    body.update(fields)
+    r = node.http("POST", "/v1/messages", headers={"Authorization": f"key={app['app_secret']}"}, json=body)
+    assert r.status_code == 200, f"POST /v1/messages {target} -> {r.status_code} {r.text}"
+    return r.json()
+
+
+def _online(node, app, version=5, topics=()):
+    regid, token = node.register(app)
+    dev = node.device(app, regid, token, version=version)
+    dev.connect()
+    for topic in topics:
+        assert dev.subscribe(f"topic/{topic}") == [1], f"SUBSCRIBE topic/{topic} refused"
+    return regid, token, dev
+
+
+def test_topic_push_online_offline_and_late_joiner(node, app):
+    a_regid, _, a = _online(node, app, version=5, topics=["news"])
+    b_regid, b_token, b = _online(node, app, version=4, topics=["news"])
+    _, _, c = _online(node, app, version=5)  # not in the topic
+    b.disconnect()
+
+    res = _group_push(node, app, {"topic": "news"}, payload="breaking")
+    assert res["targets"] == 2, res
+    msg = a.wait_messages(1)[0]
+    assert msg["topic"] == "topic/news", msg
+    assert msg["payload"]["id"] == res["id"] and msg["payload"]["payload"] == "breaking", msg
+    c.expect_no_more(0, wait=0.5)
+
+    # The offline member catches up on reconnect, on the topic it joined.
+    b2 = node.device(app, b_regid, b_token, version=4)
+    b2.connect()
+    got = b2.wait_messages(1)[0]
+    assert got["topic"] == "topic/news" and got["payload"]["id"] == res["id"], got
+    node.wait_delivered(app, res["id"], 2)
+
+    # A device that joins after the push does not get the old message.
+    _, _, late = _online(node, app, topics=["news"])
+    late.expect_no_more(0, wait=0.7)
+
+
+def test_topic_expressions(node, app):
+    _, _, x = _online(node, app, topics=["a"])
+    _, _, y = _online(node, app, topics=["a", "b"])
+    _, _, z = _online(node, app, topics=["b"])
+    cases = [
+        ({"topics": ["a", "b"], "op": "union"}, {"x", "y", "z"}),
+        ({"topics": ["a", "b"], "op": "intersection"}, {"y"}),
+        ({"topics": ["a", "b"], "op": "difference"}, {"x"}),
+    ]
+    devices = {"x": x, "y": y, "z": z}
+    seen = {name: 0 for name in devices}
+    for target, expected in cases:
+        res = _group_push(node, app, target)
+        assert res["targets"] == len(expected), (target, res)
+        for name, dev in devices.items():
+            if name in expected:
+                seen[name] += 1
+                msgs = dev.wait_messages(seen[name])
+                assert msgs[-1]["payload"]["id"] == res["id"], (target, name, msgs[-1])
+        for name, dev in devices.items():
+            dev.expect_no_more(seen[name], wait=0.3)
+
+
+def test_broadcast_reaches_every_device_of_the_app_only(node, app):
+    _, _, online = _online(node, app, version=4)
+    off_regid, off_token = node.register(app)
+    other_app = node.create_app(name="other")
+    _, _, stranger = _online(node, other_app)
+
+    res = _group_push(node, app, {"all": True}, type="notification", title="to all")
+    assert res["targets"] == 2, res
+    msg = online.wait_messages(1)[0]
+    assert msg["topic"] == "inbox" and msg["payload"]["title"] == "to all", msg
+    stranger.expect_no_more(0, wait=0.5)
+
+    late = node.device(app, off_regid, off_token)
+    late.connect()
+    assert late.wait_messages(1)[0]["payload"]["id"] == res["id"]
+    # Registered after the broadcast: nothing.
+    _, _, newcomer = _online(node, app)
+    newcomer.expect_no_more(0, wait=0.5)
+    node.wait_delivered(app, res["id"], 2)
+
+
+def test_aliases_from_devices_and_http(node, app):
+    r1, t1 = node.register(app)
+    r2, t2 = node.register(app)
+    r3, _ = node.register(app)
+    # Devices set their alias with a QoS 1 control publish; MQTT 5 answers PUBACK 0.
+    for regid, token in ((r1, t1), (r2, t2)):
+        c = node.raw(version=5)
+        assert c.connect(regid, app["app_id"], token)["rc"] == 0
+        c.send(mqttraw.packet(0x32, mqttraw.mqtt_str("ctl/alias/set") + struct.pack("!H", 7) + b"\x00" + b"user-42"))
+        first, body = c.read_packet()
+        assert first == 0x40 and body[:2] == b"\x00\x07", (first, body)
+        assert len(body) == 2 or body[2] == 0, body
+        c.disconnect()
+    auth = {"Authorization": f"key={app['app_secret']}"}
+    r = node.http("POST", f"/v1/devices/{r3}/aliases", headers=auth, json={"alias": "user-42"})
+    assert r.status_code == 200, r.text
+    r = node.http("GET", "/v1/aliases/user-42", headers=auth)
+    assert r.status_code == 200 and sorted(r.json()["regids"]) == sorted([r1, r2, r3]), r.text
+
+    res = _group_push(node, app, {"aliases": ["user-42", "nobody"]})
+    assert res["targets"] == 3 and res["invalid"] == ["nobody"], res
+    # Both the phone and the tablet of the account get it.
+    for regid, token in ((r1, t1), (r2, t2)):
+        dev = node.device(app, regid, token)
+        dev.connect()
+        assert dev.wait_messages(1)[0]["payload"]["id"] == res["id"]
+        dev.disconnect()
+
+    r = node.http("DELETE", f"/v1/devices/{r3}/aliases/user-42", headers=auth)
+    assert r.status_code == 200, r.text
+    assert sorted(node.http("GET", "/v1/aliases/user-42", headers=auth).json()["regids"]) == sorted([r1, r2])
+
+    # Another app sees none of it and cannot touch these devices.
+    other = node.create_app(name="other")
+    other_auth = {"Authorization": f"key={other['app_secret']}"}
+    assert node.http("GET", "/v1/aliases/user-42", headers=other_auth).json()["regids"] == []
+    r = node.http("POST", f"/v1/devices/{r1}/aliases", headers=other_auth, json={"alias": "x"})
+    assert r.status_code == 404, r.text
+    assert _group_push(node, other, {"aliases": ["user-42"]})["targets"] == 0
+
+
+def test_alias_limit_and_bad_alias(node, app):
+    regid, token = node.register(app)
+    auth = {"Authorization": f"key={app['app_secret']}"}
+    for i in range(10):
+        r = node.http("POST", f"/v1/devices/{regid}/aliases", headers=auth, json={"alias": f"a{i}"})
+        assert r.status_code == 200, r.text
+    r = node.http("POST", f"/v1/devices/{regid}/aliases", headers=auth, json={"alias": "a10"})
+    assert r.status_code == 422 and r.json()["code"] == "limit_exceeded", r.text
+    r = node.http("POST", f"/v1/devices/{regid}/aliases", headers=auth, json={"alias": "bad/alias"})
+    assert r.status_code == 400, r.text
+    # Over MQTT 5 the 11th alias gets PUBACK 0x97 (quota exceeded).
+    c = node.raw(version=5)
+    assert c.connect(regid, app["app_id"], token)["rc"] == 0
+    c.send(mqttraw.packet(0x32, mqttraw.mqtt_str("ctl/alias/set") + struct.pack("!H", 9) + b"\x00" + b"a11"))
+    first, body = c.read_packet()
+    assert first == 0x40 and body[:3] == b"\x00\x09\x97", (first, body)
+    c.disconnect()
+
+
+def test_topic_limits_refused_with_suback_codes(make_node, tmp_path):
+    config = tmp_path / "limits.toml"
+    config.write_text("max_topics_per_device = 2\nmax_topics_per_app = 3\n")
+    node = make_node(extra_args=("--config", str(config)))
+    app = node.create_app()
+    regid, token = node.register(app)
+    c = node.raw(version=5)
+    assert c.connect(regid, app["app_id"], token)["rc"] == 0
+    assert c.subscribe("topic/t1", pid=1) == [1]
+    assert c.subscribe("topic/t2", pid=2) == [1]
+    assert c.subscribe("topic/t3", pid=3) == [0x97], "a third topic is over the device limit"
+    c.disconnect()
+    r2, t2 = node.register(app)
+    c = node.raw(version=4)
+    assert c.connect(r2, app["app_id"], t2)["rc"] == 0
+    assert c.subscribe("topic/t3", pid=1) == [1]
+    assert c.subscribe("topic/t4", pid=2) == [0x80], "a fourth topic is over the app limit"
+    c.disconnect()
+
+
+def test_http_topic_membership(node, app):
+    regid, token, dev = _online(node, app)
+    other = node.create_app(name="other")
+    foreign, _ = node.register(other)
+    auth = {"Authorization": f"key={app['app_secret']}"}
+    r = node.http("POST", "/v1/topics/sports/subscribe", headers=auth, json={"regids": [regid, foreign, "junk"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["changed"] == 1 and sorted(r.json()["invalid"]) == sorted([foreign, "junk"]), r.text
+    res = _group_push(node, app, {"topic": "sports"})
+    assert res["targets"] == 1, res
+    assert dev.wait_messages(1)[0]["topic"] == "topic/sports"
+    r = node.http("POST", "/v1/topics/sports/unsubscribe", headers=auth, json={"regids": [regid]})
+    assert r.status_code == 200 and r.json()["changed"] == 1, r.text
+    assert _group_push(node, app, {"topic": "sports"})["targets"] == 0
+    dev.expect_no_more(1, wait=0.5)
+
+
+def test_topics_and_aliases_survive_restart(make_node):
+    node = make_node()
+    app = node.create_app()
+    regid, token, dev = _online(node, app, topics=["weather"])
+    auth = {"Authorization": f"key={app['app_secret']}"}
+    assert node.http("POST", f"/v1/devices/{regid}/aliases", headers=auth, json={"alias": "me"}).status_code == 200
+    dev.close()
+    node.kill()
+    node.start()
+    topic_res = _group_push(node, app, {"topic": "weather"})
+    alias_res = _group_push(node, app, {"aliases": ["me"]})
+    assert topic_res["targets"] == 1 and alias_res["targets"] == 1, (topic_res, alias_res)
+    dev = node.device(app, regid, token)
+    dev.connect()
+    got = dev.wait_messages(2)
+    assert [m["payload"]["id"] for m in got] == [topic_res["id"], alias_res["id"]], got
+    assert got[0]["topic"] == "topic/weather" and got[1]["topic"] == "inbox", got
+
+
+def test_bad_targets_are_400(node, app):
+    auth = {"Authorization": f"key={app['app_secret']}"}
+    for target in ({}, {"topic": "a/b"}, {"topics": ["a"] * 6}, {"all": False}, {"regids": ["x"], "topic": "y"}):
+        r = node.http("POST", "/v1/messages", headers=auth, json={"target": target, "title": "t"})
+        assert r.status_code == 400 and r.json()["code"] == "bad_request", (target, r.text)
