@@ -6,7 +6,7 @@ use crate::ids::message_id_text;
 use crate::ids::{AppId, MessageId, MessageIdSource, RegId};
 use crate::push::{GroupFilter, PushError, SendRequest, Target};
 use crate::shard::{ControlError, Shard, ShardInbox, ShardMsg, ShardSetup};
-use crate::store::{Durability, PartitionStore, StoreError};
+use crate::store::{Durability, MessageStats, PartitionStore, StoreError};
 use crate::sys::BufRingError;
 use futures_channel::oneshot;
 use std::net::SocketAddr;
@@ -288,10 +288,19 @@ impl NodeHandle {
         &self.shared.apps
     }
 
+    /// A fresh message id (for a message that is sent later with [`NodeHandle::send_as`]).
+    pub fn new_message_id(&self) -> MessageId {
+        self.message_ids.next(now_unix_ms())
+    }
+
     /// Stores a push for its targets and answers once it is durable on every shard.
     pub async fn send(&self, app_id: AppId, request: SendRequest) -> Result<PushOutcome, ApiError> {
+        self.send_as(app_id, self.new_message_id(), request).await
+    }
+
+    /// [`NodeHandle::send`] under an id handed out before by [`NodeHandle::new_message_id`].
+    pub async fn send_as(&self, app_id: AppId, id: MessageId, request: SendRequest) -> Result<PushOutcome, ApiError> {
         let now_ms = now_unix_ms();
-        let id = self.message_ids.next(now_ms);
         let envelope = Arc::new(request.message.into_envelope(id, app_id, now_ms / 1000)?);
         let mut invalid = Vec::new();
         let mut replies = Vec::new();
@@ -461,21 +470,15 @@ impl NodeHandle {
     }
 
     /// (targets, delivered) of one of the app's messages, summed over the shards.
-    pub async fn message_status(&self, app_id: AppId, id: MessageId) -> Result<Option<(u64, u64)>, ApiError> {
+    pub async fn message_status(&self, app_id: AppId, id: MessageId) -> Result<Option<MessageStats>, ApiError> {
         let mut replies = Vec::new();
-        for inbox in &self.shared.inboxes {
-            let (reply, rx) = oneshot::channel();
-            if !inbox.send(ShardMsg::MessageStatus { app_id, id, reply }) {
-                return Err(ApiError::Unavailable);
-            }
-            replies.push(rx);
+        for shard in 0..self.shared.inboxes.len() {
+            replies.push(self.ask(shard, |reply| ShardMsg::MessageStatus { app_id, id, reply })?);
         }
-        let mut total: Option<(u64, u64)> = None;
+        let mut total: Option<MessageStats> = None;
         for rx in replies {
-            if let Some((t, d)) = rx.await.map_err(|_| ApiError::Unavailable)?? {
-                let sum = total.get_or_insert((0, 0));
-                sum.0 += t;
-                sum.1 += d;
+            if let Some(counts) = rx.await.map_err(|_| ApiError::Unavailable)?? {
+                total.get_or_insert_with(Default::default).merge(&counts);
             }
         }
         Ok(total)

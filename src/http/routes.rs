@@ -231,10 +231,21 @@ async fn message_status(state: &HttpState, req: &Request<Incoming>, id_text: &st
         return Err(HttpError::not_found(format!("no message {id_text}")));
     };
     match state.node.message_status(app_id, id).await? {
-        Some((targets, delivered)) => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({ "id": id_text, "targets": targets, "delivered": delivered }),
-        )),
+        Some(counts) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let state = if counts.expires_at <= now { "expired" } else { "sent" };
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "id": id_text,
+                    "state": state,
+                    "targets": counts.targets,
+                    "delivered": counts.delivered,
+                    "clicked": counts.clicked,
+                    "expires_at": counts.expires_at,
+                }),
+            ))
+        }
         None => Err(HttpError::not_found(format!("no message {id_text}"))),
     }
 }

@@ -149,6 +149,25 @@ impl Shard {
         self.conns[key as usize].session.unsuback(unsubscribe.packet_id, codes);
     }
 
+    /// A click report: the payload is a message id this device received.
+    fn on_click(&mut self, regid: RegId, payload: &[u8]) -> u8 {
+        let Some(id) = std::str::from_utf8(payload).ok().and_then(crate::ids::parse_message_id) else {
+            return reason::PAYLOAD_FORMAT_INVALID;
+        };
+        let Some(app_id) = self.devices.get(&regid).map(|d| d.record.app_id) else { return reason::UNSPECIFIED };
+        // The message's counts sit in the device's partition (its own messages) or in the
+        // shard's group partition (topics, broadcast).
+        let own = self.stores.get(&regid.partition()).and_then(|s| s.message_stats(app_id, id).ok().flatten());
+        let group = self.stores.get(&self.group_partition).and_then(|s| s.message_stats(app_id, id).ok().flatten());
+        let partition = match (own, group) {
+            (Some(_), _) => regid.partition(),
+            (None, Some(_)) => self.group_partition,
+            (None, None) => return reason::PAYLOAD_FORMAT_INVALID,
+        };
+        self.writer.submit(StoreJob { ops: vec![WriteOp::Clicked { partition, regid, id }], done: None });
+        reason::SUCCESS
+    }
+
     pub(super) fn on_control(&mut self, key: u32, topic: ControlTopic, payload: &[u8], packet_id: Option<u16>) {
         let Some(regid) = self.conns[key as usize].device else { return };
         let code = match topic {
@@ -163,8 +182,9 @@ impl Shard {
                 }
                 _ => reason::PAYLOAD_FORMAT_INVALID,
             },
-            // Quiet hours and click receipts come with the features that use them.
-            ControlTopic::Quiet | ControlTopic::Click => reason::NOT_AUTHORIZED,
+            ControlTopic::Click => self.on_click(regid, payload),
+            // Quiet hours come with the feature that uses them.
+            ControlTopic::Quiet => reason::NOT_AUTHORIZED,
         };
         let mut events = std::mem::take(&mut self.events);
         self.conns[key as usize].session.ack_control(packet_id, code, &mut events);

@@ -213,14 +213,10 @@ impl Shard {
                 self.devices.insert(regid, device);
             }
             ShardMsg::MessageStatus { app_id, id, reply } => {
-                let mut total: Option<(u64, u64)> = None;
+                let mut total: Option<crate::store::MessageStats> = None;
                 for store in self.stores.values() {
                     match store.message_stats(app_id, id) {
-                        Ok(Some((t, d))) => {
-                            let sum = total.get_or_insert((0, 0));
-                            sum.0 += t;
-                            sum.1 += d;
-                        }
+                        Ok(Some(counts)) => total.get_or_insert_with(Default::default).merge(&counts),
                         Ok(None) => {}
                         Err(e) => {
                             let _ = reply.send(Err(e));

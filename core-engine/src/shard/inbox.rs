@@ -53,7 +53,7 @@ pub enum ShardMsg {
     /// Register a device of `app_id` in one of this shard's partitions.
     Register { app_id: AppId, reply: Reply<(RegId, String)> },
     /// (targets, delivered) of a message in this shard's partitions.
-    MessageStatus { app_id: AppId, id: MessageId, reply: Reply<Option<(u64, u64)>> },
+    MessageStatus { app_id: AppId, id: MessageId, reply: Reply<Option<crate::store::MessageStats>> },
     /// Set or remove an alias of a device homed here.
     DeviceAlias {
         app_id: AppId,

@@ -5,5 +5,5 @@
 mod partition;
 mod writer;
 
-pub use partition::{DeviceRecord, GroupMessage, PartitionStore, PendingMessage, StoreError, WriteOp};
+pub use partition::{DeviceRecord, GroupMessage, MessageStats, PartitionStore, PendingMessage, StoreError, WriteOp};
 pub use writer::{Durability, StoreJob, StoreWriter};

@@ -19,7 +19,62 @@ const GROUP: TableDefinition<u64, &[u8]> = TableDefinition::new("group");
 /// regid -> highest group seq the device acknowledged (or the seq it registered at).
 const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
 /// message id -> (app id, targets, delivered) in this partition.
-const MSG_STATS: TableDefinition<u64, (u32, u64, u64)> = TableDefinition::new("msg_stats");
+const MSG_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("msg_stats");
+/// regid ++ message id -> (): clicks already counted, so a device counts once per message.
+const CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks");
+
+/// What a partition knows about one message: its app, and its counts here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageStats {
+    pub app_id: AppId,
+    pub targets: u64,
+    pub delivered: u64,
+    pub clicked: u64,
+    pub expires_at: u64,
+}
+
+impl MessageStats {
+    const LEN: usize = 36;
+
+    fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..4].copy_from_slice(&self.app_id.to_le_bytes());
+        for (i, v) in [self.targets, self.delivered, self.clicked, self.expires_at].into_iter().enumerate() {
+            out[4 + 8 * i..12 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    fn from_bytes(raw: &[u8]) -> Option<Self> {
+        let u64_at = |i: usize| Some(u64::from_le_bytes(raw.get(4 + 8 * i..12 + 8 * i)?.try_into().ok()?));
+        Some(MessageStats {
+            app_id: u32::from_le_bytes(raw.get(..4)?.try_into().ok()?),
+            targets: u64_at(0)?,
+            delivered: u64_at(1)?,
+            clicked: u64_at(2)?,
+            expires_at: u64_at(3)?,
+        })
+    }
+
+    /// Adds another partition's counts of the same message.
+    pub fn merge(&mut self, other: &MessageStats) {
+        self.targets += other.targets;
+        self.delivered += other.delivered;
+        self.clicked += other.clicked;
+        self.expires_at = self.expires_at.max(other.expires_at);
+    }
+}
+
+type StatsTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+
+fn read_stats(table: &StatsTable<'_>, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
+    Ok(table.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
+}
+
+fn write_stats(table: &mut StatsTable<'_>, id: MessageId, stats: MessageStats) -> Result<(), StoreError> {
+    table.insert(id, &stats.to_bytes()[..])?;
+    Ok(())
+}
 
 /// Why the store failed; the text comes from redb.
 #[derive(Debug, thiserror::Error, Clone)]
@@ -132,6 +187,12 @@ pub enum WriteOp {
         partition: u16,
         id: MessageId,
     },
+    /// The device reported a click on the message, whose counts are in `partition`.
+    Clicked {
+        partition: u16,
+        regid: RegId,
+        id: MessageId,
+    },
     RegisterDevice {
         regid: RegId,
         record: DeviceRecord,
@@ -197,6 +258,7 @@ impl PartitionStore {
         txn.open_table(PENDING)?;
         txn.open_table(BODIES)?;
         txn.open_table(MSG_STATS)?;
+        txn.open_table(CLICKS)?;
         txn.open_table(ALIASES)?;
         txn.open_table(SUBSCRIPTIONS)?;
         txn.open_table(GROUP)?;
@@ -335,14 +397,11 @@ impl PartitionStore {
         Ok(out)
     }
 
-    /// (targets, delivered) of a message in this partition, if it belongs to `app_id`.
-    pub fn message_stats(&self, app_id: AppId, id: MessageId) -> Result<Option<(u64, u64)>, StoreError> {
+    /// A message's counts in this partition, if it belongs to `app_id`.
+    pub fn message_stats(&self, app_id: AppId, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
         let txn = self.db.begin_read()?;
         let stats = txn.open_table(MSG_STATS)?;
-        Ok(stats.get(id)?.and_then(|v| {
-            let (owner, targets, delivered) = v.value();
-            (owner == app_id).then_some((targets, delivered))
-        }))
+        Ok(stats.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())).filter(|s| s.app_id == app_id))
     }
 
     /// Applies `ops` in one transaction.
@@ -354,6 +413,7 @@ impl PartitionStore {
             let mut pending = txn.open_table(PENDING)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut stats = txn.open_table(MSG_STATS)?;
+            let mut clicks = txn.open_table(CLICKS)?;
             let mut aliases = txn.open_table(ALIASES)?;
             let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
             let mut group = txn.open_table(GROUP)?;
@@ -373,9 +433,13 @@ impl PartitionStore {
                             debug_assert_eq!(regid.partition(), self.partition);
                             pending.insert(&pending_key(regid, *seq)[..], envelope.id)?;
                         }
-                        let (owner, targets, delivered) =
-                            stats.get(envelope.id)?.map(|v| v.value()).unwrap_or((envelope.app_id, 0, 0));
-                        stats.insert(envelope.id, (owner, targets + regids.len() as u64, delivered))?;
+                        let mut counts = read_stats(&stats, envelope.id)?.unwrap_or(MessageStats {
+                            app_id: envelope.app_id,
+                            expires_at: envelope.expires_at,
+                            ..MessageStats::default()
+                        });
+                        counts.targets += regids.len() as u64;
+                        write_stats(&mut stats, envelope.id, counts)?;
                     }
                     WriteOp::SetAlias { regid, alias } => {
                         aliases.insert(&suffixed_key(regid, alias)[..], ())?;
@@ -395,9 +459,13 @@ impl PartitionStore {
                         body.extend_from_slice(&envelope.json);
                         bodies.insert(envelope.id, &body[..])?;
                         group.insert(*seq, &encode_group(envelope, filter)[..])?;
-                        let (owner, old_targets, delivered) =
-                            stats.get(envelope.id)?.map(|v| v.value()).unwrap_or((envelope.app_id, 0, 0));
-                        stats.insert(envelope.id, (owner, old_targets + targets, delivered))?;
+                        let mut counts = read_stats(&stats, envelope.id)?.unwrap_or(MessageStats {
+                            app_id: envelope.app_id,
+                            expires_at: envelope.expires_at,
+                            ..MessageStats::default()
+                        });
+                        counts.targets += targets;
+                        write_stats(&mut stats, envelope.id, counts)?;
                     }
                     WriteOp::GroupCursor { regid, seq } => {
                         let current = cursors.get(&regid.0[..])?.map_or(0, |v| v.value());
@@ -406,21 +474,32 @@ impl PartitionStore {
                         }
                     }
                     WriteOp::GroupDelivered { id, .. } => {
-                        let current = stats.get(*id)?.map(|v| v.value());
-                        if let Some((owner, targets, delivered)) = current {
-                            stats.insert(*id, (owner, targets, delivered + 1))?;
+                        if let Some(mut counts) = read_stats(&stats, *id)? {
+                            counts.delivered += 1;
+                            write_stats(&mut stats, *id, counts)?;
+                        }
+                    }
+                    WriteOp::Clicked { regid, id, .. } => {
+                        let mut key = regid.0.to_vec();
+                        key.extend_from_slice(&id.to_be_bytes());
+                        if clicks.insert(&key[..], ())?.is_some() {
+                            continue; // this device's click was counted already
+                        }
+                        if let Some(mut counts) = read_stats(&stats, *id)? {
+                            counts.clicked += 1;
+                            write_stats(&mut stats, *id, counts)?;
                         }
                     }
                     WriteOp::Acked { regid, seq, id } => {
                         if pending.remove(&pending_key(regid, *seq)[..])?.is_none() {
                             continue; // a duplicate PUBACK: counted once
                         }
-                        let Some((owner, targets, delivered)) = stats.get(*id)?.map(|v| v.value()) else {
+                        let Some(mut counts) = read_stats(&stats, *id)? else {
                             continue;
                         };
-                        let delivered = delivered + 1;
-                        stats.insert(*id, (owner, targets, delivered))?;
-                        if delivered >= targets {
+                        counts.delivered += 1;
+                        write_stats(&mut stats, *id, counts)?;
+                        if counts.delivered >= counts.targets {
                             bodies.remove(*id)?;
                         }
                     }
@@ -462,7 +541,8 @@ mod tests {
         assert!(store.pending_for(&a, 0, 100, 10).unwrap().is_empty(), "expired messages are not pending");
         let ack = WriteOp::Acked { regid: a, seq: 1, id: 10 };
         store.apply(&[&ack, &ack], redb::Durability::Immediate).unwrap();
-        assert_eq!(store.message_stats(9, 10).unwrap(), Some((2, 1)));
+        let counts = store.message_stats(9, 10).unwrap().unwrap();
+        assert_eq!((counts.targets, counts.delivered, counts.expires_at), (2, 1, 100));
         assert_eq!(store.message_stats(8, 10).unwrap(), None, "another app sees nothing");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -75,7 +75,9 @@ fn partition_of(op: &WriteOp) -> u16 {
         | WriteOp::Subscribe { regid, .. }
         | WriteOp::Unsubscribe { regid, .. }
         | WriteOp::GroupCursor { regid, .. } => regid.partition(),
-        WriteOp::StoreGroup { partition, .. } | WriteOp::GroupDelivered { partition, .. } => *partition,
+        WriteOp::StoreGroup { partition, .. }
+        | WriteOp::GroupDelivered { partition, .. }
+        | WriteOp::Clicked { partition, .. } => *partition,
         WriteOp::StorePush { regids, .. } => regids.first().map(|r| r.partition()).unwrap_or(0),
     }
 }
