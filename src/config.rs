@@ -46,6 +46,10 @@ pub struct Config {
     pub max_topics_per_device: usize,
     /// Topics one app may have.
     pub max_topics_per_app: usize,
+    /// Messages waiting for one device; when full, the oldest is dropped (and counted).
+    pub max_pending_per_device: u32,
+    /// Shift of the node's clock in seconds (tests of day boundaries only).
+    pub clock_offset_secs: i64,
 }
 
 impl Default for Config {
@@ -68,6 +72,8 @@ impl Default for Config {
             max_aliases_per_device: 10,
             max_topics_per_device: 100,
             max_topics_per_app: 10_000,
+            max_pending_per_device: 1000,
+            clock_offset_secs: 0,
         }
     }
 }
@@ -98,6 +104,9 @@ impl Config {
         if self.max_packet_bytes < 1024 {
             bail!("max_packet_bytes must be at least 1024, got {}", self.max_packet_bytes);
         }
+        if self.max_pending_per_device == 0 {
+            bail!("max_pending_per_device must be at least 1");
+        }
         if self.http_threads == 0 {
             bail!("http_threads must be at least 1");
         }
@@ -118,6 +127,7 @@ impl Config {
             max_aliases_per_device: self.max_aliases_per_device,
             max_topics_per_device: self.max_topics_per_device,
             max_topics_per_app: self.max_topics_per_app,
+            max_pending_per_device: self.max_pending_per_device,
         })
     }
 }

@@ -104,6 +104,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.log = v;
     }
     let engine = config.engine()?;
+    core_engine::clock::set_offset_s(config.clock_offset_secs);
     if args.check {
         println!(
             "config ok: {} shards, mqtt {}, http {}, data {}",

@@ -2,12 +2,14 @@
 //! MQTT codec and session state machine, the embedded store and the push domain.
 
 pub mod apps;
+pub mod clock;
 pub mod ids;
 pub mod node;
 pub mod proto;
 pub mod push;
 pub mod session;
 pub mod shard;
+pub mod stats;
 pub mod store;
 pub mod sys;
 

@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The engine's settings (the binary maps its TOML config onto this).
 #[derive(Clone, Debug)]
@@ -38,6 +37,7 @@ pub struct EngineConfig {
     pub max_aliases_per_device: usize,
     pub max_topics_per_device: usize,
     pub max_topics_per_app: usize,
+    pub max_pending_per_device: u32,
 }
 
 /// Why the engine could not start.
@@ -99,6 +99,8 @@ impl AppTopics {
 /// What every shard and the frontend share; read-only after start.
 pub struct NodeShared {
     pub app_topics: AppTopics,
+    pub live: crate::stats::LiveApps,
+    pub metrics: Vec<Arc<crate::stats::ShardMetrics>>,
     pub config: EngineConfig,
     pub apps: Arc<AppRegistry>,
     pub inboxes: Vec<ShardInbox>,
@@ -168,7 +170,8 @@ impl Node {
         }
         let mut stores: Vec<Vec<Arc<PartitionStore>>> = vec![Vec::new(); config.shards];
         for p in 0..partitions {
-            let store = PartitionStore::open(&config.data_dir, p, config.store_cache_bytes)?;
+            let limits = crate::store::StoreLimits { max_pending_per_device: config.max_pending_per_device };
+            let store = PartitionStore::open(&config.data_dir, p, config.store_cache_bytes, limits)?;
             stores[usize::from(p) % config.shards].push(Arc::new(store));
         }
         let shared = Arc::new(NodeShared {
@@ -177,6 +180,8 @@ impl Node {
             inboxes,
             ring_fds: OnceLock::new(),
             app_topics: AppTopics::default(),
+            live: crate::stats::LiveApps::default(),
+            metrics: (0..config.shards).map(|_| Arc::default()).collect(),
             partitions,
             handoff_ids: AtomicU64::new(1),
         });
@@ -280,7 +285,7 @@ pub struct NodeHandle {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::clock::now_unix_ms()
 }
 
 impl NodeHandle {
@@ -482,5 +487,49 @@ impl NodeHandle {
             }
         }
         Ok(total)
+    }
+
+    /// An app's daily counts, days `from..=to`, summed over the shards (days without any
+    /// count are left out).
+    pub async fn day_stats(
+        &self,
+        app_id: AppId,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<(u32, crate::stats::DayStats)>, ApiError> {
+        let mut replies = Vec::new();
+        for shard in 0..self.shared.inboxes.len() {
+            replies.push(self.ask(shard, |reply| ShardMsg::DayStats { app_id, from, to, reply })?);
+        }
+        let mut days: std::collections::BTreeMap<u32, crate::stats::DayStats> = std::collections::BTreeMap::new();
+        for rx in replies {
+            for (day, stats) in rx.await.map_err(|_| ApiError::Unavailable)?? {
+                days.entry(day).or_default().merge(&stats);
+            }
+        }
+        let today = crate::clock::day_of(crate::clock::now_unix_s());
+        if let Some((peak, at)) = self.shared.live.get(app_id).peak(today) {
+            let row = days.entry(today).or_default();
+            if peak > row.peak_online {
+                row.peak_online = peak;
+                row.peak_at = at;
+            }
+        }
+        Ok(days.into_iter().collect())
+    }
+
+    /// Devices of the app online now.
+    pub fn online(&self, app_id: AppId) -> u64 {
+        self.shared.live.get(app_id).online()
+    }
+
+    /// Every shard's metrics, in shard order.
+    pub fn metrics(&self) -> &[Arc<crate::stats::ShardMetrics>] {
+        &self.shared.metrics
+    }
+
+    /// (app, devices online) for every app seen since start.
+    pub fn online_by_app(&self) -> Vec<(AppId, u64)> {
+        self.shared.live.online()
     }
 }

@@ -65,6 +65,8 @@ pub enum CloseReason {
     Timeout,
     /// The node closed it (shutdown, session taken over).
     Server,
+    /// The device stopped reading while the node had bytes for it.
+    SlowReader,
 }
 
 /// A push as the session tracks it: its place in the device's queue and its message id.

@@ -232,7 +232,7 @@ async fn message_status(state: &HttpState, req: &Request<Incoming>, id_text: &st
     };
     match state.node.message_status(app_id, id).await? {
         Some(counts) => {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = core_engine::clock::now_unix_s();
             let state = if counts.expires_at <= now { "expired" } else { "sent" };
             Ok(json_response(
                 StatusCode::OK,

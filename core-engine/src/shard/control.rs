@@ -96,7 +96,7 @@ impl Shard {
     ) -> TopicPart {
         let mut part = TopicPart::default();
         for regid in regids {
-            if !self.devices.get(&regid).is_some_and(|d| d.record.app_id == app_id) {
+            if self.devices.get(&regid).is_none_or(|d| d.record.app_id != app_id) {
                 part.invalid.push(regid);
                 continue;
             }
@@ -165,6 +165,7 @@ impl Shard {
             (None, None) => return reason::PAYLOAD_FORMAT_INVALID,
         };
         self.writer.submit(StoreJob { ops: vec![WriteOp::Clicked { partition, regid, id }], done: None });
+        self.count(app_id, |s| s.clicked += 1);
         reason::SUCCESS
     }
 

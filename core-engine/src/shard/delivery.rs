@@ -83,6 +83,9 @@ impl Shard {
         let conn = &self.conns[key as usize];
         let Some(regid) = conn.device else { return };
         let backlog = conn.backlog;
+        if let Some(app_id) = self.devices.get(&regid).map(|d| d.record.app_id) {
+            self.count_delivered(app_id, push.id);
+        }
         let ops = if push.group {
             if let Some(device) = self.devices.get_mut(&regid) {
                 device.group_cursor = device.group_cursor.max(push.seq);
@@ -239,6 +242,21 @@ impl Shard {
                 self.handoffs.insert(handoff_id, (connect, unprocessed));
             }
             ShardMsg::Stored { result, then } => self.on_stored(result, then),
+            ShardMsg::StoreEvents(events) => self.on_store_events(events),
+            ShardMsg::DayStats { app_id, from, to, reply } => {
+                let result =
+                    self.stores.get(&self.group_partition).map_or(Ok(Vec::new()), |s| s.day_stats(app_id, from, to));
+                let today = self.day_stats.day;
+                let live = self.day_stats.apps.get(&app_id).copied();
+                let _ = reply.send(result.map(|mut rows| {
+                    // Today's counts in memory are newer than the last flush.
+                    rows.retain(|(day, _)| *day != today);
+                    if let Some(stats) = live.filter(|_| (from..=to).contains(&today)) {
+                        rows.push((today, stats));
+                    }
+                    rows
+                }));
+            }
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -305,6 +323,8 @@ impl Shard {
             AfterStore::RegisteredHttp { regid, token, reply } => {
                 if result.is_err() {
                     self.devices.remove(&regid);
+                } else if let Some(app_id) = self.devices.get(&regid).map(|d| d.record.app_id) {
+                    self.count(app_id, |s| s.new += 1);
                 }
                 let _ = reply.send(result.map(|()| (regid, token)));
             }
@@ -314,6 +334,7 @@ impl Shard {
                     return;
                 }
                 part.targets = regids.len() as u64;
+                self.count_accepted(envelope.app_id, part.targets, false);
                 let now = Self::now_unix_s();
                 for regid in &regids {
                     self.deliver_live(regid, &envelope, seq, false, INBOX_TOPIC, now);
@@ -325,6 +346,7 @@ impl Shard {
                     let _ = reply.send(Err(e));
                     return;
                 }
+                self.count_accepted(envelope.app_id, targets, true);
                 let now = Self::now_unix_s();
                 for regid in self.group_targets(envelope.app_id, &filter, seq) {
                     let Some(device) = self.devices.get(&regid) else { continue };

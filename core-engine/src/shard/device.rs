@@ -61,6 +61,7 @@ impl Shard {
             return;
         };
         device.conn = Some(key);
+        self.count_attach(regid);
         let conn = &mut self.conns[key as usize];
         conn.device = Some(regid);
         conn.cursor = 0;
@@ -203,6 +204,11 @@ impl Shard {
         result: Result<(), crate::store::StoreError>,
     ) {
         let alive = self.conns.get(key as usize).is_some_and(|c| c.gen == gen && !c.closing);
+        if result.is_ok() {
+            if let Some(app_id) = self.devices.get(&regid).map(|d| d.record.app_id) {
+                self.count(app_id, |s| s.new += 1);
+            }
+        }
         match (result, alive) {
             (Ok(()), true) => {
                 let properties = Properties {

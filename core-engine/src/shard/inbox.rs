@@ -71,6 +71,10 @@ pub enum ShardMsg {
     Handoff { handoff_id: u64, connect: Box<Connect>, unprocessed: Vec<u8> },
     /// A store job of this shard finished.
     Stored { result: Result<(), StoreError>, then: AfterStore },
+    /// What the store writer decided that statistics count.
+    StoreEvents(Vec<crate::store::StoreEvent>),
+    /// This shard's daily counts of an app, days `from..=to`.
+    DayStats { app_id: AppId, from: u32, to: u32, reply: Reply<Vec<(u32, crate::stats::DayStats)>> },
     /// Stop: close connections and exit the loop.
     Shutdown,
 }

@@ -6,6 +6,7 @@
 //! session's events mean for devices and messages is in `device.rs`.
 
 mod control;
+mod counting;
 mod delivery;
 mod device;
 mod groups;
@@ -26,7 +27,7 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Buffer group id of the shard's receive buffers.
 const RECV_BGID: u16 = 0;
@@ -38,7 +39,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 // The idle-connection budget (DESIGN.md: <= 512 bytes of user space per idle connection),
 // checked by the compiler: a connection's slab entry plus its device's index entry.
 const _: () = assert!(std::mem::size_of::<Conn>() <= 200);
-const _: () = assert!(std::mem::size_of::<(RegId, Device)>() <= 80);
+const _: () = assert!(std::mem::size_of::<(RegId, Device)>() <= 88);
 
 /// A device homed on this shard.
 #[derive(Debug)]
@@ -51,6 +52,8 @@ pub struct Device {
     /// Group messages at or below this seq are done for this device (acknowledged, or
     /// sent before it registered).
     group_cursor: u64,
+    /// The last day (since the epoch) it connected: daily active counts it once.
+    active_day: u32,
     /// Aliases and topics; most devices have few or none, so they live behind one pointer.
     extras: Option<Box<DeviceExtras>>,
 }
@@ -64,7 +67,7 @@ struct DeviceExtras {
 
 impl Device {
     fn new(record: DeviceRecord, group_cursor: u64) -> Self {
-        Device { record, conn: None, last_sent: 0, group_cursor, extras: None }
+        Device { record, conn: None, last_sent: 0, group_cursor, active_day: 0, extras: None }
     }
 
     fn extras_mut(&mut self) -> &mut DeviceExtras {
@@ -135,6 +138,10 @@ pub struct Shard {
     stopping: Option<Instant>,
     events: Vec<Event>,
     limits: SessionLimits,
+    metrics: Arc<crate::stats::ShardMetrics>,
+    day_stats: crate::stats::ShardDayStats,
+    live: HashMap<crate::ids::AppId, Arc<crate::stats::AppLive>>,
+    last_stats_flush_s: u32,
 }
 
 /// Everything a shard needs to start, prepared by the node.
@@ -189,11 +196,44 @@ impl Shard {
             }
         }
         let owned_partitions: Vec<u16> = setup.stores.iter().map(|s| s.partition).collect();
-        let writer = StoreWriter::start(format!("store-{}", setup.index), setup.stores.clone(), cfg.durability)
-            .map_err(|source| EngineError::Io { what: "starting the store writer", source })?;
+        let group_partition = owned_partitions.first().copied().unwrap_or(0);
+        let metrics = setup.shared.metrics[setup.index].clone();
+        let today = crate::clock::day_of(crate::clock::now_unix_s());
+        let mut day_stats = crate::stats::ShardDayStats { day: today, ..Default::default() };
+        let mut pending_rows = 0;
+        for store in &setup.stores {
+            pending_rows += store.pending_rows()?;
+            for (regid, day) in store.load_active_days()? {
+                if let Some(device) = devices.get_mut(&regid) {
+                    device.active_day = day;
+                }
+            }
+            if store.partition == group_partition {
+                for (app_id, stats) in store.load_day(today)? {
+                    if setup.index == 0 && stats.peak_online > 0 {
+                        setup.shared.live.get(app_id).seed_peak(today, stats.peak_online, stats.peak_at);
+                    }
+                    day_stats.apps.insert(app_id, stats);
+                }
+            }
+        }
+        metrics.pending.store(pending_rows as i64, std::sync::atomic::Ordering::Relaxed);
+        let inbox = setup.shared.inboxes[setup.index].clone();
+        let on_events: crate::store::EventSink = Box::new(move |events| {
+            inbox.send(ShardMsg::StoreEvents(events));
+        });
+        let writer = StoreWriter::start(
+            format!("store-{}", setup.index),
+            setup.stores.clone(),
+            cfg.durability,
+            on_events,
+            metrics.clone(),
+        )
+        .map_err(|source| EngineError::Io { what: "starting the store writer", source })?;
         tracing::info!(
             shard = setup.index,
             devices = devices.len(),
+            pending = pending_rows,
             partitions = owned_partitions.len(),
             "shard loaded"
         );
@@ -209,7 +249,11 @@ impl Shard {
             devices,
             topics,
             aliases,
-            group_partition: owned_partitions.first().copied().unwrap_or(0),
+            group_partition,
+            metrics,
+            day_stats,
+            live: HashMap::new(),
+            last_stats_flush_s: 0,
             stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,
@@ -258,7 +302,8 @@ impl Shard {
                 }
             }
         }
-        // Let the writer finish what it has: the last buffered commits reach the disk.
+        // Let the writer finish what it has: the last counts and buffered commits reach the disk.
+        self.flush_day_stats();
         let _ = self.ring.submit();
         self.writer.stop();
     }
@@ -298,11 +343,11 @@ impl Shard {
     }
 
     fn now_unix_s() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        crate::clock::now_unix_s()
     }
 
     fn now_unix_ms() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        crate::clock::now_unix_ms()
     }
 
     fn arm_accept(&mut self) {
@@ -365,6 +410,7 @@ impl Shard {
     }
 
     fn insert_conn(&mut self, slot: u32, session: Session) -> u32 {
+        self.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.next_gen = token::next_gen(self.next_gen);
         let key = self.conns.insert(Conn {
             slot,
@@ -525,15 +571,13 @@ impl Shard {
         }
         tracing::debug!(shard = self.index, ?reason, "closing connection");
         conn.closing = true;
+        let device = conn.device.take();
         // A connection that ends before its handoff went out is closed here instead.
         conn.handoff = None;
         conn.session.abandon();
-        if let Some(regid) = conn.device.take() {
-            if let Some(device) = self.devices.get_mut(&regid) {
-                if device.conn == Some(key) {
-                    device.conn = None;
-                }
-            }
+        self.count_close(reason);
+        if let Some(regid) = device {
+            self.detach(key, regid);
         }
         self.flush(key);
     }
@@ -551,12 +595,9 @@ impl Shard {
         self.push_sqe(cancel);
         self.push_sqe(close);
         let conn = self.conns.remove(key as usize);
+        self.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(regid) = conn.device {
-            if let Some(device) = self.devices.get_mut(&regid) {
-                if device.conn == Some(key) {
-                    device.conn = None;
-                }
-            }
+            self.detach(key, regid);
         }
     }
 
@@ -574,6 +615,10 @@ impl Shard {
         for key in expired {
             self.conns[key as usize].session.close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
             self.close_conn(key, CloseReason::Timeout);
+        }
+        if now >= self.last_stats_flush_s + counting::STATS_FLUSH_S {
+            self.last_stats_flush_s = now;
+            self.flush_day_stats();
         }
     }
 

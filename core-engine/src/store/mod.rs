@@ -5,5 +5,8 @@
 mod partition;
 mod writer;
 
-pub use partition::{DeviceRecord, GroupMessage, MessageStats, PartitionStore, PendingMessage, StoreError, WriteOp};
-pub use writer::{Durability, StoreJob, StoreWriter};
+pub use partition::{
+    DeviceRecord, GroupMessage, MessageStats, PartitionStore, PendingMessage, StoreError, StoreEvent, StoreLimits,
+    WriteOp,
+};
+pub use writer::{Durability, EventSink, StoreJob, StoreWriter};

@@ -3,6 +3,7 @@
 use crate::ids::{AppId, MessageId, RegId};
 use crate::push::{Envelope, GroupFilter};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,6 +21,52 @@ const GROUP: TableDefinition<u64, &[u8]> = TableDefinition::new("group");
 const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
 /// message id -> (app id, targets, delivered) in this partition.
 const MSG_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("msg_stats");
+/// app (BE) ++ day (BE) -> DayStats: a shard's daily counts, in its group partition.
+const DAY_STATS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("day_stats");
+/// regid -> the last day (since the epoch) the device connected.
+const ACTIVE_DAYS: TableDefinition<&[u8], u32> = TableDefinition::new("active_days");
+
+fn day_stats_key(app_id: AppId, day: u32) -> [u8; 8] {
+    let mut key = [0u8; 8];
+    key[..4].copy_from_slice(&app_id.to_be_bytes());
+    key[4..].copy_from_slice(&day.to_be_bytes());
+    key
+}
+
+/// regid -> how many messages wait in its pending queue.
+const PENDING_COUNT: TableDefinition<&[u8], u32> = TableDefinition::new("pending_count");
+/// expires_at (BE) ++ kind ++ key -> (): what to remove when; kinds below.
+const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+const EXPIRY_PENDING: u8 = 0;
+const EXPIRY_BODY: u8 = 1;
+const EXPIRY_GROUP: u8 = 2;
+
+fn expiry_key(expires_at: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + rest.len());
+    key.extend_from_slice(&expires_at.to_be_bytes());
+    key.push(kind);
+    key.extend_from_slice(rest);
+    key
+}
+
+/// Something the store decided that statistics count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A device's pending queue was full: its oldest message was dropped.
+    Dropped { app_id: AppId },
+    /// `count` deliveries of an app's message did not happen before it expired.
+    Expired { app_id: AppId, count: u64 },
+    /// Pending rows added (positive) or removed (negative).
+    PendingRows(i64),
+}
+
+/// Limits the store enforces inside its transactions.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    /// Most messages waiting for one device; the oldest goes when a new one comes.
+    pub max_pending_per_device: u32,
+}
+
 /// regid ++ message id -> (): clicks already counted, so a device counts once per message.
 const CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks");
 
@@ -66,6 +113,23 @@ impl MessageStats {
 }
 
 type StatsTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+
+fn read_stats_ro(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    id: MessageId,
+) -> Result<Option<MessageStats>, StoreError> {
+    Ok(table.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
+}
+
+fn decrement(table: &mut redb::Table<'_, &'static [u8], u32>, regid: &[u8; 12]) -> Result<(), StoreError> {
+    let queued = table.get(&regid[..])?.map_or(0, |v| v.value());
+    if queued <= 1 {
+        table.remove(&regid[..])?;
+    } else {
+        table.insert(&regid[..], queued - 1)?;
+    }
+    Ok(())
+}
 
 fn read_stats(table: &StatsTable<'_>, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
     Ok(table.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
@@ -209,6 +273,18 @@ pub enum WriteOp {
         seq: u64,
         id: MessageId,
     },
+    /// A shard's counts of one app for one day (replacing what was there).
+    DayStats {
+        partition: u16,
+        app_id: AppId,
+        day: u32,
+        stats: crate::stats::DayStats,
+    },
+    /// The device connected on `day`.
+    ActiveDay {
+        regid: RegId,
+        day: u32,
+    },
 }
 
 fn pending_key(regid: &RegId, seq: u64) -> [u8; 20] {
@@ -246,11 +322,12 @@ fn decode_group(raw: &[u8]) -> Option<(MessageId, AppId, u64, GroupFilter)> {
 pub struct PartitionStore {
     pub partition: u16,
     db: Database,
+    limits: StoreLimits,
 }
 
 impl PartitionStore {
     /// Opens (or creates) `dir/partition-NNNN.redb` and its tables.
-    pub fn open(dir: &Path, partition: u16, cache_bytes: usize) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, partition: u16, cache_bytes: usize, limits: StoreLimits) -> Result<Self, StoreError> {
         let path = dir.join(format!("partition-{partition:04}.redb"));
         let db = redb::Builder::new().set_cache_size(cache_bytes).create(&path)?;
         let txn = db.begin_write()?;
@@ -259,12 +336,16 @@ impl PartitionStore {
         txn.open_table(BODIES)?;
         txn.open_table(MSG_STATS)?;
         txn.open_table(CLICKS)?;
+        txn.open_table(PENDING_COUNT)?;
+        txn.open_table(EXPIRY)?;
+        txn.open_table(DAY_STATS)?;
+        txn.open_table(ACTIVE_DAYS)?;
         txn.open_table(ALIASES)?;
         txn.open_table(SUBSCRIPTIONS)?;
         txn.open_table(GROUP)?;
         txn.open_table(GROUP_CURSORS)?;
         txn.commit()?;
-        Ok(PartitionStore { partition, db })
+        Ok(PartitionStore { partition, db, limits })
     }
 
     /// Every registered device of this partition.
@@ -366,6 +447,75 @@ impl PartitionStore {
         Ok(out)
     }
 
+    /// Every device's last active day in this partition.
+    pub fn load_active_days(&self) -> Result<Vec<(RegId, u32)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ACTIVE_DAYS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Ok(key) = <[u8; 12]>::try_from(k.value()) {
+                out.push((RegId(key), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows waiting in this partition's pending queues.
+    pub fn pending_rows(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PENDING_COUNT)?;
+        let mut total = 0u64;
+        for row in table.iter()? {
+            total += u64::from(row?.1.value());
+        }
+        Ok(total)
+    }
+
+    /// Daily counts kept in this partition for `app_id`, days `from..=to`.
+    pub fn day_stats(
+        &self,
+        app_id: AppId,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<(u32, crate::stats::DayStats)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DAY_STATS)?;
+        let (start, end) = (day_stats_key(app_id, from), day_stats_key(app_id, to));
+        let mut out = Vec::new();
+        for row in table.range(&start[..]..=&end[..])? {
+            let (k, v) = row?;
+            let day = u32::from_be_bytes(k.value()[4..8].try_into().map_err(|_| StoreError("bad key".into()))?);
+            if let Some(stats) = crate::stats::DayStats::from_bytes(v.value()) {
+                out.push((day, stats));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every app's counts for `day` kept in this partition.
+    pub fn load_day(&self, day: u32) -> Result<Vec<(AppId, crate::stats::DayStats)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DAY_STATS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let raw = k.value();
+            let (Some(app), Some(row_day)) = (
+                raw.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes),
+                raw.get(4..8).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes),
+            ) else {
+                continue;
+            };
+            if row_day == day {
+                if let Some(stats) = crate::stats::DayStats::from_bytes(v.value()) {
+                    out.push((app, stats));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Unexpired group messages after `after` (a seq) that `wanted` accepts, in order, at most `limit`.
     pub fn group_after(
         &self,
@@ -405,7 +555,83 @@ impl PartitionStore {
     }
 
     /// Applies `ops` in one transaction.
-    pub fn apply(&self, ops: &[&WriteOp], durability: redb::Durability) -> Result<(), StoreError> {
+    /// Removes what expired at or before `now_s`, at most `limit` index rows; answers what
+    /// it removed that statistics count, and whether more may be left.
+    pub fn expire(&self, now_s: u64, limit: usize, events: &mut Vec<StoreEvent>) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        let mut more = false;
+        {
+            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut pending = txn.open_table(PENDING)?;
+            let mut counts = txn.open_table(PENDING_COUNT)?;
+            let mut bodies = txn.open_table(BODIES)?;
+            let mut group = txn.open_table(GROUP)?;
+            let stats = txn.open_table(MSG_STATS)?;
+            let end = expiry_key(now_s, u8::MAX, &[0xff; 20]);
+            let mut due = Vec::new();
+            for row in expiry.range(&[][..]..=&end[..])? {
+                let (k, _) = row?;
+                due.push(k.value().to_vec());
+                if due.len() >= limit {
+                    more = true;
+                    break;
+                }
+            }
+            let mut expired_by_app: BTreeMap<AppId, u64> = BTreeMap::new();
+            let mut removed_rows = 0i64;
+            for key in due {
+                expiry.remove(&key[..])?;
+                let Some(&kind) = key.get(8) else { continue };
+                let rest = &key[9..];
+                match kind {
+                    EXPIRY_PENDING => {
+                        let Ok(regid) = <[u8; 12]>::try_from(&rest[..rest.len().min(12)]) else { continue };
+                        if let Some(id) = pending.remove(rest)?.map(|v| v.value()) {
+                            removed_rows += 1;
+                            decrement(&mut counts, &regid)?;
+                            if let Some(s) = read_stats_ro(&stats, id)? {
+                                *expired_by_app.entry(s.app_id).or_default() += 1;
+                            }
+                        }
+                    }
+                    EXPIRY_BODY => {
+                        if let Ok(raw) = <[u8; 8]>::try_from(rest) {
+                            bodies.remove(u64::from_be_bytes(raw))?;
+                        }
+                    }
+                    EXPIRY_GROUP => {
+                        let Ok(raw) = <[u8; 8]>::try_from(rest) else { continue };
+                        let Some(entry) = group.remove(u64::from_be_bytes(raw))? else { continue };
+                        if let Some((id, _, _, _)) = decode_group(entry.value()) {
+                            if let Some(s) = read_stats_ro(&stats, id)? {
+                                *expired_by_app.entry(s.app_id).or_default() += s.targets.saturating_sub(s.delivered);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if removed_rows > 0 {
+                events.push(StoreEvent::PendingRows(-removed_rows));
+            }
+            events.extend(
+                expired_by_app
+                    .into_iter()
+                    .filter(|&(_, n)| n > 0)
+                    .map(|(app_id, count)| StoreEvent::Expired { app_id, count }),
+            );
+        }
+        txn.commit()?;
+        Ok(more)
+    }
+
+    pub fn apply(
+        &self,
+        ops: &[&WriteOp],
+        durability: redb::Durability,
+        events: &mut Vec<StoreEvent>,
+    ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
         {
@@ -418,6 +644,11 @@ impl PartitionStore {
             let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
             let mut group = txn.open_table(GROUP)?;
             let mut cursors = txn.open_table(GROUP_CURSORS)?;
+            let mut counts_table = txn.open_table(PENDING_COUNT)?;
+            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut day_stats = txn.open_table(DAY_STATS)?;
+            let mut active_days = txn.open_table(ACTIVE_DAYS)?;
+            let mut rows_delta = 0i64;
             for op in ops {
                 match op {
                     WriteOp::RegisterDevice { regid, record } => {
@@ -429,9 +660,36 @@ impl PartitionStore {
                         body.extend_from_slice(&envelope.expires_at.to_le_bytes());
                         body.extend_from_slice(&envelope.json);
                         bodies.insert(envelope.id, &body[..])?;
+                        expiry.insert(
+                            &expiry_key(envelope.expires_at, EXPIRY_BODY, &envelope.id.to_be_bytes())[..],
+                            (),
+                        )?;
                         for regid in regids {
                             debug_assert_eq!(regid.partition(), self.partition);
-                            pending.insert(&pending_key(regid, *seq)[..], envelope.id)?;
+                            let queued = counts_table.get(&regid.0[..])?.map_or(0, |v| v.value());
+                            if queued >= self.limits.max_pending_per_device {
+                                // Full: the oldest message of this device goes, and is counted.
+                                let start = pending_key(regid, 0);
+                                let end = pending_key(regid, u64::MAX);
+                                let oldest = pending
+                                    .range(&start[..]..=&end[..])?
+                                    .next()
+                                    .transpose()?
+                                    .map(|(k, _)| k.value().to_vec());
+                                if let Some(oldest) = oldest {
+                                    pending.remove(&oldest[..])?;
+                                    rows_delta -= 1;
+                                    decrement(&mut counts_table, &regid.0)?;
+                                    events.push(StoreEvent::Dropped { app_id: envelope.app_id });
+                                }
+                            }
+                            let key = pending_key(regid, *seq);
+                            if pending.insert(&key[..], envelope.id)?.is_none() {
+                                rows_delta += 1;
+                                let queued = counts_table.get(&regid.0[..])?.map_or(0, |v| v.value());
+                                counts_table.insert(&regid.0[..], queued + 1)?;
+                            }
+                            expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_PENDING, &key)[..], ())?;
                         }
                         let mut counts = read_stats(&stats, envelope.id)?.unwrap_or(MessageStats {
                             app_id: envelope.app_id,
@@ -459,6 +717,11 @@ impl PartitionStore {
                         body.extend_from_slice(&envelope.json);
                         bodies.insert(envelope.id, &body[..])?;
                         group.insert(*seq, &encode_group(envelope, filter)[..])?;
+                        expiry.insert(
+                            &expiry_key(envelope.expires_at, EXPIRY_BODY, &envelope.id.to_be_bytes())[..],
+                            (),
+                        )?;
+                        expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_GROUP, &seq.to_be_bytes())[..], ())?;
                         let mut counts = read_stats(&stats, envelope.id)?.unwrap_or(MessageStats {
                             app_id: envelope.app_id,
                             expires_at: envelope.expires_at,
@@ -479,6 +742,12 @@ impl PartitionStore {
                             write_stats(&mut stats, *id, counts)?;
                         }
                     }
+                    WriteOp::DayStats { app_id, day, stats, .. } => {
+                        day_stats.insert(&day_stats_key(*app_id, *day)[..], &stats.to_bytes()[..])?;
+                    }
+                    WriteOp::ActiveDay { regid, day } => {
+                        active_days.insert(&regid.0[..], *day)?;
+                    }
                     WriteOp::Clicked { regid, id, .. } => {
                         let mut key = regid.0.to_vec();
                         key.extend_from_slice(&id.to_be_bytes());
@@ -494,6 +763,8 @@ impl PartitionStore {
                         if pending.remove(&pending_key(regid, *seq)[..])?.is_none() {
                             continue; // a duplicate PUBACK: counted once
                         }
+                        rows_delta -= 1;
+                        decrement(&mut counts_table, &regid.0)?;
                         let Some(mut counts) = read_stats(&stats, *id)? else {
                             continue;
                         };
@@ -504,6 +775,9 @@ impl PartitionStore {
                         }
                     }
                 }
+            }
+            if rows_delta != 0 {
+                events.push(StoreEvent::PendingRows(rows_delta));
             }
         }
         txn.commit()?;
@@ -519,6 +793,57 @@ mod tests {
         Arc::new(Envelope { id, app_id: 9, expires_at, json: format!("{{\"n\":{id}}}").into_bytes().into() })
     }
 
+    const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 2 };
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pushnode-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_and_says_so() {
+        let dir = temp_dir("bound");
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let a = RegId::generate(3);
+        let mut events = Vec::new();
+        for (seq, id) in [(1, 10), (2, 11), (3, 12)] {
+            let op = WriteOp::StorePush { envelope: envelope(id, 100), seq, regids: vec![a] };
+            store.apply(&[&op], redb::Durability::None, &mut events).unwrap();
+        }
+        events.retain(|e| !matches!(e, StoreEvent::PendingRows(_)));
+        assert_eq!(events, vec![StoreEvent::Dropped { app_id: 9 }]);
+        let left: Vec<_> = store.pending_for(&a, 0, 50, 10).unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(left, vec![11, 12], "the oldest went");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn expired_messages_are_removed_and_counted() {
+        let dir = temp_dir("expire");
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let (a, b) = (RegId::generate(3), RegId::generate(3));
+        let mut events = Vec::new();
+        let short = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
+        let long = WriteOp::StorePush { envelope: envelope(11, 1000), seq: 2, regids: vec![a] };
+        let acked = WriteOp::Acked { regid: b, seq: 1, id: 10 };
+        store.apply(&[&short, &long, &acked], redb::Durability::None, &mut events).unwrap();
+        events.clear();
+        assert!(!store.expire(99, 100, &mut events).unwrap());
+        assert!(events.is_empty(), "nothing is due before its time");
+        assert!(!store.expire(100, 100, &mut events).unwrap());
+        assert_eq!(
+            events,
+            vec![StoreEvent::PendingRows(-1), StoreEvent::Expired { app_id: 9, count: 1 }],
+            "b had acknowledged it"
+        );
+        assert_eq!(store.pending_for(&a, 0, 0, 10).unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), vec![11]);
+        // The expired message's body is gone; its counts stay for status queries.
+        assert_eq!(store.message_stats(9, 10).unwrap().map(|s| s.delivered), Some(1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn pending_survives_reopen_and_ack_counts_once() {
         let dir = std::env::temp_dir().join(format!("pushnode-store-{}", std::process::id()));
@@ -526,21 +851,21 @@ mod tests {
         let a = RegId::generate(3);
         let b = RegId::generate(3);
         {
-            let store = PartitionStore::open(&dir, 3, 1 << 20).unwrap();
+            let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
             let record = DeviceRecord { app_id: 9, token_hash: [1; 16], created_at: 5 };
             let reg = WriteOp::RegisterDevice { regid: a, record };
             let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
             let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
-            store.apply(&[&reg, &p1, &p2], redb::Durability::Immediate).unwrap();
+            store.apply(&[&reg, &p1, &p2], redb::Durability::Immediate, &mut Vec::new()).unwrap();
         }
-        let store = PartitionStore::open(&dir, 3, 1 << 20).unwrap();
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
         assert_eq!(store.load_devices().unwrap().len(), 1);
         let got = store.pending_for(&a, 0, 50, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), vec![10, 11]);
         assert_eq!(store.pending_for(&a, 1, 50, 10).unwrap().len(), 1);
         assert!(store.pending_for(&a, 0, 100, 10).unwrap().is_empty(), "expired messages are not pending");
         let ack = WriteOp::Acked { regid: a, seq: 1, id: 10 };
-        store.apply(&[&ack, &ack], redb::Durability::Immediate).unwrap();
+        store.apply(&[&ack, &ack], redb::Durability::Immediate, &mut Vec::new()).unwrap();
         let counts = store.message_stats(9, 10).unwrap().unwrap();
         assert_eq!((counts.targets, counts.delivered, counts.expires_at), (2, 1, 100));
         assert_eq!(store.message_stats(8, 10).unwrap(), None, "another app sees nothing");

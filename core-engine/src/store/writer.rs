@@ -2,7 +2,7 @@
 //! every job that queued up meanwhile in one transaction per partition (group commit),
 //! then runs each job's completion. The shard's event loop never waits on the disk.
 
-use super::partition::{PartitionStore, StoreError, WriteOp};
+use super::partition::{PartitionStore, StoreError, StoreEvent, WriteOp};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +22,9 @@ pub enum Durability {
 /// Called once the job's writes are committed (or failed).
 pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+/// Receives what commits and sweeps decided that statistics count.
+pub type EventSink = Box<dyn Fn(Vec<StoreEvent>) + Send>;
+
 /// Writes for one or more partitions of the shard, and what to do when they are durable.
 pub struct StoreJob {
     pub ops: Vec<WriteOp>,
@@ -40,9 +43,17 @@ pub struct StoreWriter {
 
 impl StoreWriter {
     /// Starts the writer thread for `partitions`.
-    pub fn start(name: String, partitions: Vec<Arc<PartitionStore>>, durability: Durability) -> std::io::Result<Self> {
+    pub fn start(
+        name: String,
+        partitions: Vec<Arc<PartitionStore>>,
+        durability: Durability,
+        on_events: EventSink,
+        metrics: Arc<crate::stats::ShardMetrics>,
+    ) -> std::io::Result<Self> {
         let (jobs, rx) = crossbeam_channel::unbounded();
-        let thread = std::thread::Builder::new().name(name).spawn(move || run(rx, partitions, durability))?;
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(rx, partitions, durability, on_events, metrics))?;
         Ok(StoreWriter { jobs: Some(jobs), thread: Some(thread) })
     }
 
@@ -77,66 +88,118 @@ fn partition_of(op: &WriteOp) -> u16 {
         | WriteOp::GroupCursor { regid, .. } => regid.partition(),
         WriteOp::StoreGroup { partition, .. }
         | WriteOp::GroupDelivered { partition, .. }
-        | WriteOp::Clicked { partition, .. } => *partition,
+        | WriteOp::Clicked { partition, .. }
+        | WriteOp::DayStats { partition, .. } => *partition,
+        WriteOp::ActiveDay { regid, .. } => regid.partition(),
         WriteOp::StorePush { regids, .. } => regids.first().map(|r| r.partition()).unwrap_or(0),
     }
 }
 
-fn run(rx: Receiver<StoreJob>, partitions: Vec<Arc<PartitionStore>>, durability: Durability) {
-    let by_number: BTreeMap<u16, Arc<PartitionStore>> = partitions.iter().map(|p| (p.partition, p.clone())).collect();
-    let mut unsynced = false;
-    let mut last_sync = Instant::now();
+/// How often expired messages are swept when nothing else is due.
+const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Most expiry-index rows removed per partition per sweep, so a sweep never stalls commits long.
+const EXPIRY_SWEEP_ROWS: usize = 20_000;
+
+/// Writes that need no fsync of their own: losing one means a resend or a count off by one.
+fn is_relaxed(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::Acked { .. }
+            | WriteOp::GroupCursor { .. }
+            | WriteOp::GroupDelivered { .. }
+            | WriteOp::Clicked { .. }
+            | WriteOp::DayStats { .. }
+            | WriteOp::ActiveDay { .. }
+    )
+}
+
+/// The writer's loop: group-commit jobs, sync buffered commits, sweep expired messages.
+struct WriterLoop {
+    stores: BTreeMap<u16, Arc<PartitionStore>>,
+    metrics: Arc<crate::stats::ShardMetrics>,
+    durability: Durability,
+    on_events: EventSink,
+    unsynced: bool,
+    last_sync: Instant,
+    last_sweep: Instant,
+}
+
+fn run(
+    rx: Receiver<StoreJob>,
+    partitions: Vec<Arc<PartitionStore>>,
+    durability: Durability,
+    on_events: EventSink,
+    metrics: Arc<crate::stats::ShardMetrics>,
+) {
+    let mut writer = WriterLoop {
+        stores: partitions.iter().map(|p| (p.partition, p.clone())).collect(),
+        metrics,
+        durability,
+        on_events,
+        unsynced: false,
+        last_sync: Instant::now(),
+        last_sweep: Instant::now(),
+    };
     loop {
-        let first = match rx.recv_timeout(BUFFERED_SYNC_INTERVAL) {
-            Ok(job) => job,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if unsynced {
-                    sync_all(&by_number);
-                    unsynced = false;
-                    last_sync = Instant::now();
+        match rx.recv_timeout(BUFFERED_SYNC_INTERVAL) {
+            Ok(first) => {
+                let mut batch = vec![first];
+                while batch.len() < MAX_JOBS_PER_COMMIT {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
                 }
-                continue;
+                writer.commit(batch);
             }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_JOBS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
         }
+        if writer.unsynced && writer.last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL {
+            writer.sync_all();
+        }
+        if writer.last_sweep.elapsed() >= EXPIRY_SWEEP_INTERVAL {
+            writer.sweep();
+        }
+    }
+    if writer.unsynced {
+        writer.sync_all();
+    }
+}
+
+impl WriterLoop {
+    fn commit(&mut self, batch: Vec<StoreJob>) {
         let mut grouped: BTreeMap<u16, Vec<&WriteOp>> = BTreeMap::new();
         for job in &batch {
             for op in &job.ops {
                 grouped.entry(partition_of(op)).or_default().push(op);
             }
         }
-        // Acknowledgements need no fsync of their own: losing one only means a resend.
-        let only_acks = batch.iter().flat_map(|j| &j.ops).all(|op| matches!(op, WriteOp::Acked { .. }));
-        let redb_durability = match durability {
-            Durability::Fsync if !only_acks => redb::Durability::Immediate,
+        let relaxed = batch.iter().flat_map(|j| &j.ops).all(is_relaxed);
+        let redb_durability = match self.durability {
+            Durability::Fsync if !relaxed => redb::Durability::Immediate,
             _ => redb::Durability::None,
         };
         let mut failed: BTreeMap<u16, StoreError> = BTreeMap::new();
+        let mut events = Vec::new();
+        let started = Instant::now();
+        let op_count: usize = grouped.values().map(Vec::len).sum();
         for (partition, ops) in grouped {
-            let Some(store) = by_number.get(&partition) else {
+            let Some(store) = self.stores.get(&partition) else {
                 failed.insert(partition, StoreError(format!("partition {partition} is not owned by this writer")));
                 continue;
             };
-            if let Err(e) = store.apply(&ops, redb_durability) {
+            if let Err(e) = store.apply(&ops, redb_durability, &mut events) {
                 tracing::error!(partition, error = %e, "commit failed");
                 failed.insert(partition, e);
             }
         }
         if matches!(redb_durability, redb::Durability::None) {
-            unsynced = true;
-            if last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL {
-                sync_all(&by_number);
-                unsynced = false;
-                last_sync = Instant::now();
-            }
+            self.unsynced = true;
         }
+        self.metrics.commit_latency_us.record(started.elapsed().as_micros() as u64);
+        self.metrics.commit_batch_ops.record(op_count as u64);
+        self.publish(events);
         for job in batch {
             if let Some(done) = job.done {
                 let error = job.ops.iter().find_map(|op| failed.get(&partition_of(op)));
@@ -144,15 +207,44 @@ fn run(rx: Receiver<StoreJob>, partitions: Vec<Arc<PartitionStore>>, durability:
             }
         }
     }
-    if unsynced {
-        sync_all(&by_number);
-    }
-}
 
-fn sync_all(stores: &BTreeMap<u16, Arc<PartitionStore>>) {
-    for store in stores.values() {
-        if let Err(e) = store.apply(&[], redb::Durability::Immediate) {
-            tracing::error!(partition = store.partition, error = %e, "sync failed");
+    fn sweep(&mut self) {
+        let now = crate::clock::now_unix_s();
+        let mut events = Vec::new();
+        let mut more = false;
+        for store in self.stores.values() {
+            match store.expire(now, EXPIRY_SWEEP_ROWS, &mut events) {
+                Ok(m) => more |= m,
+                Err(e) => tracing::error!(partition = store.partition, error = %e, "expiry sweep failed"),
+            }
         }
+        self.unsynced = true;
+        self.publish(events);
+        // Sweep again at once while rows are left, otherwise after the interval.
+        self.last_sweep = if more { Instant::now() - EXPIRY_SWEEP_INTERVAL } else { Instant::now() };
+    }
+
+    /// Keeps the pending gauge and hands the rest to the shard.
+    fn publish(&self, mut events: Vec<StoreEvent>) {
+        events.retain(|e| match e {
+            StoreEvent::PendingRows(delta) => {
+                self.metrics.pending.fetch_add(*delta, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            _ => true,
+        });
+        if !events.is_empty() {
+            (self.on_events)(events);
+        }
+    }
+
+    fn sync_all(&mut self) {
+        for store in self.stores.values() {
+            if let Err(e) = store.apply(&[], redb::Durability::Immediate, &mut Vec::new()) {
+                tracing::error!(partition = store.partition, error = %e, "sync failed");
+            }
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
     }
 }
