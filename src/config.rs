@@ -16,6 +16,13 @@ pub struct Config {
     pub mqtt_listen: SocketAddr,
     /// Address app servers send to over HTTP.
     pub http_listen: SocketAddr,
+    /// Address for MQTT over TLS (e.g. "127.0.0.1:8883"); off unless set. Needs tls_cert and tls_key.
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// Address for HTTPS (e.g. "127.0.0.1:8443"); off unless set. Needs tls_cert and tls_key.
+    pub https_listen: Option<SocketAddr>,
+    /// PEM certificate chain and PEM private key for both TLS listeners (TLS 1.2 and 1.3).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Folder for the databases and the admin token.
     pub data_dir: PathBuf,
     /// Shard threads; 0 means one per core.
@@ -48,6 +55,11 @@ pub struct Config {
     pub max_topics_per_app: usize,
     /// Messages waiting for one device; when full, the oldest is dropped (and counted).
     pub max_pending_per_device: u32,
+    /// Connections the node holds at most; 0 = shards x max_connections_per_shard.
+    pub max_connections: u64,
+    /// Seconds between two broadcasts (`{"all":true}`) of one app; a faster one gets 429.
+    /// 0 turns the limit off.
+    pub broadcast_interval_secs: u64,
     /// Shift of the node's clock in seconds (tests of day boundaries only).
     pub clock_offset_secs: i64,
 }
@@ -57,6 +69,10 @@ impl Default for Config {
         Config {
             mqtt_listen: "127.0.0.1:1883".parse().expect("literal"),
             http_listen: "127.0.0.1:8080".parse().expect("literal"),
+            mqtt_tls_listen: None,
+            https_listen: None,
+            tls_cert: None,
+            tls_key: None,
             data_dir: PathBuf::from("data"),
             shards: 0,
             partitions: 16,
@@ -73,6 +89,8 @@ impl Default for Config {
             max_topics_per_device: 100,
             max_topics_per_app: 10_000,
             max_pending_per_device: 1000,
+            max_connections: 0,
+            broadcast_interval_secs: 3,
             clock_offset_secs: 0,
         }
     }
@@ -107,6 +125,11 @@ impl Config {
         if self.max_pending_per_device == 0 {
             bail!("max_pending_per_device must be at least 1");
         }
+        if (self.mqtt_tls_listen.is_some() || self.https_listen.is_some())
+            && (self.tls_cert.is_none() || self.tls_key.is_none())
+        {
+            bail!("mqtt_tls_listen and https_listen need tls_cert and tls_key");
+        }
         if self.http_threads == 0 {
             bail!("http_threads must be at least 1");
         }
@@ -128,6 +151,10 @@ impl Config {
             max_topics_per_device: self.max_topics_per_device,
             max_topics_per_app: self.max_topics_per_app,
             max_pending_per_device: self.max_pending_per_device,
+            max_connections: self.max_connections,
+            mqtt_tls_listen: self.mqtt_tls_listen,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         })
     }
 }

@@ -54,6 +54,18 @@ struct ServeArgs {
     mqtt_listen: Option<SocketAddr>,
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// MQTT over TLS address (needs --tls-cert/--tls-key or the config).
+    #[arg(long)]
+    mqtt_tls_listen: Option<SocketAddr>,
+    /// HTTPS address (needs --tls-cert/--tls-key or the config).
+    #[arg(long)]
+    https_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listeners.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listeners.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// Shard threads (0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
@@ -90,6 +102,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.http_listen {
         config.http_listen = v;
     }
+    if let Some(v) = args.mqtt_tls_listen {
+        config.mqtt_tls_listen = Some(v);
+    }
+    if let Some(v) = args.https_listen {
+        config.https_listen = Some(v);
+    }
+    if let Some(v) = args.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        config.tls_key = Some(v);
+    }
     if let Some(v) = args.shards {
         config.shards = v;
     }
@@ -122,9 +146,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let admin_token = admin_token(&config.data_dir)?;
+    let api = http::ApiState::open(&config.data_dir, std::time::Duration::from_secs(config.broadcast_interval_secs))
+        .context("opening data/api.redb")?;
     let node = core_engine::Node::start(engine.clone())?;
-    let state = Arc::new(http::HttpState { node: node.handle(), admin_token, max_body_bytes: config.max_body_bytes });
-    http::start(config.http_listen, config.http_threads, state)?;
+    let state = Arc::new(http::HttpState {
+        node: node.handle(),
+        admin_token,
+        max_body_bytes: config.max_body_bytes,
+        api: Arc::new(api),
+    });
+    let https = match (config.https_listen, &config.tls_cert, &config.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => Some((addr, core_engine::tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    http::start(config.http_listen, https, config.http_threads, state)?;
     tracing::info!(shards = engine.shards, data = %config.data_dir.display(), "node started");
     eprintln!("pushnode ready mqtt={} http={}", config.mqtt_listen, config.http_listen);
     wait_for_signal()?;

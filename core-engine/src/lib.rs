@@ -1,6 +1,7 @@
 //! Pushnode's engine: pinned shards on io_uring that own device sessions, the sans-IO
 //! MQTT codec and session state machine, the embedded store and the push domain.
 
+pub mod api;
 pub mod apps;
 pub mod clock;
 pub mod ids;
@@ -12,5 +13,6 @@ pub mod shard;
 pub mod stats;
 pub mod store;
 pub mod sys;
+pub mod tls;
 
 pub use node::{ApiError, EngineConfig, EngineError, Node, NodeHandle, PushOutcome};

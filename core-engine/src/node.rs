@@ -38,6 +38,13 @@ pub struct EngineConfig {
     pub max_topics_per_device: usize,
     pub max_topics_per_app: usize,
     pub max_pending_per_device: u32,
+    /// Connections the node holds at most (0: only the per-shard tables limit it).
+    pub max_connections: u64,
+    /// Address for MQTT over TLS (needs `tls_cert` and `tls_key`).
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key for the TLS listeners.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Why the engine could not start.
@@ -54,6 +61,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the data folder has {partitions} partitions, fewer than the {shards} shards asked for; use at most {partitions} shards")]
     TooManyShards { shards: usize, partitions: u16 },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("mqtt_tls_listen needs tls_cert and tls_key")]
+    TlsFilesMissing,
     #[error("shard {index} failed to start: {reason}")]
     ShardStart { index: usize, reason: String },
 }
@@ -98,6 +109,8 @@ impl AppTopics {
 
 /// What every shard and the frontend share; read-only after start.
 pub struct NodeShared {
+    /// The TLS configuration of the MQTT-over-TLS listener, if there is one.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub app_topics: AppTopics,
     pub live: crate::stats::LiveApps,
     pub metrics: Vec<Arc<crate::stats::ShardMetrics>>,
@@ -160,6 +173,11 @@ impl Node {
             return Err(EngineError::TooManyShards { shards: config.shards, partitions });
         }
         let apps = Arc::new(AppRegistry::open(&config.data_dir)?);
+        let tls = match (&config.mqtt_tls_listen, &config.tls_cert, &config.tls_key) {
+            (None, _, _) => None,
+            (Some(_), Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            (Some(_), _, _) => return Err(EngineError::TlsFilesMissing),
+        };
         let mut inboxes = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.shards {
@@ -179,6 +197,7 @@ impl Node {
             apps,
             inboxes,
             ring_fds: OnceLock::new(),
+            tls,
             app_topics: AppTopics::default(),
             live: crate::stats::LiveApps::default(),
             metrics: (0..config.shards).map(|_| Arc::default()).collect(),
@@ -190,9 +209,15 @@ impl Node {
         let go = Arc::new(std::sync::Barrier::new(config.shards + 1));
         let mut threads = Vec::new();
         for (index, (inbox_rx, stores)) in receivers.into_iter().zip(stores).enumerate() {
-            let listener = crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog)
-                .map_err(|source| EngineError::Io { what: "listening for MQTT", source })?;
-            let setup = ShardSetup { index, shared: shared.clone(), listener, inbox_rx, stores };
+            let mut listeners = vec![crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog)
+                .map_err(|source| EngineError::Io { what: "listening for MQTT", source })?];
+            if let Some(addr) = config.mqtt_tls_listen {
+                listeners.push(
+                    crate::sys::reuseport_listener(addr, config.listen_backlog)
+                        .map_err(|source| EngineError::Io { what: "listening for MQTT over TLS", source })?,
+                );
+            }
+            let setup = ShardSetup { index, shared: shared.clone(), listeners, inbox_rx, stores };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let go = go.clone();

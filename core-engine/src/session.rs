@@ -10,6 +10,9 @@ use std::collections::VecDeque;
 
 /// The topic pushes arrive on.
 pub const INBOX_TOPIC: &str = "inbox";
+/// Most pushes in flight (sent, not acknowledged) per session, whatever the device's
+/// Receive Maximum: it bounds what a connection can hold in memory; the rest waits in the store.
+pub const MAX_INFLIGHT: u16 = 64;
 /// Seconds a new connection has to send CONNECT.
 pub const CONNECT_TIMEOUT_S: u32 = 10;
 
@@ -240,7 +243,7 @@ impl Session {
         assert_eq!(self.phase, Phase::AwaitConnect, "one CONNECT per session");
         self.version = connect.version;
         self.keep_alive_s = connect.keep_alive;
-        self.receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
+        self.receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX).clamp(1, MAX_INFLIGHT);
         self.phase = Phase::Authenticating;
         self.partial = unprocessed;
     }

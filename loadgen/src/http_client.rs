@@ -25,24 +25,11 @@ pub enum HttpError {
     #[error("could not encode the request body: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("{method} {url}: {reason}")]
-    Request {
-        method: Method,
-        url: String,
-        reason: String,
-    },
+    Request { method: Method, url: String, reason: String },
     #[error("{method} {url}: no answer within {limit:?}")]
-    Timeout {
-        method: Method,
-        url: String,
-        limit: Duration,
-    },
+    Timeout { method: Method, url: String, limit: Duration },
     #[error("{method} {url}: HTTP {status}: {body}")]
-    Status {
-        method: Method,
-        url: String,
-        status: u16,
-        body: String,
-    },
+    Status { method: Method, url: String, status: u16, body: String },
 }
 
 impl HttpError {
@@ -82,12 +69,7 @@ impl Response {
         if self.is_success() {
             Ok(self)
         } else {
-            Err(HttpError::Status {
-                status: self.status,
-                body: self.text(),
-                method: self.method,
-                url: self.url,
-            })
+            Err(HttpError::Status { status: self.status, body: self.text(), method: self.method, url: self.url })
         }
     }
 
@@ -107,13 +89,8 @@ pub struct HttpClient {
 /// Checks that `url` is a plain `http://authority[/]` base URL and returns it
 /// without a trailing slash.
 pub fn normalize_base(url: &str) -> Result<String, HttpError> {
-    let bad = |reason: &str| HttpError::BadUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let uri: Uri = url
-        .parse()
-        .map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+    let bad = |reason: &str| HttpError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+    let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some(_) => return Err(bad("only http:// is supported")),
@@ -132,14 +109,8 @@ impl HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Ok(HttpClient {
-            client,
-            base,
-            timeout,
-        })
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Ok(HttpClient { client, base, timeout })
     }
 
     pub fn base(&self) -> &str {
@@ -154,8 +125,7 @@ impl HttpClient {
         authorization: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<Response, HttpError> {
-        self.request_within(method, path, authorization, body, self.timeout)
-            .await
+        self.request_within(method, path, authorization, body, self.timeout).await
     }
 
     /// Like [`HttpClient::request`] with an explicit time limit.
@@ -168,11 +138,7 @@ impl HttpClient {
         limit: Duration,
     ) -> Result<Response, HttpError> {
         let url = format!("{}{}", self.base, path);
-        let fail = |reason: String| HttpError::Request {
-            method: method.clone(),
-            url: url.clone(),
-            reason,
-        };
+        let fail = |reason: String| HttpError::Request { method: method.clone(), url: url.clone(), reason };
         let mut builder = Request::builder().method(method.clone()).uri(url.as_str());
         if let Some(auth) = authorization {
             builder = builder.header(AUTHORIZATION, auth);
@@ -181,15 +147,9 @@ impl HttpClient {
         if has_body {
             builder = builder.header(CONTENT_TYPE, "application/json");
         }
-        let req = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| fail(e.to_string()))?;
+        let req = builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| fail(e.to_string()))?;
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| fail(error_chain(&e)))?;
+            let resp = self.client.request(req).await.map_err(|e| fail(error_chain(&e)))?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -199,12 +159,7 @@ impl HttpClient {
             Ok::<_, HttpError>((status, body))
         };
         match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok((status, body))) => Ok(Response {
-                method,
-                url,
-                status,
-                body,
-            }),
+            Ok(Ok((status, body))) => Ok(Response { method, url, status, body }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(HttpError::Timeout { method, url, limit }),
         }
@@ -218,46 +173,22 @@ impl HttpClient {
         body: &T,
     ) -> Result<Response, HttpError> {
         let bytes = serde_json::to_vec(body)?;
-        self.request(Method::POST, path, authorization, Some(bytes))
-            .await
+        self.request(Method::POST, path, authorization, Some(bytes)).await
     }
 
     /// `POST /v1/apps` with the admin token.
-    pub async fn create_app(
-        &self,
-        admin_token: &str,
-        name: &str,
-        package: &str,
-    ) -> Result<Response, HttpError> {
+    pub async fn create_app(&self, admin_token: &str, name: &str, package: &str) -> Result<Response, HttpError> {
         let auth = format!("Bearer {admin_token}");
-        self.post_json(
-            "/v1/apps",
-            Some(&auth),
-            &serde_json::json!({ "name": name, "package": package }),
-        )
-        .await
+        self.post_json("/v1/apps", Some(&auth), &serde_json::json!({ "name": name, "package": package })).await
     }
 
     /// `POST /v1/devices` (registration usable with any MQTT version).
-    pub async fn register_device(
-        &self,
-        app_id: &str,
-        app_key: &str,
-    ) -> Result<Response, HttpError> {
-        self.post_json(
-            "/v1/devices",
-            None,
-            &serde_json::json!({ "app_id": app_id, "app_key": app_key }),
-        )
-        .await
+    pub async fn register_device(&self, app_id: &str, app_key: &str) -> Result<Response, HttpError> {
+        self.post_json("/v1/devices", None, &serde_json::json!({ "app_id": app_id, "app_key": app_key })).await
     }
 
     /// `POST /v1/messages` with the app secret; `message` is the whole JSON body.
-    pub async fn send_message(
-        &self,
-        secret: &str,
-        message: &serde_json::Value,
-    ) -> Result<Response, HttpError> {
+    pub async fn send_message(&self, secret: &str, message: &serde_json::Value) -> Result<Response, HttpError> {
         let auth = format!("key={secret}");
         self.post_json("/v1/messages", Some(&auth), message).await
     }
@@ -281,10 +212,7 @@ mod tests {
 
     #[test]
     fn base_urls() {
-        assert_eq!(
-            normalize_base("http://127.0.0.1:8080/").ok().as_deref(),
-            Some("http://127.0.0.1:8080")
-        );
+        assert_eq!(normalize_base("http://127.0.0.1:8080/").ok().as_deref(), Some("http://127.0.0.1:8080"));
         assert!(normalize_base("https://x:1").is_err());
         assert!(normalize_base("127.0.0.1:8080").is_err());
         assert!(normalize_base("not a url").is_err());

@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use core_engine::proto::{
-    self, Ack, Connack, Connect, Disconnect, Packet, Properties, QoS, Subscribe, SubscribeFilter,
-    Version,
+    self, Ack, Connack, Connect, Disconnect, Packet, Properties, QoS, Subscribe, SubscribeFilter, Version,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -39,10 +38,7 @@ pub enum ClientError {
     /// A socket operation failed; `context` names the step (`socket`, `bind`,
     /// `connect`, `read`, `write`, `resolve`).
     #[error("{context}: {error}")]
-    Io {
-        context: &'static str,
-        error: io::Error,
-    },
+    Io { context: &'static str, error: io::Error },
     /// The named step did not finish in time.
     #[error("{0} timed out")]
     Timeout(&'static str),
@@ -150,12 +146,9 @@ pub async fn resolve(addr: &str, limit: Duration) -> Result<SocketAddr, ClientEr
     if let Ok(sa) = addr.parse::<SocketAddr>() {
         return Ok(sa);
     }
-    let mut addrs = with_timeout("resolve", limit, async {
-        tokio::net::lookup_host(addr)
-            .await
-            .map_err(io_err("resolve"))
-    })
-    .await?;
+    let mut addrs =
+        with_timeout("resolve", limit, async { tokio::net::lookup_host(addr).await.map_err(io_err("resolve")) })
+            .await?;
     addrs.next().ok_or_else(|| ClientError::Io {
         context: "resolve",
         error: io::Error::new(io::ErrorKind::NotFound, format!("no address for {addr}")),
@@ -164,20 +157,10 @@ pub async fn resolve(addr: &str, limit: Duration) -> Result<SocketAddr, ClientEr
 
 /// Opens a TCP connection to `addr`, bound first to `source` (port 0) if given.
 /// Not bounded in time by itself: wrap it in a timeout.
-pub async fn tcp_connect(
-    addr: SocketAddr,
-    source: Option<IpAddr>,
-) -> Result<TcpStream, ClientError> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(io_err("socket"))?;
+pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ClientError> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(io_err("socket"))?;
     if let Some(ip) = source {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(io_err("bind"))?;
+        socket.bind(SocketAddr::new(ip, 0)).map_err(io_err("bind"))?;
     }
     let stream = socket.connect(addr).await.map_err(io_err("connect"))?;
     stream.set_nodelay(true).map_err(io_err("connect"))?;
@@ -199,17 +182,8 @@ pub struct SourcePorts {
 impl SourcePorts {
     /// Ports `first..=last` of `ip` (swapped if given in reverse order).
     pub fn new(ip: IpAddr, first: u16, last: u16) -> Self {
-        let (first, last) = if first <= last {
-            (first, last)
-        } else {
-            (last, first)
-        };
-        SourcePorts {
-            ip,
-            first,
-            span: u32::from(last - first) + 1,
-            next: AtomicU32::new(0),
-        }
+        let (first, last) = if first <= last { (first, last) } else { (last, first) };
+        SourcePorts { ip, first, span: u32::from(last - first) + 1, next: AtomicU32::new(0) }
     }
 
     pub fn ip(&self) -> IpAddr {
@@ -236,18 +210,11 @@ impl SourcePorts {
 /// (bind fails with "address in use", e.g. a TIME_WAIT left by an earlier run) or whose
 /// 4-tuple is taken are skipped, up to one pass over the range. Other errors fail at
 /// once. Not bounded in time by itself: wrap it in a timeout.
-pub async fn tcp_connect_from(
-    addr: SocketAddr,
-    ports: &SourcePorts,
-) -> Result<TcpStream, ClientError> {
+pub async fn tcp_connect_from(addr: SocketAddr, ports: &SourcePorts) -> Result<TcpStream, ClientError> {
     for _ in 0..ports.len() {
         let port = ports.take();
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(io_err("socket"))?;
+        let socket =
+            if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(io_err("socket"))?;
         match socket.bind(SocketAddr::new(ports.ip, port)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
@@ -258,23 +225,13 @@ pub async fn tcp_connect_from(
                 stream.set_nodelay(true).map_err(io_err("connect"))?;
                 return Ok(stream);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable
-                ) =>
-            {
-                continue
-            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable) => continue,
             Err(e) => return Err(io_err("connect")(e)),
         }
     }
     Err(ClientError::Io {
         context: "bind",
-        error: io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("no free local port on {}", ports.ip),
-        ),
+        error: io::Error::new(io::ErrorKind::AddrInUse, format!("no free local port on {}", ports.ip)),
     })
 }
 
@@ -328,9 +285,7 @@ pub fn registration_from_connack(connack: &Connack) -> Result<Registration, Clie
         .assigned_client_identifier
         .clone()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ClientError::Protocol("CONNACK without an Assigned Client Identifier".into())
-        })?;
+        .ok_or_else(|| ClientError::Protocol("CONNACK without an Assigned Client Identifier".into()))?;
     let token = connack
         .properties
         .user_properties
@@ -350,11 +305,7 @@ pub struct MqttConn {
 
 impl MqttConn {
     pub fn new(stream: TcpStream, version: Version) -> Self {
-        MqttConn {
-            stream,
-            version,
-            buf: Vec::with_capacity(DEFAULT_READ_BUF),
-        }
+        MqttConn { stream, version, buf: Vec::with_capacity(DEFAULT_READ_BUF) }
     }
 
     fn is_v5(&self) -> bool {
@@ -364,8 +315,7 @@ impl MqttConn {
     /// Encodes and writes one packet.
     pub async fn send(&mut self, packet: &Packet) -> Result<(), ClientError> {
         let mut out = Vec::with_capacity(64);
-        proto::encode(packet, self.version, &mut out)
-            .map_err(|e| ClientError::Protocol(format!("encode: {e}")))?;
+        proto::encode(packet, self.version, &mut out).map_err(|e| ClientError::Protocol(format!("encode: {e}")))?;
         self.stream.write_all(&out).await.map_err(io_err("write"))
     }
 
@@ -383,22 +333,14 @@ impl MqttConn {
                         return Ok(packet);
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        return Err(ClientError::Protocol(format!(
-                            "malformed packet from the node: {e}"
-                        )))
-                    }
+                    Err(e) => return Err(ClientError::Protocol(format!("malformed packet from the node: {e}"))),
                 }
             }
             if self.buf.len() == self.buf.capacity() {
                 // Grow only when a packet does not fit; doubling keeps it amortised.
                 self.buf.reserve(self.buf.capacity().max(DEFAULT_READ_BUF));
             }
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(io_err("read"))?;
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(io_err("read"))?;
             if n == 0 {
                 return Err(ClientError::Closed);
             }
@@ -411,15 +353,9 @@ impl MqttConn {
         self.send(&Packet::Connect(connect)).await?;
         match self.read_packet().await? {
             Packet::Connack(c) if c.code == 0 => Ok(c),
-            Packet::Connack(c) => Err(ClientError::Refused {
-                v5: self.is_v5(),
-                code: c.code,
-            }),
+            Packet::Connack(c) => Err(ClientError::Refused { v5: self.is_v5(), code: c.code }),
             Packet::Disconnect(d) => Err(ClientError::Disconnected { code: d.code }),
-            other => Err(ClientError::Protocol(format!(
-                "expected CONNACK, got {}",
-                packet_name(&other)
-            ))),
+            other => Err(ClientError::Protocol(format!("expected CONNACK, got {}", packet_name(&other)))),
         }
     }
 
@@ -431,9 +367,7 @@ impl MqttConn {
         app_key: &str,
         keep_alive: u16,
     ) -> Result<Registration, ClientError> {
-        let connack = self
-            .handshake(register_connect(app_id, app_key, keep_alive))
-            .await?;
+        let connack = self.handshake(register_connect(app_id, app_key, keep_alive)).await?;
         registration_from_connack(&connack)
     }
 
@@ -455,12 +389,7 @@ impl MqttConn {
 
     /// PUBACK (success) for `packet_id`.
     pub async fn puback(&mut self, packet_id: u16) -> Result<(), ClientError> {
-        self.send(&Packet::Puback(Ack {
-            packet_id,
-            code: 0,
-            properties: Properties::default(),
-        }))
-        .await
+        self.send(&Packet::Puback(Ack { packet_id, code: 0, properties: Properties::default() })).await
     }
 
     pub async fn pingreq(&mut self) -> Result<(), ClientError> {
@@ -469,11 +398,7 @@ impl MqttConn {
 
     /// Normal DISCONNECT, then close the write side.
     pub async fn disconnect(&mut self) -> Result<(), ClientError> {
-        self.send(&Packet::Disconnect(Disconnect {
-            code: 0,
-            properties: Properties::default(),
-        }))
-        .await?;
+        self.send(&Packet::Disconnect(Disconnect { code: 0, properties: Properties::default() })).await?;
         self.stream.shutdown().await.map_err(io_err("write"))
     }
 }
@@ -507,16 +432,10 @@ mod tests {
     fn reason_labels_and_names() {
         assert_eq!(reason_name(true, 0x87), "not authorized");
         assert_eq!(reason_name(false, 4), "bad user name or password");
-        let e = ClientError::Refused {
-            v5: true,
-            code: 0x86,
-        };
+        let e = ClientError::Refused { v5: true, code: 0x86 };
         assert_eq!(e.reason_label(), "connack 0x86");
         assert!(e.to_string().contains("bad user name or password"));
-        assert_eq!(
-            ClientError::Timeout("connack").reason_label(),
-            "timeout connack"
-        );
+        assert_eq!(ClientError::Timeout("connack").reason_label(), "timeout connack");
     }
 
     #[test]
@@ -535,34 +454,18 @@ mod tests {
         // Occupy one port of a two-port range; the connection must use the other.
         let busy = std::net::TcpListener::bind("127.0.0.5:0").unwrap();
         let busy_port = busy.local_addr().unwrap().port();
-        let ports = SourcePorts::new(
-            IpAddr::from([127, 0, 0, 5]),
-            busy_port,
-            busy_port.wrapping_add(1),
-        );
+        let ports = SourcePorts::new(IpAddr::from([127, 0, 0, 5]), busy_port, busy_port.wrapping_add(1));
         let s = tcp_connect_from(target, &ports).await.unwrap();
         assert_eq!(s.local_addr().unwrap().port(), busy_port.wrapping_add(1));
     }
 
     #[test]
     fn registration_needs_regid_and_token() {
-        let mut c = Connack {
-            session_present: false,
-            code: 0,
-            properties: Properties::default(),
-        };
+        let mut c = Connack { session_present: false, code: 0, properties: Properties::default() };
         assert!(registration_from_connack(&c).is_err());
         c.properties.assigned_client_identifier = Some("r1".into());
         assert!(registration_from_connack(&c).is_err());
-        c.properties
-            .user_properties
-            .push(("token".into(), "t1".into()));
-        assert_eq!(
-            registration_from_connack(&c).ok(),
-            Some(Registration {
-                regid: "r1".into(),
-                token: "t1".into()
-            })
-        );
+        c.properties.user_properties.push(("token".into(), "t1".into()));
+        assert_eq!(registration_from_connack(&c).ok(), Some(Registration { regid: "r1".into(), token: "t1".into() }));
     }
 }

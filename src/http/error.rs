@@ -11,11 +11,23 @@ pub struct HttpError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 409 while a retry is in progress).
+    pub retry_after: Option<u64>,
 }
 
 impl HttpError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        HttpError { status, code, message: message.into() }
+        HttpError { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// The same error with a `Retry-After: secs` header.
+    pub fn with_retry_after(self, secs: u64) -> Self {
+        HttpError { retry_after: Some(secs), ..self }
+    }
+
+    /// The JSON body: `{"code","message"}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code, "message": self.message })
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -31,8 +43,11 @@ impl HttpError {
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
-        json_response(self.status, &body)
+        let mut response = json_response(self.status, &self.body());
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 

@@ -2,8 +2,12 @@
 //! runtime per HTTP thread, each with its own SO_REUSEPORT listener. Handlers only parse,
 //! authenticate and route to the shards through [`NodeHandle`].
 
+mod api_routes;
 mod error;
 mod routes;
+mod scheduler;
+
+pub use api_routes::ApiState;
 
 use core_engine::NodeHandle;
 use hyper::server::conn::http1;
@@ -20,29 +24,45 @@ pub struct HttpState {
     pub node: NodeHandle,
     pub admin_token: String,
     pub max_body_bytes: usize,
+    /// Scheduling, templates, request ids, the broadcast limit (`api_routes.rs`).
+    pub api: Arc<ApiState>,
 }
 
-/// Starts `threads` HTTP threads listening on `addr`; they run until the process exits.
-pub fn start(addr: SocketAddr, threads: usize, state: Arc<HttpState>) -> anyhow::Result<()> {
+/// Starts `threads` HTTP threads listening on `addr` and the scheduler thread; they run
+/// until the process exits.
+pub fn start(
+    addr: SocketAddr,
+    https: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    threads: usize,
+    state: Arc<HttpState>,
+) -> anyhow::Result<()> {
+    scheduler::start(state.node.clone(), state.api.clone())?;
+    let mut listeners = vec![(addr, None)];
+    if let Some((https_addr, config)) = https {
+        listeners.push((https_addr, Some(tokio_rustls::TlsAcceptor::from(config))));
+    }
     for index in 0..threads {
-        let listener = core_engine::sys::reuseport_listener(addr, 1024)?;
-        listener.set_nonblocking(true)?;
-        let state = state.clone();
-        std::thread::Builder::new().name(format!("http-{index}")).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "starting the HTTP runtime failed");
-                    return;
-                }
-            };
-            runtime.block_on(serve(listener, state));
-        })?;
+        for (addr, tls) in &listeners {
+            let listener = core_engine::sys::reuseport_listener(*addr, 1024)?;
+            listener.set_nonblocking(true)?;
+            let (state, tls) = (state.clone(), tls.clone());
+            let name = if tls.is_some() { format!("https-{index}") } else { format!("http-{index}") };
+            std::thread::Builder::new().name(name).spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "starting the HTTP runtime failed");
+                        return;
+                    }
+                };
+                runtime.block_on(serve(listener, state, tls));
+            })?;
+        }
     }
     Ok(())
 }
 
-async fn serve(listener: std::net::TcpListener, state: Arc<HttpState>) {
+async fn serve(listener: std::net::TcpListener, state: Arc<HttpState>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -61,19 +81,37 @@ async fn serve(listener: std::net::TcpListener, state: Arc<HttpState>) {
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended");
+            match tls {
+                None => serve_connection(stream, state).await,
+                Some(acceptor) => {
+                    // The handshake shares the header timeout: a silent client is cut off.
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, state).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<IO>(io: IO, state: Arc<HttpState>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "HTTP connection ended");
     }
 }

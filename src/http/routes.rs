@@ -1,11 +1,12 @@
 //! The routes of the HTTP API (see docs/protocol.md): parsing, authentication, and
 //! the call into the node.
 
+use super::api_routes;
 use super::error::{json_response, HttpError};
 use super::HttpState;
 use bytes::Bytes;
 use core_engine::ids::{hash_eq, parse_message_id, secret_hash, AppId};
-use core_engine::push::{valid_name, SendRequest, MAX_REGIDS};
+use core_engine::push::{valid_name, MAX_REGIDS};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -42,7 +43,11 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
         (&Method::POST, ["v1", "apps"]) => create_app(state, req).await,
         (&Method::POST, ["v1", "devices"]) => register_device(state, req).await,
         (&Method::POST, ["v1", "messages"]) => send_message(state, req).await,
+        (&Method::POST, ["v1", "messages", "batch"]) => api_routes::send_batch(state, req).await,
         (&Method::GET, ["v1", "messages", id]) => message_status(state, &req, id).await,
+        (&Method::DELETE, ["v1", "messages", id]) => api_routes::cancel_message(state, &req, id).await,
+        (&Method::POST, ["v1", "templates"]) => api_routes::create_template(state, req).await,
+        (&Method::GET, ["v1", "templates", id]) => api_routes::get_template(state, &req, id).await,
         (&Method::GET, ["v1", "aliases", alias]) => match percent_decoded(alias) {
             Ok(alias) => lookup_alias(state, &req, &alias).await,
             Err(e) => Err(e),
@@ -65,6 +70,8 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
             | ["v1", "devices"]
             | ["v1", "messages"]
             | ["v1", "messages", _]
+            | ["v1", "templates"]
+            | ["v1", "templates", _]
             | ["v1", "aliases", _]
             | ["v1", "devices", _, "aliases"]
             | ["v1", "devices", _, "aliases", _]
@@ -82,7 +89,7 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
 }
 
 /// Reads a body of at most `max_body_bytes`.
-async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, HttpError> {
+pub(super) async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, HttpError> {
     let too_large = || {
         HttpError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -112,7 +119,10 @@ async fn read_body(state: &HttpState, req: Request<Incoming>) -> Result<Bytes, H
 }
 
 /// Reads a JSON body of at most `max_body_bytes`.
-async fn json_body<T: serde::de::DeserializeOwned>(state: &HttpState, req: Request<Incoming>) -> Result<T, HttpError> {
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    req: Request<Incoming>,
+) -> Result<T, HttpError> {
     let body = read_body(state, req).await?;
     serde_json::from_slice(&body).map_err(|e| HttpError::bad_request(format!("invalid JSON: {e}")))
 }
@@ -123,7 +133,7 @@ fn authorization<'a>(req: &'a Request<Incoming>, scheme: &str) -> Option<&'a str
 }
 
 /// The app whose secret authorizes the request.
-fn app_of(state: &HttpState, req: &Request<Incoming>) -> Result<AppId, HttpError> {
+pub(super) fn app_of(state: &HttpState, req: &Request<Incoming>) -> Result<AppId, HttpError> {
     let secret = authorization(req, "key=")
         .ok_or_else(|| HttpError::unauthorized("missing `Authorization: key=<app secret>`"))?;
     state.node.apps().authenticate_secret(secret).ok_or_else(|| HttpError::unauthorized("unknown app secret"))
@@ -168,12 +178,9 @@ async fn register_device(state: &HttpState, req: Request<Incoming>) -> HttpResul
     Ok(json_response(StatusCode::CREATED, &serde_json::json!({ "regid": regid.to_string(), "token": token })))
 }
 
+/// `send_at`, `request_id`, templates and the broadcast limit live in `api_routes.rs`.
 async fn send_message(state: &HttpState, req: Request<Incoming>) -> HttpResult {
-    let app_id = app_of(state, &req)?;
-    let body = read_body(state, req).await?;
-    let request = SendRequest::from_json(&body).map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let outcome = state.node.send(app_id, request).await?;
-    Ok(json_response(StatusCode::OK, &outcome))
+    api_routes::send_message(state, req).await
 }
 
 #[derive(Deserialize)]
@@ -230,6 +237,9 @@ async fn message_status(state: &HttpState, req: &Request<Incoming>, id_text: &st
     let Some(id) = parse_message_id(id_text) else {
         return Err(HttpError::not_found(format!("no message {id_text}")));
     };
+    if let Some(scheduled) = api_routes::scheduled_status(state, app_id, id, id_text).await? {
+        return Ok(scheduled);
+    }
     match state.node.message_status(app_id, id).await? {
         Some(counts) => {
             let now = core_engine::clock::now_unix_s();

@@ -27,8 +27,10 @@ pub enum MessageKind {
     Passthrough,
 }
 
-/// A send request's message fields, as the app server wrote them.
+/// A send request's message fields, as the app server wrote them. Unknown fields are
+/// refused (a typo must not silently drop a setting).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PushRequest {
     #[serde(rename = "type", default)]
     pub kind: MessageKind,
@@ -82,6 +84,12 @@ struct EnvelopeJson<'a> {
 }
 
 impl PushRequest {
+    /// The message fields of a send body (everything but `target`), strictly: an unknown
+    /// field is an error that names it.
+    pub fn from_map(map: serde_json::Map<String, serde_json::Value>) -> Result<PushRequest, PushError> {
+        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| PushError::Invalid(e.to_string()))
+    }
+
     /// Checks every limit and builds the envelope.
     pub fn into_envelope(self, id: MessageId, app_id: AppId, now_s: u64) -> Result<Envelope, PushError> {
         let invalid = |what: String| Err(PushError::Invalid(what));

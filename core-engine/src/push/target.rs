@@ -85,13 +85,6 @@ pub struct SendRequest {
     pub message: PushRequest,
 }
 
-#[derive(Deserialize)]
-struct SendJson {
-    target: TargetJson,
-    #[serde(flatten)]
-    message: PushRequest,
-}
-
 /// Checks a topic or alias name: 1..=128 bytes, no `/`, `+`, `#` or control characters.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -107,11 +100,20 @@ fn check_names(what: &str, names: &[String], max: usize) -> Result<(), PushError
 }
 
 impl SendRequest {
-    /// Parses and checks the JSON body of a send.
+    /// Parses and checks the JSON body of a send. Strict: a top-level field that is neither
+    /// `target` nor a message field is refused, and the error names it.
     pub fn from_json(body: &[u8]) -> Result<SendRequest, PushError> {
-        let json: SendJson =
+        let map: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(body).map_err(|e| PushError::Invalid(format!("invalid JSON: {e}")))?;
-        let t = json.target;
+        Self::from_map(map)
+    }
+
+    /// [`SendRequest::from_json`] on an already parsed JSON object.
+    pub fn from_map(mut map: serde_json::Map<String, serde_json::Value>) -> Result<SendRequest, PushError> {
+        let target = map.remove("target").ok_or_else(|| PushError::Invalid("missing field `target`".into()))?;
+        let t: TargetJson =
+            serde_json::from_value(target).map_err(|e| PushError::Invalid(format!("invalid target: {e}")))?;
+        let message = PushRequest::from_map(map)?;
         let given = [t.regids.is_some(), t.aliases.is_some(), t.topic.is_some(), t.topics.is_some(), t.all.is_some()]
             .iter()
             .filter(|&&g| g)
@@ -149,13 +151,14 @@ impl SendRequest {
         } else {
             return Err(PushError::Invalid("target.all must be true".into()));
         };
-        Ok(SendRequest { target, message: json.message })
+        Ok(SendRequest { target, message })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::push::MessageKind;
 
     fn parse(json: &str) -> Result<Target, PushError> {
         SendRequest::from_json(json.as_bytes()).map(|r| r.target)
@@ -187,6 +190,20 @@ mod tests {
             Ok(Target::Topics { topics: vec!["a".into(), "b".into()], op: TopicOp::Difference })
         );
         assert_eq!(parse(r#"{"target":{"all":true}}"#), Ok(Target::All));
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_refused_by_name() {
+        let err = parse(r#"{"target":{"all":true},"title":"t","titel":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("`titel`"), "{err}");
+        let err = parse(r#"{"title":"t"}"#).unwrap_err();
+        assert!(err.to_string().contains("`target`"), "{err}");
+        let err = parse(r#"{"target":{"all":true},"ttl":"soon"}"#).unwrap_err();
+        assert!(err.to_string().contains("ttl") || err.to_string().contains("invalid type"), "{err}");
+        let ok = SendRequest::from_json(br#"{"target":{"regids":["a"]},"type":"passthrough","payload":"p","ttl":5}"#)
+            .unwrap();
+        assert_eq!(ok.message.kind, MessageKind::Passthrough);
+        assert_eq!(ok.message.ttl, Some(5));
     }
 
     #[test]

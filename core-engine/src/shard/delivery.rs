@@ -238,8 +238,8 @@ impl Shard {
             ShardMsg::LookupAlias { app_id, alias, reply } => {
                 let _ = reply.send(self.aliases.get(app_id, &alias).to_vec());
             }
-            ShardMsg::Handoff { handoff_id, connect, unprocessed } => {
-                self.handoffs.insert(handoff_id, (connect, unprocessed));
+            ShardMsg::Handoff { handoff_id, connect, unprocessed, tls } => {
+                self.handoffs.insert(handoff_id, (connect, unprocessed, tls));
             }
             ShardMsg::Stored { result, then } => self.on_stored(result, then),
             ShardMsg::StoreEvents(events) => self.on_store_events(events),

@@ -128,6 +128,7 @@ impl Shard {
         };
         let (connect, home) = *handoff;
         let unprocessed = conn.session.take_unprocessed();
+        let tls = conn.tls.take();
         let handoff_id = self.shared.next_handoff_id();
         let Some(&ring_fd) = self.shared.ring_fds.get().and_then(|fds| fds.get(home)) else {
             return self.close_conn(key, CloseReason::Server);
@@ -136,6 +137,7 @@ impl Shard {
             handoff_id,
             connect: Box::new(connect),
             unprocessed,
+            tls,
         }) {
             return self.close_conn(key, CloseReason::Server);
         }
@@ -165,7 +167,7 @@ impl Shard {
 
     pub(super) fn on_handoff_arrived(&mut self, handoff_id: u64, result: i32) {
         self.drain_inbox();
-        let Some((connect, unprocessed)) = self.handoffs.remove(&handoff_id) else {
+        let Some((connect, unprocessed, tls)) = self.handoffs.remove(&handoff_id) else {
             tracing::error!(shard = self.index, handoff_id, "a handed-over connection arrived without its record");
             if result >= 0 {
                 self.push_sqe(
@@ -180,7 +182,7 @@ impl Shard {
         }
         let mut session = Session::new(self.now_s);
         session.adopt_connect(&connect, unprocessed);
-        let key = self.insert_conn(result as u32, session);
+        let key = self.insert_conn(result as u32, session, tls);
         self.arm_recv(key);
         let app_id = connect.username.as_deref().and_then(|u| u.parse().ok());
         match RegId::parse(&connect.client_id) {

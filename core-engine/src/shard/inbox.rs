@@ -68,7 +68,7 @@ pub enum ShardMsg {
     LookupAlias { app_id: AppId, alias: String, reply: oneshot::Sender<Vec<RegId>> },
     /// A connection another shard accepted, whose device lives here; its descriptor
     /// arrives by MSG_RING with the same `handoff_id`.
-    Handoff { handoff_id: u64, connect: Box<Connect>, unprocessed: Vec<u8> },
+    Handoff { handoff_id: u64, connect: Box<Connect>, unprocessed: Vec<u8>, tls: Option<Box<rustls::ServerConnection>> },
     /// A store job of this shard finished.
     Stored { result: Result<(), StoreError>, then: AfterStore },
     /// What the store writer decided that statistics count.

@@ -11,6 +11,7 @@ mod delivery;
 mod device;
 mod groups;
 mod inbox;
+mod tls_io;
 mod token;
 
 pub use inbox::{AfterStore, ControlError, PushPart, ShardInbox, ShardMsg, TopicPart};
@@ -26,13 +27,18 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Index of the MQTT-over-TLS listener in `Shard::listeners`.
+const TLS_LISTENER: usize = 1;
 /// Buffer group id of the shard's receive buffers.
 const RECV_BGID: u16 = 0;
 /// Seconds between timer ticks (keep-alive checks, re-arming a stopped accept).
 const TICK: Duration = Duration::from_secs(1);
+/// Seconds a send may make no progress before the device counts as not reading.
+const SLOW_READER_S: u32 = 30;
 /// How long shutdown waits for farewell bytes to leave.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -101,11 +107,16 @@ struct Conn {
     /// Bytes being sent; owned here until the send completes.
     sending: Vec<u8>,
     sent: usize,
+    /// When the current send last made progress (shard seconds): a reader that stalls it
+    /// for [`SLOW_READER_S`] is cut off.
+    send_progress_s: u32,
     send_inflight: bool,
     recv_armed: bool,
     closing: bool,
     /// Set while the connection moves to its home shard.
     handoff: Option<Box<(crate::proto::Connect, usize)>>,
+    /// The TLS layer of a connection accepted on the TLS listener.
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// The shard's state; built and run on its own thread.
@@ -115,7 +126,8 @@ pub struct Shard {
     bufs: BufRing,
     index: usize,
     shared: Arc<NodeShared>,
-    listener: TcpListener,
+    /// The plain MQTT listener and, if configured, the MQTT-over-TLS one.
+    listeners: Vec<TcpListener>,
     inbox_rx: Receiver<ShardMsg>,
     conns: Slab<Conn>,
     devices: HashMap<RegId, Device>,
@@ -132,9 +144,12 @@ pub struct Shard {
     tick_ts: Box<types::Timespec>,
     started: Instant,
     now_s: u32,
-    handoffs: HashMap<u64, (Box<crate::proto::Connect>, Vec<u8>)>,
+    handoffs: HashMap<u64, HandoffRecord>,
     next_gen: u32,
-    accept_armed: bool,
+    /// Whether each listener has a multishot accept armed.
+    accept_armed: [bool; 2],
+    /// Plaintext out of TLS records, before the session reads it.
+    tls_scratch: Box<[u8]>,
     stopping: Option<Instant>,
     events: Vec<Event>,
     limits: SessionLimits,
@@ -144,11 +159,14 @@ pub struct Shard {
     last_stats_flush_s: u32,
 }
 
+/// What arrives over the queue for a connection handed over from another shard.
+type HandoffRecord = (Box<crate::proto::Connect>, Vec<u8>, Option<Box<rustls::ServerConnection>>);
+
 /// Everything a shard needs to start, prepared by the node.
 pub struct ShardSetup {
     pub index: usize,
     pub shared: Arc<NodeShared>,
-    pub listener: TcpListener,
+    pub listeners: Vec<TcpListener>,
     pub inbox_rx: Receiver<ShardMsg>,
     pub stores: Vec<Arc<PartitionStore>>,
 }
@@ -243,7 +261,7 @@ impl Shard {
             bufs,
             index: setup.index,
             shared: setup.shared,
-            listener: setup.listener,
+            listeners: setup.listeners,
             inbox_rx: setup.inbox_rx,
             conns: Slab::new(),
             devices,
@@ -265,7 +283,8 @@ impl Shard {
             now_s: 0,
             handoffs: HashMap::new(),
             next_gen: 0,
-            accept_armed: false,
+            accept_armed: [false; 2],
+            tls_scratch: vec![0; 16 * 1024].into_boxed_slice(),
             stopping: None,
             events: Vec::new(),
             limits,
@@ -310,7 +329,7 @@ impl Shard {
 
     fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
         match token::kind(user_data) {
-            token::ACCEPT => self.on_accept(result, flags),
+            token::ACCEPT => self.on_accept(token::value(user_data) as usize, result, flags),
             token::RECV => self.on_recv(user_data, result, flags),
             token::SEND => self.on_send(user_data, result),
             token::WAKE => {
@@ -351,14 +370,21 @@ impl Shard {
     }
 
     fn arm_accept(&mut self) {
-        if self.accept_armed || self.stopping.is_some() {
+        if self.stopping.is_some() {
             return;
         }
-        let fd = types::Fd(self.listener.as_raw_fd());
-        let entry =
-            opcode::AcceptMulti::new(fd).allocate_file_index(true).build().user_data(token::plain(token::ACCEPT, 0));
-        self.push_sqe(entry);
-        self.accept_armed = true;
+        for index in 0..self.listeners.len() {
+            if self.accept_armed[index] {
+                continue;
+            }
+            let fd = types::Fd(self.listeners[index].as_raw_fd());
+            let entry = opcode::AcceptMulti::new(fd)
+                .allocate_file_index(true)
+                .build()
+                .user_data(token::plain(token::ACCEPT, index as u64));
+            self.push_sqe(entry);
+            self.accept_armed[index] = true;
+        }
     }
 
     fn arm_wake(&mut self) {
@@ -387,29 +413,53 @@ impl Shard {
         self.push_sqe(entry);
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) {
+    fn on_accept(&mut self, listener: usize, result: i32, flags: u32) {
         if !cqueue::more(flags) {
-            self.accept_armed = false;
+            self.accept_armed[listener] = false;
         }
         if result < 0 {
             // -ENFILE: the fixed-file table is full; the tick re-arms accept.
             tracing::warn!(shard = self.index, errno = -result, "accept failed");
             return;
         }
+        let close = opcode::Close::new(types::Fixed(result as u32)).build().user_data(token::plain(token::CLOSE, 0));
         if self.stopping.is_some() {
-            self.push_sqe(
-                opcode::Close::new(types::Fixed(result as u32)).build().user_data(token::plain(token::CLOSE, 0)),
-            );
+            self.push_sqe(close);
             return;
         }
-        let key = self.insert_conn(result as u32, Session::new(self.now_s));
+        let max = self.shared.config.max_connections;
+        if max > 0 {
+            let held: i64 = self.shared.metrics.iter().map(|m| m.connections.load(Ordering::Relaxed)).sum();
+            if held >= max as i64 {
+                self.metrics.disconnects[3].fetch_add(1, Ordering::Relaxed);
+                self.push_sqe(close);
+                return;
+            }
+        }
+        let tls = if listener == TLS_LISTENER {
+            let Some(config) = self.shared.tls.clone() else {
+                self.push_sqe(close);
+                return;
+            };
+            match rustls::ServerConnection::new(config) {
+                Ok(tls) => Some(Box::new(tls)),
+                Err(e) => {
+                    tracing::warn!(shard = self.index, error = %e, "starting TLS failed");
+                    self.push_sqe(close);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let key = self.insert_conn(result as u32, Session::new(self.now_s), tls);
         self.arm_recv(key);
-        if !self.accept_armed && result >= 0 {
+        if !self.accept_armed[listener] {
             self.arm_accept();
         }
     }
 
-    fn insert_conn(&mut self, slot: u32, session: Session) -> u32 {
+    fn insert_conn(&mut self, slot: u32, session: Session, tls: Option<Box<rustls::ServerConnection>>) -> u32 {
         self.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.next_gen = token::next_gen(self.next_gen);
         let key = self.conns.insert(Conn {
@@ -421,10 +471,12 @@ impl Shard {
             backlog: false,
             sending: Vec::new(),
             sent: 0,
+            send_progress_s: 0,
             send_inflight: false,
             recv_armed: false,
             closing: false,
             handoff: None,
+            tls,
         });
         u32::try_from(key).expect("slab keys stay below the fixed-file table size")
     }
@@ -453,12 +505,26 @@ impl Shard {
                 return;
             };
             let conn = &mut self.conns[key as usize];
+            let mut tls_failed = false;
             if !conn.closing {
                 let data = self.bufs.get(bid, result as usize);
-                conn.session.handle_bytes(self.now_s, data, self.limits, &mut self.events);
+                match conn.tls.as_mut() {
+                    None => conn.session.handle_bytes(self.now_s, data, self.limits, &mut self.events),
+                    Some(tls) => {
+                        let session = &mut conn.session;
+                        tls_failed = tls_io::receive(tls, data, &mut self.tls_scratch, |plain| {
+                            session.handle_bytes(self.now_s, plain, self.limits, &mut self.events)
+                        })
+                        .is_err();
+                    }
+                }
             }
             self.bufs.recycle(bid);
-            self.process_events(key);
+            if tls_failed {
+                self.close_conn(key, CloseReason::Malformed(crate::session::reason::MALFORMED_PACKET));
+            } else {
+                self.process_events(key);
+            }
         } else if result == -libc::ECANCELED && self.conns[key as usize].handoff.is_some() {
             // Our own cancel before the connection moves to its home shard.
         } else if result != -libc::ENOBUFS {
@@ -504,13 +570,18 @@ impl Shard {
             return;
         }
         if conn.sending.is_empty() {
-            if !conn.session.has_output() {
+            match conn.tls.as_mut() {
+                None if conn.session.has_output() => conn.sending = conn.session.take_output(),
+                None => {}
+                Some(tls) => tls_io::seal(tls, &mut conn.session, &mut conn.sending),
+            }
+            if conn.sending.is_empty() {
+                conn.sending = Vec::new(); // idle connections hold no send buffer
                 if conn.closing {
                     self.release_conn(key);
                 }
                 return;
             }
-            conn.sending = conn.session.take_output();
             conn.sent = 0;
         }
         self.submit_send(key);
@@ -520,6 +591,7 @@ impl Shard {
         let conn = &mut self.conns[key as usize];
         debug_assert!(conn.sent < conn.sending.len());
         conn.send_inflight = true;
+        conn.send_progress_s = self.now_s;
         let rest = &conn.sending[conn.sent..];
         let entry = opcode::Send::new(types::Fixed(conn.slot), rest.as_ptr(), rest.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
@@ -550,15 +622,7 @@ impl Shard {
         }
         conn.sending.clear();
         conn.sent = 0;
-        if conn.session.has_output() {
-            conn.sending = conn.session.take_output();
-            self.submit_send(key);
-        } else {
-            conn.sending = Vec::new(); // idle connections hold no send buffer
-            if conn.closing {
-                self.release_conn(key);
-            }
-        }
+        self.flush(key);
     }
 
     /// Ends a connection: its farewell bytes go out first, then the descriptor closes.
@@ -575,11 +639,26 @@ impl Shard {
         // A connection that ends before its handoff went out is closed here instead.
         conn.handoff = None;
         conn.session.abandon();
+        if let Some(tls) = conn.tls.as_mut() {
+            tls.send_close_notify();
+        }
         self.count_close(reason);
         if let Some(regid) = device {
             self.detach(key, regid);
         }
         self.flush(key);
+    }
+
+    /// Ends a connection whose send cannot finish (the peer stopped reading): cancels every
+    /// operation on it; the cancelled send's completion then releases it.
+    fn abort_conn(&mut self, key: u32, reason: CloseReason) {
+        tracing::info!(shard = self.index, ?reason, "cutting off a device that stopped reading");
+        self.close_conn(key, reason);
+        let Some(conn) = self.conns.get(key as usize) else { return };
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(conn.slot)).all())
+            .build()
+            .user_data(token::plain(token::CANCEL, 0));
+        self.push_sqe(cancel);
     }
 
     /// Cancels the connection's receive, closes its slot and frees its slab entry.
@@ -615,6 +694,15 @@ impl Shard {
         for key in expired {
             self.conns[key as usize].session.close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
             self.close_conn(key, CloseReason::Timeout);
+        }
+        let stalled: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.send_inflight && now.saturating_sub(c.send_progress_s) > SLOW_READER_S)
+            .map(|(k, _)| k as u32)
+            .collect();
+        for key in stalled {
+            self.abort_conn(key, CloseReason::SlowReader);
         }
         if now >= self.last_stats_flush_s + counting::STATS_FLUSH_S {
             self.last_stats_flush_s = now;

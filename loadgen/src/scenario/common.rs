@@ -23,10 +23,7 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 
 /// Wall-clock time in unix microseconds (0 if the clock is before 1970).
 pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Latency histogram in microseconds, 1 us .. 1 h, 3 significant digits.
@@ -42,8 +39,7 @@ impl Default for Latency {
 
 impl Latency {
     pub fn new() -> Self {
-        let hist = Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("constant histogram bounds are valid");
+        let hist = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid");
         Latency { hist }
     }
 
@@ -114,25 +110,23 @@ pub enum StdinWait {
 /// detached std thread, so a pending read never holds up the runtime's shutdown.
 pub async fn wait_for_stdin_line(word: &'static str, limit: Duration) -> StdinWait {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match std::io::stdin().read_line(&mut line) {
-                    Ok(0) | Err(_) => {
-                        let _ = tx.send(StdinWait::Eof);
-                        return;
-                    }
-                    Ok(_) if line.trim() == word => {
-                        let _ = tx.send(StdinWait::Line);
-                        return;
-                    }
-                    Ok(_) => {}
+    let spawned = std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(StdinWait::Eof);
+                    return;
                 }
+                Ok(_) if line.trim() == word => {
+                    let _ = tx.send(StdinWait::Line);
+                    return;
+                }
+                Ok(_) => {}
             }
-        });
+        }
+    });
     if spawned.is_err() {
         return StdinWait::Eof;
     }

@@ -21,16 +21,12 @@ use std::time::Duration;
 use anyhow::Context;
 use core_engine::proto::{Packet, QoS, Version};
 use loadgen::http_client::HttpClient;
-use loadgen::mqtt_client::{
-    tcp_connect, tcp_connect_from, ClientError, MqttConn, SourcePorts, INBOX,
-};
+use loadgen::mqtt_client::{tcp_connect, tcp_connect_from, ClientError, MqttConn, SourcePorts, INBOX};
 use serde::Serialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
-use super::common::{
-    parse_rate, unix_micros, wait_for_stdin_line, Latency, LatencySummary, StdinWait,
-};
+use super::common::{parse_rate, unix_micros, wait_for_stdin_line, Latency, LatencySummary, StdinWait};
 
 /// Most RegIDs in one `POST /v1/messages`.
 const MAX_BATCH: usize = 1000;
@@ -86,29 +82,11 @@ pub struct HoldArgs {
 
 /// What connection tasks and push workers tell the coordinator.
 enum Event {
-    Connected {
-        idx: u32,
-        regid: String,
-    },
-    Failed {
-        reason: String,
-    },
-    Received {
-        idx: u32,
-        recv_us: u64,
-        sent_us: Option<u64>,
-        dup_flag: bool,
-    },
-    Lost {
-        idx: u32,
-        reason: String,
-    },
-    BatchDone {
-        sent: usize,
-        accepted: Vec<u32>,
-        invalid: usize,
-        error: Option<String>,
-    },
+    Connected { idx: u32, regid: String },
+    Failed { reason: String },
+    Received { idx: u32, recv_us: u64, sent_us: Option<u64>, dup_flag: bool },
+    Lost { idx: u32, reason: String },
+    BatchDone { sent: usize, accepted: Vec<u32>, invalid: usize, error: Option<String> },
 }
 
 /// What every connection task needs.
@@ -149,11 +127,7 @@ struct State {
 
 impl State {
     fn new(n: usize) -> Self {
-        State {
-            flags: vec![0; n],
-            regids: vec![None; n],
-            ..State::default()
-        }
+        State { flags: vec![0; n], regids: vec![None; n], ..State::default() }
     }
 
     fn handle(&mut self, ev: Event) {
@@ -172,12 +146,7 @@ impl State {
                 self.settled += 1;
                 *self.failed.entry(reason).or_default() += 1;
             }
-            Event::Received {
-                idx,
-                recv_us,
-                sent_us,
-                dup_flag,
-            } => {
+            Event::Received { idx, recv_us, sent_us, dup_flag } => {
                 if dup_flag {
                     self.dup_flag += 1;
                 }
@@ -207,12 +176,7 @@ impl State {
                     *f |= LOST;
                 }
             }
-            Event::BatchDone {
-                sent,
-                accepted,
-                invalid,
-                error,
-            } => {
+            Event::BatchDone { sent, accepted, invalid, error } => {
                 self.batches_done += 1;
                 self.invalid += invalid as u64;
                 if let Some(e) = error {
@@ -272,9 +236,7 @@ struct Report {
 }
 
 pub fn run(args: HoldArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = rt.block_on(hold(args));
     rt.shutdown_timeout(Duration::from_secs(5));
     result
@@ -291,18 +253,13 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let n = args.connections;
     if let Some(limit) = open_files_limit() {
         if u64::from(n) + 32 > limit {
-            eprintln!(
-                "warning: {n} connections but the open files limit is {limit}; expect `socket` failures"
-            );
+            eprintln!("warning: {n} connections but the open files limit is {limit}; expect `socket` failures");
         }
     }
-    let http = HttpClient::new(&args.http, Duration::from_secs(args.push_timeout_secs))
-        .context("--http")?;
+    let http = HttpClient::new(&args.http, Duration::from_secs(args.push_timeout_secs)).context("--http")?;
     let cfg = Arc::new(ConnCfg {
         mqtt: args.mqtt,
-        source: args
-            .source_ip
-            .map(|ip| SourcePorts::new(ip, args.source_ports.0, args.source_ports.1)),
+        source: args.source_ip.map(|ip| SourcePorts::new(ip, args.source_ports.0, args.source_ports.1)),
         app_id: args.app_id.clone(),
         app_key: args.app_key.clone(),
         keep_alive: args.keep_alive,
@@ -317,13 +274,7 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let waves = f64::from(n / args.concurrency + 2);
     let bound = (pacing + waves * args.handshake_timeout_secs as f64 + 5.0).min(86_400.0);
     let connect_deadline = connect_start + Duration::from_secs_f64(bound);
-    tokio::spawn(spawn_connections(
-        n,
-        args.rate,
-        args.concurrency,
-        cfg,
-        tx.clone(),
-    ));
+    tokio::spawn(spawn_connections(n, args.rate, args.concurrency, cfg, tx.clone()));
     while state.settled < u64::from(n) {
         match timeout_at(connect_deadline, rx.recv()).await {
             Ok(Some(ev)) => state.handle(ev),
@@ -347,10 +298,7 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
         StdinWait::Line => "go",
         StdinWait::Eof => "eof",
         StdinWait::Timeout => {
-            eprintln!(
-                "warning: no `go` on stdin within {}s; pushing anyway",
-                args.push_timeout_secs
-            );
+            eprintln!("warning: no `go` on stdin within {}s; pushing anyway", args.push_timeout_secs);
             "timeout"
         }
     };
@@ -361,16 +309,10 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     // Phase 3: push one message to every connected device, wait for deliveries.
     let push_start = Instant::now();
     let push_deadline = push_start + Duration::from_secs(args.push_timeout_secs);
-    let targets: Vec<(u32, String)> = state
-        .regids
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, r)| r.take().map(|r| (i as u32, r)))
-        .collect();
-    let batches: Vec<Vec<(u32, String)>> = targets
-        .chunks(args.batch.min(MAX_BATCH as u32) as usize)
-        .map(<[_]>::to_vec)
-        .collect();
+    let targets: Vec<(u32, String)> =
+        state.regids.iter_mut().enumerate().filter_map(|(i, r)| r.take().map(|r| (i as u32, r))).collect();
+    let batches: Vec<Vec<(u32, String)>> =
+        targets.chunks(args.batch.min(MAX_BATCH as u32) as usize).map(<[_]>::to_vec).collect();
     drop(targets);
     let total_batches = batches.len();
     let workers = (args.http_concurrency as usize).min(total_batches.max(1));
@@ -380,13 +322,7 @@ async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     }
     let secret = Arc::new(args.app_secret.clone());
     for list in lists {
-        tokio::spawn(push_worker(
-            http.clone(),
-            secret.clone(),
-            list,
-            push_deadline,
-            tx.clone(),
-        ));
+        tokio::spawn(push_worker(http.clone(), secret.clone(), list, push_deadline, tx.clone()));
     }
     drop(tx);
     let mut timed_out = false;
@@ -441,11 +377,7 @@ fn print_summary(args: &HoldArgs, state: &State, r: &Report) -> anyhow::Result<(
         args.connections,
         r.connect_elapsed_s,
         failed,
-        if r.failed.is_empty() {
-            String::new()
-        } else {
-            format!(": {:?}", r.failed)
-        }
+        if r.failed.is_empty() { String::new() } else { format!(": {:?}", r.failed) }
     )?;
     let push_failed: u64 = r.push_errors.values().sum();
     writeln!(
@@ -454,11 +386,7 @@ fn print_summary(args: &HoldArgs, state: &State, r: &Report) -> anyhow::Result<(
         r.targets,
         r.invalid,
         push_failed,
-        if r.push_errors.is_empty() {
-            String::new()
-        } else {
-            format!(" {:?}", r.push_errors)
-        },
+        if r.push_errors.is_empty() { String::new() } else { format!(" {:?}", r.push_errors) },
         r.received,
         r.targets,
         r.elapsed_s,
@@ -470,31 +398,16 @@ fn print_summary(args: &HoldArgs, state: &State, r: &Report) -> anyhow::Result<(
         r.duplicates,
         r.dup_flag,
         state.lost_total(),
-        if r.lost.is_empty() {
-            String::new()
-        } else {
-            format!(" {:?}", r.lost)
-        }
+        if r.lost.is_empty() { String::new() } else { format!(" {:?}", r.lost) }
     )?;
-    writeln!(
-        out,
-        "latency ({} samples): {}",
-        state.latency.len(),
-        r.latency_us
-    )?;
+    writeln!(out, "latency ({} samples): {}", state.latency.len(), r.latency_us)?;
     out.flush()?;
     Ok(())
 }
 
 /// Starts `n` connection tasks at `rate` per second, at most `concurrency` in their
 /// handshake at once.
-async fn spawn_connections(
-    n: u32,
-    rate: f64,
-    concurrency: u32,
-    cfg: Arc<ConnCfg>,
-    tx: mpsc::UnboundedSender<Event>,
-) {
+async fn spawn_connections(n: u32, rate: f64, concurrency: u32, cfg: Arc<ConnCfg>, tx: mpsc::UnboundedSender<Event>) {
     let sem = Arc::new(Semaphore::new(concurrency as usize));
     let start = Instant::now();
     for idx in 0..n {
@@ -510,12 +423,7 @@ async fn spawn_connections(
 }
 
 /// One device: connect + register (bounded), then hold the connection.
-async fn connection(
-    idx: u32,
-    cfg: Arc<ConnCfg>,
-    permit: OwnedSemaphorePermit,
-    tx: mpsc::UnboundedSender<Event>,
-) {
+async fn connection(idx: u32, cfg: Arc<ConnCfg>, permit: OwnedSemaphorePermit, tx: mpsc::UnboundedSender<Event>) {
     let deadline = Instant::now() + cfg.handshake_timeout;
     let established = establish(&cfg, deadline).await;
     drop(permit);
@@ -527,17 +435,12 @@ async fn connection(
             conn
         }
         Err(e) => {
-            let _ = tx.send(Event::Failed {
-                reason: e.reason_label(),
-            });
+            let _ = tx.send(Event::Failed { reason: e.reason_label() });
             return;
         }
     };
     let end = hold_connection(&mut conn, idx, cfg.keep_alive, &tx).await;
-    let _ = tx.send(Event::Lost {
-        idx,
-        reason: end.reason_label(),
-    });
+    let _ = tx.send(Event::Lost { idx, reason: end.reason_label() });
 }
 
 async fn establish(cfg: &ConnCfg, deadline: Instant) -> Result<(MqttConn, String), ClientError> {
@@ -547,16 +450,11 @@ async fn establish(cfg: &ConnCfg, deadline: Instant) -> Result<(MqttConn, String
             None => tcp_connect(cfg.mqtt, None).await,
         }
     };
-    let stream = timeout_at(deadline, connect)
-        .await
-        .map_err(|_| ClientError::Timeout("connect"))??;
+    let stream = timeout_at(deadline, connect).await.map_err(|_| ClientError::Timeout("connect"))??;
     let mut conn = MqttConn::new(stream, Version::V5);
-    let reg = timeout_at(
-        deadline,
-        conn.register(&cfg.app_id, &cfg.app_key, cfg.keep_alive),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout("connack"))??;
+    let reg = timeout_at(deadline, conn.register(&cfg.app_id, &cfg.app_key, cfg.keep_alive))
+        .await
+        .map_err(|_| ClientError::Timeout("connack"))??;
     Ok((conn, reg.regid))
 }
 
@@ -589,12 +487,7 @@ async fn hold_connection(
                     }
                 }
                 if p.topic == INBOX {
-                    let ev = Event::Received {
-                        idx,
-                        recv_us,
-                        sent_us: sent_micros(&p.payload),
-                        dup_flag: p.dup,
-                    };
+                    let ev = Event::Received { idx, recv_us, sent_us: sent_micros(&p.payload), dup_flag: p.dup };
                     if tx.send(ev).is_err() {
                         return ClientError::Closed;
                     }
@@ -624,12 +517,7 @@ fn sent_micros(envelope: &[u8]) -> Option<u64> {
     struct Envelope {
         payload: Option<String>,
     }
-    serde_json::from_slice::<Envelope>(envelope)
-        .ok()?
-        .payload?
-        .trim()
-        .parse()
-        .ok()
+    serde_json::from_slice::<Envelope>(envelope).ok()?.payload?.trim().parse().ok()
 }
 
 /// Sends its batches one after another, each carrying its own send timestamp, and
@@ -673,13 +561,7 @@ async fn push_worker(
             }
         };
         let resp = http
-            .request_within(
-                hyper::Method::POST,
-                "/v1/messages",
-                Some(&auth),
-                Some(bytes),
-                deadline - now,
-            )
+            .request_within(hyper::Method::POST, "/v1/messages", Some(&auth), Some(bytes), deadline - now)
             .await
             .and_then(|r| r.error_for_status());
         let ev = match resp {
@@ -688,31 +570,15 @@ async fn push_worker(
                     .json::<serde_json::Value>()
                     .ok()
                     .and_then(|v| {
-                        v.get("invalid").and_then(|i| i.as_array()).map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str().map(str::to_string))
-                                .collect()
-                        })
+                        v.get("invalid")
+                            .and_then(|i| i.as_array())
+                            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
                     })
                     .unwrap_or_default();
-                let accepted = batch
-                    .iter()
-                    .filter(|(_, r)| !invalid.contains(r))
-                    .map(|(i, _)| *i)
-                    .collect();
-                Event::BatchDone {
-                    sent,
-                    accepted,
-                    invalid: invalid.len(),
-                    error: None,
-                }
+                let accepted = batch.iter().filter(|(_, r)| !invalid.contains(r)).map(|(i, _)| *i).collect();
+                Event::BatchDone { sent, accepted, invalid: invalid.len(), error: None }
             }
-            Err(e) => Event::BatchDone {
-                sent,
-                accepted: Vec::new(),
-                invalid: 0,
-                error: Some(e.reason_label()),
-            },
+            Err(e) => Event::BatchDone { sent, accepted: Vec::new(), invalid: 0, error: Some(e.reason_label()) },
         };
         if tx.send(ev).is_err() {
             return;
@@ -747,47 +613,18 @@ mod tests {
     fn outstanding_accounting() {
         let mut s = State::new(3);
         for (idx, r) in ["a", "b", "c"].iter().enumerate() {
-            s.handle(Event::Connected {
-                idx: idx as u32,
-                regid: r.to_string(),
-            });
+            s.handle(Event::Connected { idx: idx as u32, regid: r.to_string() });
         }
         // 0 receives before its batch is acknowledged; 2 is lost.
-        s.handle(Event::Received {
-            idx: 0,
-            recv_us: 200,
-            sent_us: Some(100),
-            dup_flag: false,
-        });
-        s.handle(Event::BatchDone {
-            sent: 3,
-            accepted: vec![0, 1, 2],
-            invalid: 0,
-            error: None,
-        });
+        s.handle(Event::Received { idx: 0, recv_us: 200, sent_us: Some(100), dup_flag: false });
+        s.handle(Event::BatchDone { sent: 3, accepted: vec![0, 1, 2], invalid: 0, error: None });
         assert_eq!(s.outstanding, 2);
-        s.handle(Event::Lost {
-            idx: 2,
-            reason: "closed".into(),
-        });
+        s.handle(Event::Lost { idx: 2, reason: "closed".into() });
         assert_eq!(s.outstanding, 1);
-        s.handle(Event::Received {
-            idx: 1,
-            recv_us: 300,
-            sent_us: None,
-            dup_flag: false,
-        });
-        s.handle(Event::Received {
-            idx: 1,
-            recv_us: 300,
-            sent_us: None,
-            dup_flag: true,
-        });
+        s.handle(Event::Received { idx: 1, recv_us: 300, sent_us: None, dup_flag: false });
+        s.handle(Event::Received { idx: 1, recv_us: 300, sent_us: None, dup_flag: true });
         assert_eq!(s.outstanding, 0);
-        assert_eq!(
-            (s.received, s.duplicates, s.dup_flag, s.unparsed),
-            (2, 1, 1, 1)
-        );
+        assert_eq!((s.received, s.duplicates, s.dup_flag, s.unparsed), (2, 1, 1, 1));
         assert_eq!(s.latency.len(), 1);
         assert_eq!(s.targets, 3);
     }

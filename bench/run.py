@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark runner (called by scripts/bench; stdlib only).
+
+For every target (pushnode, mosquitto, nats-server, rumqttd, the bench's bare server)
+and every scenario of the profile it starts a fresh server on loopback, runs the same
+`loadgen` scenario against it with --json, stops the server by its PID, and finally
+renders the comparison table with bench/render.py.
+
+Everything is bounded: each server start waits at most START_TIMEOUT_S, each loadgen run
+at most its --timeout-secs plus a grace period (then its process group is killed), each
+server stop waits STOP_TIMEOUT_S after SIGTERM before SIGKILL. Only processes this
+script started are signalled, by PID / process group id.
+
+Results: bench/results/<date>-<profile>/ holds one <target>-<scenario>.json per run
+(loadgen's --json, or a {"skipped": reason} stub), runs.json (what ran, exit codes,
+server CPU and peak RSS), meta.json (machine, profile, versions), logs/, and table.md.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CONFIGS = os.path.join(HERE, "configs")
+RELEASE = os.path.join(ROOT, "target", "release")
+TOOLS_BIN = os.path.join(ROOT, "target", "bench-tools", "bin")
+
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 5
+LOADGEN_GRACE_S = 60
+# Connections a peer is given in the full profile: one process holds at most 20,000 fds.
+FD_LIMIT = 20_000
+PEER_CAP = 19_000
+
+ALL_TARGETS = ["pushnode", "mosquitto", "nats-server", "rumqttd", "bare"]
+ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "churn"]
+
+# Profiles: connections is what Pushnode gets; peers get min(connections, peer_cap).
+PROFILES = {
+    "smoke": dict(
+        connections=500, peer_cap=500, targets=["pushnode", "bare"],
+        scenarios=["connect", "idle", "fanout", "unicast", "churn"],
+        idle_hold_s=2, fanout_messages=5, fanout_interval_ms=100,
+        unicast_rate=1000, unicast_s=3, unicast_batch=100,
+        churn_per_s=50, churn_rate=500, churn_s=3, timeout_s=30, straggler_s=3,
+    ),
+    "quick": dict(
+        connections=10_000, peer_cap=10_000, targets=ALL_TARGETS,
+        scenarios=["connect", "idle", "fanout", "unicast", "churn"],
+        idle_hold_s=3, fanout_messages=10, fanout_interval_ms=200,
+        unicast_rate=20_000, unicast_s=5, unicast_batch=100,
+        churn_per_s=500, churn_rate=5_000, churn_s=5, timeout_s=60, straggler_s=5,
+    ),
+    "full": dict(
+        connections=100_000, peer_cap=PEER_CAP, targets=ALL_TARGETS,
+        scenarios=["connect", "idle", "fanout", "unicast", "churn"],
+        idle_hold_s=15, fanout_messages=10, fanout_interval_ms=1000,
+        unicast_rate=20_000, unicast_s=30, unicast_batch=100,
+        churn_per_s=2_000, churn_rate=20_000, churn_s=30, timeout_s=600, straggler_s=15,
+    ),
+}
+
+# MQTT version loadgen speaks to each peer (nats-server's MQTT is 3.1.1 only).
+MQTT_VERSION = {"mosquitto": 5, "nats-server": 3, "rumqttd": 5, "bare": 5}
+
+# Scenarios only some targets run, and why the others do not.
+ONLY_FOR = {"churn": ({"pushnode"}, "churn checks Pushnode's no-loss guarantee across "
+                      "reconnects; loadgen runs it against --target pushnode only (plain MQTT "
+                      "clients use clean sessions, where loss is by design)")}
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, limit_s):
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode} before listening"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return None
+        except OSError:
+            time.sleep(0.1)
+    return f"not listening on {port} after {limit_s}s"
+
+
+def render_config(name, out_dir, **subst):
+    with open(os.path.join(CONFIGS, name)) as f:
+        text = f.read()
+    for k, v in subst.items():
+        text = text.replace(f"@{k}@", str(v))
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def proc_stats(pid):
+    """Server CPU seconds and peak RSS (VmHWM) from /proc, while it still runs."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        out["server_cpu_s"] = round((int(fields[11]) + int(fields[12])) / tick, 2)
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    key = "server_peak_rss_bytes" if line.startswith("VmHWM") else "server_rss_bytes"
+                    out[key] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+class Server:
+    """One started target: its process, its MQTT address and loadgen's target flags."""
+
+    def __init__(self, name, proc, mqtt_port, loadgen_args, tmp, logf):
+        self.name, self.proc, self.mqtt_port = name, proc, mqtt_port
+        self.loadgen_args, self.tmp, self.logf = loadgen_args, tmp, logf
+        self.extra = {}
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        """SIGTERM by PID, then SIGKILL after STOP_TIMEOUT_S."""
+        stats = proc_stats(self.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {self.pid}) ignored SIGTERM; SIGKILL")
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT_S)
+        self.logf.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return stats
+
+
+def spawn(name, argv, logs_dir, tag, tmp, env=None):
+    logf = open(os.path.join(logs_dir, f"{tag}.server.log"), "w")
+    logf.write("$ " + " ".join(argv) + "\n")
+    logf.flush()
+    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=tmp, env=env)
+    return proc, logf
+
+
+def pushnode_layout(n):
+    """Shards and per-shard capacity for n connections (a ring's fixed-file table, like
+    a process's fd table, holds at most ~20,000 here)."""
+    cores = os.cpu_count() or 1
+    per_shard_max = 16_384
+    shards = max(cores, math.ceil(n * 1.3 / per_shard_max))
+    per_shard = min(per_shard_max, max(1024, math.ceil(n * 1.3 / shards) + 1024))
+    return shards, per_shard
+
+
+def start_pushnode(n, logs_dir, tag):
+    tmp = tempfile.mkdtemp(prefix="bench-pushnode-")
+    mqtt, http = free_port(), free_port()
+    shards, per_shard = pushnode_layout(n)
+    cfg = os.path.join(tmp, "pushnode.toml")
+    with open(cfg, "w") as f:
+        f.write(f"partitions = {max(16, shards)}\nlog = \"warn\"\n")
+    data = os.path.join(tmp, "data")
+    argv = [os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
+            "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",
+            "--durability", "buffered", "--shards", str(shards),
+            "--max-connections-per-shard", str(per_shard)]
+    proc, logf = spawn("pushnode", argv, logs_dir, tag, tmp)
+    srv = Server("pushnode", proc, mqtt, [], tmp, logf)
+    err = wait_port(mqtt, proc, START_TIMEOUT_S) or wait_port(http, proc, START_TIMEOUT_S)
+    if err:
+        srv.stop()
+        raise RuntimeError(f"pushnode: {err}")
+    token_path = os.path.join(data, "admin.token")
+    with open(token_path) as f:
+        token = f.read().strip()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{http}/v1/apps", method="POST",
+        data=json.dumps({"name": "bench", "package": "com.bench"}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        app = json.load(r)
+    srv.loadgen_args = ["--target", "pushnode", "--mqtt", f"127.0.0.1:{mqtt}",
+                        "--http", f"http://127.0.0.1:{http}", "--app-id", app["app_id"],
+                        "--app-key", app["app_key"], "--app-secret", app["app_secret"]]
+    srv.extra = {"shards": shards, "max_connections_per_shard": per_shard}
+    return srv
+
+
+def mqtt_target(name, proc, port, tmp, logf):
+    srv = Server(name, proc, port, ["--target", "mqtt", "--mqtt", f"127.0.0.1:{port}",
+                                    "--mqtt-version", str(MQTT_VERSION[name])], tmp, logf)
+    err = wait_port(port, proc, START_TIMEOUT_S)
+    if err:
+        srv.stop()
+        raise RuntimeError(f"{name}: {err}")
+    return srv
+
+
+def start_mosquitto(n, logs_dir, tag):
+    tmp = tempfile.mkdtemp(prefix="bench-mosquitto-")
+    port = free_port()
+    cfg = render_config("mosquitto.conf", tmp, MQTT_PORT=port)
+    proc, logf = spawn("mosquitto", [find_bin("mosquitto"), "-c", cfg], logs_dir, tag, tmp)
+    return mqtt_target("mosquitto", proc, port, tmp, logf)
+
+
+def start_nats(n, logs_dir, tag):
+    tmp = tempfile.mkdtemp(prefix="bench-nats-")
+    port, nats_port = free_port(), free_port()
+    store = os.path.join(tmp, "jetstream")
+    cfg = render_config("nats-server.conf", tmp, MQTT_PORT=port, NATS_PORT=nats_port,
+                        STORE_DIR=store)
+    proc, logf = spawn("nats-server", [find_bin("nats-server"), "-c", cfg], logs_dir, tag, tmp)
+    return mqtt_target("nats-server", proc, port, tmp, logf)
+
+
+def start_rumqttd(n, logs_dir, tag):
+    tmp = tempfile.mkdtemp(prefix="bench-rumqttd-")
+    v4, v5 = free_port(), free_port()
+    cfg = render_config("rumqttd.toml", tmp, MQTT_PORT=v4, MQTT5_PORT=v5)
+    proc, logf = spawn("rumqttd", [find_bin("rumqttd"), "-q", "-c", cfg], logs_dir, tag, tmp)
+    port = v5 if MQTT_VERSION["rumqttd"] == 5 else v4
+    return mqtt_target("rumqttd", proc, port, tmp, logf)
+
+
+def start_bare(n, logs_dir, tag):
+    tmp = tempfile.mkdtemp(prefix="bench-bare-")
+    port = free_port()
+    argv = [os.path.join(RELEASE, "bench"), "bare-server", "--listen", f"127.0.0.1:{port}",
+            "--max-secs", "3600"]
+    proc, logf = spawn("bare", argv, logs_dir, tag, tmp)
+    return mqtt_target("bare", proc, port, tmp, logf)
+
+
+STARTERS = {"pushnode": start_pushnode, "mosquitto": start_mosquitto,
+            "nats-server": start_nats, "rumqttd": start_rumqttd, "bare": start_bare}
+
+
+def find_bin(name):
+    for d in (TOOLS_BIN, "/usr/sbin", "/usr/bin", "/usr/local/bin"):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    p = shutil.which(name)
+    if p:
+        return p
+    raise FileNotFoundError(f"{name} not installed (run scripts/bench-setup)")
+
+
+def loadgen_bin():
+    return os.environ.get("LOADGEN") or os.path.join(RELEASE, "loadgen")
+
+
+def loadgen_scenarios():
+    """Scenarios the built loadgen offers (parsed from its --help)."""
+    try:
+        out = subprocess.run([loadgen_bin(), "--help"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    found, in_cmds = set(), False
+    for line in out.splitlines():
+        if line.strip().lower().startswith("commands:"):
+            in_cmds = True
+            continue
+        if in_cmds:
+            if not line.startswith("  "):
+                break
+            found.add(line.split()[0])
+    return found
+
+
+def loadgen_argv(scenario, srv, n, p, json_path):
+    """THE loadgen invocation: the one place that knows loadgen's CLI."""
+    workers = max(1, math.ceil((n + 100) / (FD_LIMIT - 2_000)))
+    argv = [loadgen_bin(), scenario] + srv.loadgen_args + [
+        "--source-ips", "127.0.0.2-127.0.0.17", "--workers", str(workers),
+        "--json", json_path, "--timeout-secs", str(p["timeout_s"]),
+        "--straggler-secs", str(p["straggler_s"])]
+    if scenario == "connect":
+        argv += ["--connections", str(n), "--rate", "0"]
+    elif scenario == "idle":
+        argv += ["--connections", str(n), "--hold-secs", str(p["idle_hold_s"]),
+                 "--server-pid", str(srv.pid)]
+    elif scenario == "fanout":
+        argv += ["--subscribers", str(n), "--messages", str(p["fanout_messages"]),
+                 "--qos", "1", "--interval-ms", str(p["fanout_interval_ms"])]
+    elif scenario == "unicast":
+        argv += ["--connections", str(n), "--rate", str(p["unicast_rate"]),
+                 "--duration-secs", str(p["unicast_s"])]
+        if srv.name == "pushnode":
+            argv += ["--batch", str(p["unicast_batch"])]
+    elif scenario == "churn":
+        argv += ["--connections", str(n), "--churn-per-sec", str(p["churn_per_s"]),
+                 "--rate", str(p["churn_rate"]), "--duration-secs", str(p["churn_s"])]
+    else:
+        raise ValueError(scenario)
+    return argv
+
+
+def run_loadgen(argv, logs_dir, tag, limit_s):
+    """Runs loadgen in its own process group; kills that group if it overruns."""
+    with open(os.path.join(logs_dir, f"{tag}.loadgen.log"), "w") as logf:
+        logf.write("$ " + " ".join(argv) + "\n")
+        logf.flush()
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            return proc.wait(limit_s), False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(STOP_TIMEOUT_S)
+            return proc.returncode, True
+
+
+def first_error(log_path):
+    """loadgen's `Error: ...` line, if it printed one."""
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if line.startswith("Error:"):
+                    return line[len("Error:"):].strip()[:300]
+    except OSError:
+        pass
+    return None
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def machine_info():
+    info = {"nproc": os.cpu_count(), "kernel": platform.release()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["mem_total_kib"] = int(f.readline().split()[1])
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+        info["nofile"] = list(resource.getrlimit(resource.RLIMIT_NOFILE))
+    except (ImportError, ValueError):
+        pass
+    return info
+
+
+def versions():
+    out = {}
+    probes = {"mosquitto": ["-h"], "nats-server": ["--version"], "rumqttd": ["--version"]}
+    for name, args in probes.items():
+        try:
+            r = subprocess.run([find_bin(name)] + args, capture_output=True, text=True, timeout=10)
+            text = (r.stdout + r.stderr).strip().splitlines()
+            out[name] = text[0] if text else "?"
+        except (OSError, FileNotFoundError, subprocess.TimeoutExpired):
+            out[name] = "not installed"
+    try:
+        out["git"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        pass
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    ap.add_argument("--only", help="comma-separated targets: " + ",".join(ALL_TARGETS))
+    ap.add_argument("--scenarios", help="comma-separated scenarios: " + ",".join(ALL_SCENARIOS))
+    ap.add_argument("--connections", type=int,
+                    help="override the profile's connection count (Pushnode; peers stay capped)")
+    ap.add_argument("--out", help="results folder (default bench/results/<date>-<profile>)")
+    args = ap.parse_args()
+
+    p = dict(PROFILES[args.profile])
+    if args.connections:
+        p["connections"] = args.connections
+    targets = args.only.split(",") if args.only else p["targets"]
+    scenarios = args.scenarios.split(",") if args.scenarios else p["scenarios"]
+    for t in targets:
+        if t not in STARTERS:
+            sys.exit(f"unknown target {t!r}; known: {', '.join(ALL_TARGETS)}")
+    for s in scenarios:
+        if s not in ALL_SCENARIOS:
+            sys.exit(f"unknown scenario {s!r}; known: {', '.join(ALL_SCENARIOS)}")
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    out = args.out or os.path.join(HERE, "results", f"{stamp}-{args.profile}")
+    logs = os.path.join(out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    offered = loadgen_scenarios()
+    meta = {"profile": args.profile, "params": p, "targets": targets, "scenarios": scenarios,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine_info(), "versions": versions(),
+            "mqtt_version": MQTT_VERSION, "fd_limit": FD_LIMIT,
+            "loadgen_scenarios": sorted(offered), "command": " ".join(sys.argv)}
+    write_json(os.path.join(out, "meta.json"), meta)
+    log(f"profile {args.profile}: {p['connections']} connections (peers <= {p['peer_cap']}), "
+        f"targets {','.join(targets)}, scenarios {','.join(scenarios)} -> {out}")
+
+    runs = []
+    t0 = time.monotonic()
+    for target in targets:
+        n = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
+        for scenario in scenarios:
+            tag = f"{target}-{scenario}"
+            json_path = os.path.join(out, f"{tag}.json")
+            run = {"target": target, "scenario": scenario, "connections": n,
+                   "capped": target != "pushnode" and n < p["connections"]}
+            if scenario in ONLY_FOR and target not in ONLY_FOR[scenario][0]:
+                run["skipped"] = "not run: " + ONLY_FOR[scenario][1]
+            elif scenario not in offered:
+                run["skipped"] = f"loadgen has no `{scenario}` scenario (yet)"
+            if run.get("skipped"):
+                log(f"{tag}: skipped: {run['skipped']}")
+                write_json(json_path, {"scenario": scenario, "target": target,
+                                       "skipped": run["skipped"]})
+                runs.append(run)
+                continue
+            try:
+                srv = STARTERS[target](n, logs, tag)
+            except (RuntimeError, OSError, KeyError, ValueError) as e:
+                run["skipped"] = f"could not start {target}: {e}"
+                log(f"{tag}: {run['skipped']}")
+                write_json(json_path, {"scenario": scenario, "target": target,
+                                       "skipped": run["skipped"]})
+                runs.append(run)
+                continue
+            run["server_pid"] = srv.pid
+            run.update(srv.extra)
+            argv = loadgen_argv(scenario, srv, n, p, json_path)
+            log(f"{tag}: server pid {srv.pid}; loadgen {scenario} x{n}")
+            started = time.monotonic()
+            rc, overran = run_loadgen(argv, logs, tag, p["timeout_s"] + LOADGEN_GRACE_S)
+            run.update({"loadgen_rc": rc, "loadgen_killed": overran,
+                        "wall_s": round(time.monotonic() - started, 1)})
+            run["server_alive_after"] = srv.proc.poll() is None
+            run.update(srv.stop())
+            if not os.path.exists(json_path):
+                why = first_error(os.path.join(logs, f"{tag}.loadgen.log"))
+                write_json(json_path, {"scenario": scenario, "target": target,
+                                       "error": f"loadgen exited {rc} without --json output"
+                                       + (" (killed: over time)" if overran else "")
+                                       + (f": {why}" if why else "")})
+            log(f"{tag}: loadgen rc {rc} in {run['wall_s']} s"
+                + ("" if run["server_alive_after"] else " (server had died)"))
+            runs.append(run)
+            write_json(os.path.join(out, "runs.json"), runs)
+    write_json(os.path.join(out, "runs.json"), runs)
+    meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    write_json(os.path.join(out, "meta.json"), meta)
+    r = subprocess.run([sys.executable, os.path.join(HERE, "render.py"), out], timeout=60)
+    log(f"done in {meta['elapsed_s']} s; table: {os.path.join(out, 'table.md')}")
+    return r.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+//! A worker's shared bookkeeping, filled by its connection tasks and senders on one
+//! thread (`Rc<RefCell<Tally>>`): connects and failures by reason, the addresses of
+//! connected devices, deliveries with their latency, and, for churn, which message
+//! ids every device received (to count duplicates and losses).
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+
+use super::histogram::LatencyHist;
+use super::plan::Progress;
+
+/// Per-worker counters.
+#[derive(Default)]
+pub struct Tally {
+    pub connected: u64,
+    pub settled: u64,
+    pub failed: BTreeMap<String, u64>,
+    /// Per connection: its address (pushnode RegID, or mqtt topic suffix) once connected.
+    pub addresses: Vec<Option<Box<str>>>,
+    /// Indices of connected devices, in connect order.
+    pub live: Vec<u32>,
+    pub connect_start_us: u64,
+    pub connect_end_us: u64,
+    pub sent: u64,
+    pub deliveries: u64,
+    pub first_send_us: u64,
+    pub last_delivery_us: u64,
+    pub latency: LatencyHist,
+    /// Deliveries whose payload held no timestamp.
+    pub unparsed: u64,
+    /// Track (device, message id) pairs (churn).
+    pub track_ids: bool,
+    pub received_ids: HashSet<(u32, Box<str>)>,
+    pub duplicates: u64,
+    pub reconnects: u64,
+    pub send_start_us: u64,
+    pub send_end_us: u64,
+    pub lost: u64,
+}
+
+/// What a delivery carried: its message id (pushnode envelope) and send time.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    pub id: Option<String>,
+    pub sent_us: Option<u64>,
+}
+
+/// Reads a delivery payload: a pushnode envelope `{"id","payload":"<micros>",...}`,
+/// or a bare decimal timestamp (plain MQTT).
+pub fn parse_delivery(payload: &[u8]) -> DeliveryInfo {
+    #[derive(Deserialize)]
+    struct Envelope {
+        id: Option<serde_json::Value>,
+        payload: Option<String>,
+    }
+    if payload.first() == Some(&b'{') {
+        return match serde_json::from_slice::<Envelope>(payload) {
+            Ok(env) => DeliveryInfo {
+                id: env.id.map(|v| match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                }),
+                sent_us: env.payload.and_then(|p| p.trim().parse().ok()),
+            },
+            Err(_) => DeliveryInfo { id: None, sent_us: None },
+        };
+    }
+    DeliveryInfo { id: None, sent_us: std::str::from_utf8(payload).ok().and_then(|s| s.trim().parse().ok()) }
+}
+
+impl Tally {
+    pub fn new(connections: u32) -> Self {
+        Tally { addresses: vec![None; connections as usize], ..Tally::default() }
+    }
+
+    pub fn on_connected(&mut self, idx: u32, address: Box<str>, now_us: u64) {
+        self.connected += 1;
+        self.settled += 1;
+        self.connect_end_us = now_us;
+        if let Some(slot) = self.addresses.get_mut(idx as usize) {
+            *slot = Some(address);
+        }
+        self.live.push(idx);
+    }
+
+    pub fn on_failed(&mut self, reason: String, now_us: u64) {
+        self.settled += 1;
+        self.connect_end_us = now_us;
+        *self.failed.entry(reason).or_default() += 1;
+    }
+
+    /// A failure after the connect phase (a lost connection, a failed send...).
+    pub fn count_failure(&mut self, reason: String) {
+        *self.failed.entry(reason).or_default() += 1;
+    }
+
+    pub fn on_delivery(&mut self, idx: u32, payload: &[u8], recv_us: u64) {
+        let info = parse_delivery(payload);
+        if self.track_ids {
+            if let Some(id) = info.id {
+                if !self.received_ids.insert((idx, id.into_boxed_str())) {
+                    self.duplicates += 1;
+                    return;
+                }
+            }
+        }
+        self.deliveries += 1;
+        self.last_delivery_us = self.last_delivery_us.max(recv_us);
+        match info.sent_us {
+            Some(sent) => self.latency.record(recv_us.saturating_sub(sent)),
+            None => self.unparsed += 1,
+        }
+    }
+
+    pub fn note_send(&mut self, accepted: u64, send_us: u64) {
+        self.sent += accepted;
+        if self.first_send_us == 0 || send_us < self.first_send_us {
+            self.first_send_us = send_us;
+        }
+    }
+
+    /// Of `expected` (device, message id) pairs, how many never arrived.
+    pub fn count_lost(&self, expected: &[(u32, Box<str>)]) -> u64 {
+        expected.iter().filter(|(idx, id)| !self.received_ids.contains(&(*idx, id.clone()))).count() as u64
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress {
+            connected: self.connected,
+            failed: self.failed.values().sum(),
+            sent: self.sent,
+            deliveries: self.deliveries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(
+            parse_delivery(br#"{"id":"m7","type":"passthrough","payload":"1700000000000123"}"#),
+            DeliveryInfo { id: Some("m7".into()), sent_us: Some(1_700_000_000_000_123) }
+        );
+        assert_eq!(parse_delivery(br#"{"id":12,"payload":"x"}"#).id.as_deref(), Some("12"));
+        assert_eq!(parse_delivery(b"42").sent_us, Some(42));
+        assert_eq!(parse_delivery(b"{broken").sent_us, None);
+        assert_eq!(parse_delivery(b"").sent_us, None);
+    }
+
+    #[test]
+    fn duplicates_and_losses() {
+        let mut t = Tally::new(2);
+        t.track_ids = true;
+        t.on_connected(0, "r0".into(), 1);
+        t.on_connected(1, "r1".into(), 2);
+        let m = |id: &str| format!(r#"{{"id":"{id}","payload":"100"}}"#).into_bytes();
+        t.on_delivery(0, &m("a"), 300);
+        t.on_delivery(0, &m("a"), 400); // re-sent after a reconnect
+        t.on_delivery(1, &m("a"), 350); // same message, other device: not a duplicate
+        t.on_delivery(1, &m("b"), 360);
+        assert_eq!((t.deliveries, t.duplicates), (3, 1));
+        assert_eq!(t.latency.count(), 3);
+        assert_eq!(t.last_delivery_us, 360);
+        let expected: Vec<(u32, Box<str>)> = vec![(0, "a".into()), (1, "a".into()), (1, "b".into()), (0, "c".into())];
+        assert_eq!(t.count_lost(&expected), 1);
+        t.on_failed("timeout connect".into(), 5);
+        assert_eq!(t.progress().failed, 1);
+        assert_eq!(t.settled, 3);
+    }
+}

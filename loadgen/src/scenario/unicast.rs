@@ -1,0 +1,67 @@
+//! `loadgen unicast`: N connected devices; open-loop at R messages/s to random devices
+//! for T seconds, latency from each message's scheduled send time (no coordinated
+//! omission); then wait (bounded) for late deliveries and report the achieved rate
+//! and latency percentiles. Every worker sends R / workers to its own devices.
+
+use std::rc::Rc;
+
+use tokio::time::Instant;
+
+use super::open_loop;
+use super::options::{parse_rate_or_zero, CommonArgs};
+use super::parent::{self, Spec};
+use super::plan::Load;
+use super::worker::{wait_for, Worker};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnicastArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Devices to connect.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub connections: u64,
+    /// Messages per second (open loop).
+    #[arg(long, value_parser = super::common::parse_rate)]
+    pub rate: f64,
+    /// How long to send, seconds.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration_secs: u64,
+    /// RegIDs per HTTP request (pushnode), 1..=100.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub batch: u32,
+    /// QoS of the subscriptions and plain-MQTT publishes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Connects started per second; 0 = as fast as possible.
+    #[arg(long, default_value = "0", value_parser = parse_rate_or_zero)]
+    pub connect_rate: f64,
+}
+
+pub fn run(args: UnicastArgs) -> anyhow::Result<()> {
+    parent::run(
+        args.common,
+        Spec {
+            connections: args.connections,
+            connect_rate: args.connect_rate,
+            load: Load::Unicast {
+                rate: args.rate,
+                duration_secs: args.duration_secs as f64,
+                batch: args.batch,
+                qos: args.qos,
+            },
+            idle: None,
+        },
+    )
+}
+
+/// Worker side: send, then wait for every accepted message to arrive (bounded by
+/// `--straggler-secs` and the deadline).
+pub async fn load(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos: u8) {
+    open_loop::send(w, rate, duration_secs, batch, qos, None).await;
+    let until = (Instant::now() + std::time::Duration::from_secs(w.plan.straggler_secs)).min(w.deadline);
+    wait_for(until, || {
+        let t = w.tally.borrow();
+        t.deliveries >= t.sent
+    })
+    .await;
+}
