@@ -60,6 +60,9 @@ pub struct Config {
     /// Seconds between two broadcasts (`{"all":true}`) of one app; a faster one gets 429.
     /// 0 turns the limit off.
     pub broadcast_interval_secs: u64,
+    /// Every app request must carry X-Pushnode-Timestamp and X-Pushnode-Signature
+    /// (HMAC-SHA256 with the app secret); unsigned ones get 401 `signature_required`.
+    pub require_signatures: bool,
     /// Shift of the node's clock in seconds (tests of day boundaries only).
     pub clock_offset_secs: i64,
 }
@@ -91,6 +94,7 @@ impl Default for Config {
             max_pending_per_device: 1000,
             max_connections: 0,
             broadcast_interval_secs: 3,
+            require_signatures: false,
             clock_offset_secs: 0,
         }
     }

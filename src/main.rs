@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use config::Config;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[global_allocator]
@@ -35,6 +36,8 @@ enum Command {
     Send(client::SendArgs),
     /// A reference device: registers, connects and prints the pushes that arrive.
     Device(client::DeviceArgs),
+    /// An app's push (or, with --users, user) statistics per day, as a table.
+    Stats(client::StatsArgs),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         Command::App { command: AppCommand::Create(args) } => client::run_app_create(args),
         Command::Send(args) => client::run_send(args),
         Command::Device(args) => client::run_device(args),
+        Command::Stats(args) => client::run_stats(args),
     }
 }
 
@@ -154,18 +158,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token,
         max_body_bytes: config.max_body_bytes,
         api: Arc::new(api),
+        auth: http::AuthState::new(config.require_signatures),
     });
     let https = match (config.https_listen, &config.tls_cert, &config.tls_key) {
         (Some(addr), Some(cert), Some(key)) => Some((addr, core_engine::tls::server_config(cert, key)?)),
         _ => None,
     };
     http::start(config.http_listen, https, config.http_threads, state)?;
-    tracing::info!(shards = engine.shards, data = %config.data_dir.display(), "node started");
+    let started = std::time::Instant::now();
+    let handle = node.handle();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = engine.shards,
+        mqtt = %config.mqtt_listen,
+        http = %config.http_listen,
+        data = %config.data_dir.display(),
+        "node started"
+    );
     eprintln!("pushnode ready mqtt={} http={}", config.mqtt_listen, config.http_listen);
     wait_for_signal()?;
-    tracing::info!("shutting down");
+    let connections: i64 = handle.metrics().iter().map(|m| m.connections.load(Ordering::Relaxed)).sum();
+    tracing::info!(connections, "shutting down");
     node.shutdown();
-    tracing::info!("stopped");
+    let total = |f: fn(&core_engine::stats::ShardMetrics) -> &AtomicU64| -> u64 {
+        handle.metrics().iter().map(|m| f(m).load(Ordering::Relaxed)).sum()
+    };
+    tracing::info!(
+        uptime_s = started.elapsed().as_secs(),
+        connects = total(|m| &m.connects),
+        accepted = total(|m| &m.accepted),
+        delivered = total(|m| &m.delivered),
+        expired = total(|m| &m.expired),
+        dropped = total(|m| &m.dropped),
+        "stopped"
+    );
     Ok(())
 }
 

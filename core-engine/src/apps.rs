@@ -95,6 +95,36 @@ impl AppRegistry {
         Ok(AppCredentials { app_id: app_id.to_string(), app_key, app_secret })
     }
 
+    /// Replaces an app's server secret; the old one stops working at once. Answers the new one.
+    pub fn rotate_secret(&self, app_id: AppId) -> Result<Option<String>, StoreError> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot.load();
+        let Some(old) = current.by_id.get(&app_id) else { return Ok(None) };
+        let app_secret = random_secret::<24>();
+        let record = AppRecord { secret_hash: secret_hash(&app_secret), ..old.clone() };
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(APPS)?;
+            let raw = serde_json::to_vec(&record).map_err(|e| StoreError(e.to_string()))?;
+            table.insert(app_id, &raw[..])?;
+        }
+        txn.commit()?;
+        let mut next = Snapshot { by_id: current.by_id.clone(), by_secret: current.by_secret.clone() };
+        next.by_secret.remove(&old.secret_hash);
+        next.by_secret.insert(record.secret_hash, app_id);
+        next.by_id.insert(app_id, record);
+        self.snapshot.store(Arc::new(next));
+        Ok(Some(app_secret))
+    }
+
+    /// Every app's id, name and package (no secrets).
+    pub fn list(&self) -> Vec<(AppId, String, String)> {
+        let mut out: Vec<_> =
+            self.snapshot.load().by_id.values().map(|a| (a.app_id, a.name.clone(), a.package.clone())).collect();
+        out.sort();
+        out
+    }
+
     /// The app whose server secret this is.
     pub fn authenticate_secret(&self, secret: &str) -> Option<AppId> {
         self.snapshot.load().by_secret.get(&secret_hash(secret)).copied()
@@ -135,6 +165,10 @@ mod tests {
         assert_eq!(registry.authenticate_secret("nope"), None);
         assert!(registry.check_device_key(id, creds.app_key.as_bytes()));
         assert!(!registry.check_device_key(id, b"wrong"));
+        let rotated = registry.rotate_secret(id).unwrap().unwrap();
+        assert_eq!(registry.authenticate_secret(&creds.app_secret), None, "the old secret stops working");
+        assert_eq!(registry.authenticate_secret(&rotated), Some(id));
+        assert_eq!(registry.rotate_secret(1).unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

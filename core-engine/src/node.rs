@@ -120,6 +120,8 @@ pub struct NodeShared {
     pub ring_fds: OnceLock<Vec<i32>>,
     pub partitions: u16,
     handoff_ids: AtomicU64,
+    /// Round robin over shards for registrations over HTTP.
+    next_register_shard: std::sync::atomic::AtomicUsize,
 }
 
 impl NodeShared {
@@ -203,6 +205,7 @@ impl Node {
             metrics: (0..config.shards).map(|_| Arc::default()).collect(),
             partitions,
             handoff_ids: AtomicU64::new(1),
+            next_register_shard: std::sync::atomic::AtomicUsize::new(0),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<i32, String>)>();
@@ -443,6 +446,35 @@ impl NodeHandle {
         }
     }
 
+    /// Sets (or with `None` clears) the quiet hours of one of the app's devices.
+    pub async fn set_quiet(
+        &self,
+        app_id: AppId,
+        regid: &str,
+        hours: Option<crate::push::QuietHours>,
+    ) -> Result<(), ApiError> {
+        let regid = self.parse_regid(regid).ok_or(ApiError::UnknownDevice)?;
+        let rx = self.ask(self.shared.home_shard(regid), |reply| ShardMsg::SetQuiet { app_id, regid, hours, reply })?;
+        match rx.await.map_err(|_| ApiError::Unavailable)? {
+            Ok(()) => Ok(()),
+            Err(ControlError::UnknownDevice) => Err(ApiError::UnknownDevice),
+            Err(ControlError::QuotaExceeded(text)) => Err(ApiError::Quota(text)),
+            Err(ControlError::Store(e)) => Err(ApiError::Store(e)),
+        }
+    }
+
+    /// A new token for one of the app's devices (the old one stops working at once).
+    pub async fn rotate_device_token(&self, app_id: AppId, regid: &str) -> Result<String, ApiError> {
+        let regid = self.parse_regid(regid).ok_or(ApiError::UnknownDevice)?;
+        let rx = self.ask(self.shared.home_shard(regid), |reply| ShardMsg::RotateToken { app_id, regid, reply })?;
+        match rx.await.map_err(|_| ApiError::Unavailable)? {
+            Ok(token) => Ok(token),
+            Err(ControlError::UnknownDevice) => Err(ApiError::UnknownDevice),
+            Err(ControlError::QuotaExceeded(text)) => Err(ApiError::Quota(text)),
+            Err(ControlError::Store(e)) => Err(ApiError::Store(e)),
+        }
+    }
+
     /// The app's devices carrying `alias`.
     pub async fn lookup_alias(&self, app_id: AppId, alias: &str) -> Result<Vec<String>, ApiError> {
         let mut replies = Vec::new();
@@ -491,7 +523,7 @@ impl NodeHandle {
 
     /// Registers a device of `app_id`; answers its RegID and token.
     pub async fn register(&self, app_id: AppId) -> Result<(RegId, String), ApiError> {
-        let shard = (self.message_ids.next(now_unix_ms()) as usize) % self.shared.inboxes.len();
+        let shard = self.shared.next_register_shard.fetch_add(1, Ordering::Relaxed) % self.shared.inboxes.len();
         let (reply, rx) = oneshot::channel();
         if !self.shared.inboxes[shard].send(ShardMsg::Register { app_id, reply }) {
             return Err(ApiError::Unavailable);

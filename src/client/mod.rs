@@ -7,10 +7,12 @@
 pub mod app;
 pub mod device;
 pub mod send;
+pub mod stats;
 
 pub use app::{run_app_create, AppCreateArgs};
 pub use device::{run_device, DeviceArgs};
 pub use send::{run_send, SendArgs};
+pub use stats::{run_stats, StatsArgs};
 
 use std::time::Duration;
 

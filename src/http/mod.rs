@@ -2,12 +2,17 @@
 //! runtime per HTTP thread, each with its own SO_REUSEPORT listener. Handlers only parse,
 //! authenticate and route to the shards through [`NodeHandle`].
 
+mod admin_routes;
 mod api_routes;
+mod auth;
 mod error;
+mod metrics;
 mod routes;
 mod scheduler;
+mod stats_routes;
 
 pub use api_routes::ApiState;
+pub use auth::AuthState;
 
 use core_engine::NodeHandle;
 use hyper::server::conn::http1;
@@ -26,6 +31,8 @@ pub struct HttpState {
     pub max_body_bytes: usize,
     /// Scheduling, templates, request ids, the broadcast limit (`api_routes.rs`).
     pub api: Arc<ApiState>,
+    /// `require_signatures` and the signature replay guard (`auth.rs`).
+    pub auth: AuthState,
 }
 
 /// Starts `threads` HTTP threads listening on `addr` and the scheduler thread; they run

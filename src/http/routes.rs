@@ -3,7 +3,8 @@
 
 use super::api_routes;
 use super::error::{json_response, HttpError};
-use super::HttpState;
+use super::{admin_routes, auth};
+use super::{stats_routes, HttpState};
 use bytes::Bytes;
 use core_engine::ids::{hash_eq, parse_message_id, secret_hash, AppId};
 use core_engine::push::{valid_name, MAX_REGIDS};
@@ -40,7 +41,19 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (&Method::GET, ["metrics"]) => {
+            let token = authorization(&req, "Bearer ").unwrap_or("");
+            let admin = hash_eq(&secret_hash(token), &secret_hash(&state.admin_token));
+            Ok(super::metrics::metrics(state, admin))
+        }
+        (&Method::GET, ["v1", "stats", "push"]) => stats_routes::stats(state, &req, stats_routes::Kind::Push).await,
+        (&Method::GET, ["v1", "stats", "users"]) => stats_routes::stats(state, &req, stats_routes::Kind::Users).await,
         (&Method::POST, ["v1", "apps"]) => create_app(state, req).await,
+        (&Method::GET, ["v1", "apps"]) => admin_routes::list_apps(state, &req).await,
+        (&Method::POST, ["v1", "apps", app_id, "secret"]) => admin_routes::rotate_app_secret(state, &req, app_id).await,
+        (&Method::POST, ["v1", "devices", regid, "token"]) => {
+            admin_routes::rotate_device_token(state, req, regid).await
+        }
         (&Method::POST, ["v1", "devices"]) => register_device(state, req).await,
         (&Method::POST, ["v1", "messages"]) => send_message(state, req).await,
         (&Method::POST, ["v1", "messages", "batch"]) => api_routes::send_batch(state, req).await,
@@ -53,6 +66,8 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
             Err(e) => Err(e),
         },
         (&Method::POST, ["v1", "devices", regid, "aliases"]) => set_alias(state, req, regid).await,
+        (&Method::PUT, ["v1", "devices", regid, "quiet"]) => set_quiet(state, req, regid).await,
+        (&Method::DELETE, ["v1", "devices", regid, "quiet"]) => clear_quiet(state, &req, regid).await,
         (&Method::DELETE, ["v1", "devices", regid, "aliases", alias]) => match percent_decoded(alias) {
             Ok(alias) => unset_alias(state, &req, regid, &alias).await,
             Err(e) => Err(e),
@@ -66,7 +81,11 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
         (
             _,
             ["healthz"]
+            | ["metrics"]
+            | ["v1", "stats", "push" | "users"]
             | ["v1", "apps"]
+            | ["v1", "apps", _, "secret"]
+            | ["v1", "devices", _, "token"]
             | ["v1", "devices"]
             | ["v1", "messages"]
             | ["v1", "messages", _]
@@ -74,6 +93,7 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
             | ["v1", "templates", _]
             | ["v1", "aliases", _]
             | ["v1", "devices", _, "aliases"]
+            | ["v1", "devices", _, "quiet"]
             | ["v1", "devices", _, "aliases", _]
             | ["v1", "topics", _, "subscribe" | "unsubscribe"],
         ) => Err(HttpError::new(
@@ -84,6 +104,7 @@ pub async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<
         _ => Err(HttpError::not_found(format!("no route {path}"))),
     };
     let response = result.unwrap_or_else(HttpError::into_response);
+    super::metrics::count_response(response.status());
     tracing::debug!(%method, %path, status = response.status().as_u16(), "http");
     response
 }
@@ -105,7 +126,9 @@ pub(super) async fn read_body(state: &HttpState, req: Request<Incoming>) -> Resu
     if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
         return Err(too_large());
     }
-    Ok(Limited::new(req.into_body(), state.max_body_bytes)
+    // A signed app request is verified once its body is read (see auth.rs).
+    let pending = auth::pending_signature(state, &req)?;
+    let body = Limited::new(req.into_body(), state.max_body_bytes)
         .collect()
         .await
         .map_err(|e| {
@@ -115,7 +138,11 @@ pub(super) async fn read_body(state: &HttpState, req: Request<Incoming>) -> Resu
                 HttpError::bad_request(format!("reading the body failed: {e}"))
             }
         })?
-        .to_bytes())
+        .to_bytes();
+    if let Some(pending) = pending {
+        pending.verify(state, &body)?;
+    }
+    Ok(body)
 }
 
 /// Reads a JSON body of at most `max_body_bytes`.
@@ -132,11 +159,10 @@ fn authorization<'a>(req: &'a Request<Incoming>, scheme: &str) -> Option<&'a str
     value.strip_prefix(scheme).map(str::trim)
 }
 
-/// The app whose secret authorizes the request.
+/// The app whose secret authorizes the request; checks its signature if it has no body,
+/// else `read_body` does (auth.rs).
 pub(super) fn app_of(state: &HttpState, req: &Request<Incoming>) -> Result<AppId, HttpError> {
-    let secret = authorization(req, "key=")
-        .ok_or_else(|| HttpError::unauthorized("missing `Authorization: key=<app secret>`"))?;
-    state.node.apps().authenticate_secret(secret).ok_or_else(|| HttpError::unauthorized("unknown app secret"))
+    auth::app_of(state, req)
 }
 
 #[derive(Deserialize)]
@@ -198,6 +224,20 @@ async fn set_alias(state: &HttpState, req: Request<Incoming>, regid: &str) -> Ht
         return Err(HttpError::bad_request(format!("alias {BAD_NAME}")));
     }
     state.node.set_alias(app_id, regid, body.alias, true).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "regid": regid, "ok": true })))
+}
+
+async fn set_quiet(state: &HttpState, req: Request<Incoming>, regid: &str) -> HttpResult {
+    let app_id = app_of(state, &req)?;
+    let body = read_body(state, req).await?;
+    let hours = core_engine::push::QuietHours::from_json(&body).map_err(HttpError::bad_request)?;
+    state.node.set_quiet(app_id, regid, Some(hours)).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "regid": regid, "ok": true })))
+}
+
+async fn clear_quiet(state: &HttpState, req: &Request<Incoming>, regid: &str) -> HttpResult {
+    let app_id = app_of(state, req)?;
+    state.node.set_quiet(app_id, regid, None).await?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "regid": regid, "ok": true })))
 }
 

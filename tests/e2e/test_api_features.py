@@ -158,14 +158,17 @@ def test_request_id_retry_answers_the_first_answer_and_sends_once(make_node):
     assert r.status_code == 400 and "request_id" in r.json()["message"], r.text
 
     # Remembered durably: the same answer after kill -9, and still nothing new is sent.
-    dev.close()
+    node.wait_delivered(app, first.json()["id"], 1)
+    node.wait_delivered(app, other.json()["id"], 1)
+    dev.disconnect()
     node.kill()
     node.start()
     dev = node.device(app, regid, token)
     dev.connect()
     after = _send(node, app, body)
     assert after.status_code == 200 and after.json() == first.json(), after.text
-    dev.expect_no_more(0, wait=0.7)
+    time.sleep(0.7)
+    assert not [m for m in dev.messages if m["payload"]["title"] == "once"], dev.messages
 
 
 # ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 broadcast to all, aliases (device control publishes and HTTP), with offline catch-up,
 limits and isolation between apps."""
 
+import json
 import struct
 
 import mqttraw
@@ -214,3 +215,50 @@ def test_bad_targets_are_400(node, app):
     for target in ({}, {"topic": "a/b"}, {"topics": ["a"] * 6}, {"all": False}, {"regids": ["x"], "topic": "y"}):
         r = node.http("POST", "/v1/messages", headers=auth, json={"target": target, "title": "t"})
         assert r.status_code == 400 and r.json()["code"] == "bad_request", (target, r.text)
+
+
+def _quiet_now() -> dict:
+    """A quiet period (UTC) from a minute ago to two minutes ahead."""
+    import time as _t
+    now_min = int(_t.time() // 60) % 1440
+    fmt = lambda m: f"{(m % 1440) // 60:02d}:{m % 60:02d}"  # noqa: E731
+    return {"start": fmt(now_min - 1), "end": fmt(now_min + 2), "utc_offset_minutes": 0}
+
+
+def test_quiet_hours_hold_pushes_until_they_end(node, app):
+    regid, token = node.register(app)
+    # The device sets its quiet hours with a control publish (MQTT 5 PUBACK 0).
+    c = node.raw(version=5)
+    assert c.connect(regid, app["app_id"], token)["rc"] == 0
+    payload = json.dumps(_quiet_now()).encode()
+    c.send(mqttraw.packet(0x32, mqttraw.mqtt_str("ctl/quiet") + struct.pack("!H", 3) + b"\x00" + payload))
+    first, body = c.read_packet()
+    assert first == 0x40 and (len(body) == 2 or body[2] == 0), (first, body)
+    c.send(mqttraw.packet(0x32, mqttraw.mqtt_str("ctl/quiet") + struct.pack("!H", 4) + b"\x00" + b"{bad"))
+    first, body = c.read_packet()
+    assert first == 0x40 and body[2] == 0x99, "malformed quiet hours are refused"
+    c.disconnect()
+
+    dev = node.device(app, regid, token)
+    dev.connect()
+    res = node.send(app, [regid], title="shh")
+    dev.expect_no_more(0, wait=1.5)  # held on the node during quiet hours
+    # The app server clears them (or they end): the held push goes out at once.
+    auth = {"Authorization": f"key={app['app_secret']}"}
+    r = node.http("DELETE", f"/v1/devices/{regid}/quiet", headers=auth)
+    assert r.status_code == 200, r.text
+    assert dev.wait_messages(1)[0]["payload"]["id"] == res["id"]
+
+    # Set over HTTP too, and it survives a restart.
+    r = node.http("PUT", f"/v1/devices/{regid}/quiet", headers=auth, json=_quiet_now())
+    assert r.status_code == 200, r.text
+    assert node.http("PUT", f"/v1/devices/{regid}/quiet", headers=auth, json={"start": "25:00", "end": "01:00"}).status_code == 400
+    dev.close()
+    node.stop()
+    node.start()
+    dev = node.device(app, regid, token)
+    dev.connect()
+    held = node.send(app, [regid], title="later")
+    dev.expect_no_more(0, wait=1.5)
+    assert node.http("DELETE", f"/v1/devices/{regid}/quiet", headers=auth).status_code == 200
+    assert dev.wait_messages(1)[0]["payload"]["id"] == held["id"]

@@ -86,6 +86,43 @@ impl Shard {
         Ok(())
     }
 
+    /// Sets or clears a device's quiet hours; pushes held by them go out when they end.
+    pub(super) fn set_quiet(
+        &mut self,
+        app_id: AppId,
+        regid: RegId,
+        hours: Option<crate::push::QuietHours>,
+    ) -> Result<(), ControlError> {
+        let device =
+            self.devices.get_mut(&regid).filter(|d| d.record.app_id == app_id).ok_or(ControlError::UnknownDevice)?;
+        device.extras_mut().quiet = hours;
+        let live = device.conn;
+        self.writer.submit(StoreJob { ops: vec![WriteOp::Quiet { regid, hours }], done: None });
+        if let Some(key) = live {
+            // Cleared or moved: whatever waited may go now.
+            self.conns[key as usize].backlog = true;
+            self.pump(key);
+            self.flush(key);
+        }
+        Ok(())
+    }
+
+    /// A new token for one of the app's devices; a live connection with the old one is closed.
+    pub(super) fn rotate_token(&mut self, app_id: AppId, regid: RegId) -> Result<String, ControlError> {
+        let device =
+            self.devices.get_mut(&regid).filter(|d| d.record.app_id == app_id).ok_or(ControlError::UnknownDevice)?;
+        let token = crate::ids::random_secret::<16>();
+        device.record.token_hash = crate::ids::secret_hash(&token);
+        let record = device.record;
+        let live = device.conn;
+        self.writer.submit(StoreJob { ops: vec![WriteOp::RegisterDevice { regid, record }], done: None });
+        if let Some(key) = live {
+            self.conns[key as usize].session.close(reason::NOT_AUTHORIZED);
+            self.close_conn(key, crate::session::CloseReason::Server);
+        }
+        Ok(token)
+    }
+
     /// The app server adds devices to a topic or removes them.
     pub(super) fn change_topic_members(
         &mut self,
@@ -165,7 +202,6 @@ impl Shard {
             (None, None) => return reason::PAYLOAD_FORMAT_INVALID,
         };
         self.writer.submit(StoreJob { ops: vec![WriteOp::Clicked { partition, regid, id }], done: None });
-        self.count(app_id, |s| s.clicked += 1);
         reason::SUCCESS
     }
 
@@ -184,11 +220,27 @@ impl Shard {
                 _ => reason::PAYLOAD_FORMAT_INVALID,
             },
             ControlTopic::Click => self.on_click(regid, payload),
-            // Quiet hours come with the feature that uses them.
-            ControlTopic::Quiet => reason::NOT_AUTHORIZED,
+            ControlTopic::Quiet => {
+                let hours =
+                    if payload.is_empty() { Ok(None) } else { crate::push::QuietHours::from_json(payload).map(Some) };
+                match hours {
+                    Ok(hours) => {
+                        let app_id = self.devices.get(&regid).map_or(0, |d| d.record.app_id);
+                        match self.set_quiet(app_id, regid, hours) {
+                            Ok(()) => reason::SUCCESS,
+                            Err(_) => reason::UNSPECIFIED,
+                        }
+                    }
+                    Err(_) => reason::PAYLOAD_FORMAT_INVALID,
+                }
+            }
         };
-        let mut events = std::mem::take(&mut self.events);
+        let mut events = Vec::new();
         self.conns[key as usize].session.ack_control(packet_id, code, &mut events);
-        self.events = events;
+        for event in events {
+            if let crate::session::Event::Close(reason) = event {
+                self.close_conn(key, reason);
+            }
+        }
     }
 }

@@ -100,6 +100,7 @@ impl Shard {
                     self.metrics.expired.fetch_add(count, Ordering::Relaxed);
                     self.count(app_id, |s| s.expired += count);
                 }
+                StoreEvent::Clicked { app_id } => self.count(app_id, |s| s.clicked += 1),
                 StoreEvent::PendingRows(_) => {}
             }
         }

@@ -97,7 +97,18 @@ impl Shard {
         } else {
             vec![WriteOp::Acked { regid, seq: push.seq, id: push.id }]
         };
-        self.writer.submit(StoreJob { ops, done: None });
+        let done: Option<crate::store::Completion> = if push.group {
+            None
+        } else {
+            // Until the ack is committed, a reconnect must not read the message back as pending.
+            self.unsynced_acks.entry(regid).or_default().push(push.seq);
+            let inbox = self.shared.inboxes[self.index].clone();
+            let seq = push.seq;
+            Some(Box::new(move |_| {
+                inbox.send(ShardMsg::AckCommitted { regid, seq });
+            }))
+        };
+        self.writer.submit(StoreJob { ops, done });
         if backlog {
             self.pump(key);
         }
@@ -114,12 +125,20 @@ impl Shard {
                 return;
             }
             let Some(device) = self.devices.get(&regid) else { return };
+            if device.is_quiet(now) {
+                return; // backlog stays set; the tick pumps when the quiet hours end
+            }
             let (Some(own_store), Some(group_store)) =
                 (self.stores.get(&regid.partition()), self.stores.get(&self.group_partition))
             else {
                 return;
             };
-            let own = own_store.pending_for(&regid, conn.cursor, now, PENDING_BATCH);
+            let own = own_store.pending_for(&regid, conn.cursor, now, PENDING_BATCH).map(|mut own| {
+                if let Some(acked) = self.unsynced_acks.get(&regid) {
+                    own.retain(|m| !acked.contains(&m.seq));
+                }
+                own
+            });
             let app_id = device.record.app_id;
             let group = group_store.group_after(conn.cursor.max(device.group_cursor), now, PENDING_BATCH, |m| {
                 m.app_id == app_id && self.group_member(device, &m.filter, m.seq)
@@ -229,6 +248,12 @@ impl Shard {
                 }
                 let _ = reply.send(Ok(total));
             }
+            ShardMsg::SetQuiet { app_id, regid, hours, reply } => {
+                let _ = reply.send(self.set_quiet(app_id, regid, hours));
+            }
+            ShardMsg::RotateToken { app_id, regid, reply } => {
+                let _ = reply.send(self.rotate_token(app_id, regid));
+            }
             ShardMsg::DeviceAlias { app_id, regid, alias, set, reply } => {
                 let _ = reply.send(self.change_alias(app_id, regid, &alias, set));
             }
@@ -243,6 +268,14 @@ impl Shard {
             }
             ShardMsg::Stored { result, then } => self.on_stored(result, then),
             ShardMsg::StoreEvents(events) => self.on_store_events(events),
+            ShardMsg::AckCommitted { regid, seq } => {
+                if let Some(acked) = self.unsynced_acks.get_mut(&regid) {
+                    acked.retain(|&s| s != seq);
+                    if acked.is_empty() {
+                        self.unsynced_acks.remove(&regid);
+                    }
+                }
+            }
             ShardMsg::DayStats { app_id, from, to, reply } => {
                 let result =
                     self.stores.get(&self.group_partition).map_or(Ok(Vec::new()), |s| s.day_stats(app_id, from, to));
@@ -372,7 +405,7 @@ impl Shard {
         if conn.closing || !conn.session.is_connected() || seq <= conn.cursor {
             return; // already read from the store
         }
-        if conn.backlog || !conn.session.can_push() {
+        if conn.backlog || !conn.session.can_push() || device.is_quiet(now) {
             conn.backlog = true;
             return;
         }

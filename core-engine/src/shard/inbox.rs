@@ -64,6 +64,15 @@ pub enum ShardMsg {
     },
     /// Add devices homed here to a topic, or remove them.
     TopicMembers { app_id: AppId, topic: String, regids: Vec<RegId>, join: bool, reply: Reply<TopicPart> },
+    /// Give a device homed here a new token; the old one stops working.
+    RotateToken { app_id: AppId, regid: RegId, reply: oneshot::Sender<Result<String, ControlError>> },
+    /// Set or clear the quiet hours of a device homed here.
+    SetQuiet {
+        app_id: AppId,
+        regid: RegId,
+        hours: Option<crate::push::QuietHours>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
     /// This shard's devices carrying an alias.
     LookupAlias { app_id: AppId, alias: String, reply: oneshot::Sender<Vec<RegId>> },
     /// A connection another shard accepted, whose device lives here; its descriptor
@@ -71,6 +80,8 @@ pub enum ShardMsg {
     Handoff { handoff_id: u64, connect: Box<Connect>, unprocessed: Vec<u8>, tls: Option<Box<rustls::ServerConnection>> },
     /// A store job of this shard finished.
     Stored { result: Result<(), StoreError>, then: AfterStore },
+    /// A device's acknowledgement of its message at `seq` is committed.
+    AckCommitted { regid: RegId, seq: u64 },
     /// What the store writer decided that statistics count.
     StoreEvents(Vec<crate::store::StoreEvent>),
     /// This shard's daily counts of an app, days `from..=to`.

@@ -69,6 +69,7 @@ pub struct Device {
 struct DeviceExtras {
     aliases: Vec<Box<str>>,
     topics: Vec<(u32, u64)>,
+    quiet: Option<crate::push::QuietHours>,
 }
 
 impl Device {
@@ -86,6 +87,11 @@ impl Device {
 
     fn topics(&self) -> &[(u32, u64)] {
         self.extras.as_ref().map_or(&[], |e| e.topics.as_slice())
+    }
+
+    /// Whether the device is in its quiet hours now: pushes wait on the node.
+    fn is_quiet(&self, now_s: u64) -> bool {
+        self.extras.as_ref().and_then(|e| e.quiet).is_some_and(|q| q.is_quiet(now_s))
     }
 
     /// Whether the device was in topic `id` before `seq`.
@@ -157,6 +163,8 @@ pub struct Shard {
     day_stats: crate::stats::ShardDayStats,
     live: HashMap<crate::ids::AppId, Arc<crate::stats::AppLive>>,
     last_stats_flush_s: u32,
+    /// Acknowledged messages whose removal from the pending queue is not committed yet.
+    unsynced_acks: HashMap<RegId, Vec<u64>>,
 }
 
 /// What arrives over the queue for a connection handed over from another shard.
@@ -203,6 +211,11 @@ impl Shard {
                 let Some(device) = devices.get_mut(&regid) else { continue };
                 aliases.add(device.record.app_id, &alias, regid);
                 device.extras_mut().aliases.push(alias.into());
+            }
+            for (regid, hours) in store.load_quiet()? {
+                if let Some(device) = devices.get_mut(&regid) {
+                    device.extras_mut().quiet = Some(hours);
+                }
             }
             for (regid, topic, joined) in store.load_subscriptions()? {
                 let Some(device) = devices.get_mut(&regid) else { continue };
@@ -272,6 +285,7 @@ impl Shard {
             day_stats,
             live: HashMap::new(),
             last_stats_flush_s: 0,
+            unsynced_acks: HashMap::new(),
             stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,
@@ -703,6 +717,23 @@ impl Shard {
             .collect();
         for key in stalled {
             self.abort_conn(key, CloseReason::SlowReader);
+        }
+        // Devices whose quiet hours ended get what waited for them.
+        let wall = crate::clock::now_unix_s();
+        let waiting: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.backlog && !c.closing && c.session.is_connected())
+            .filter(|(_, c)| {
+                c.device
+                    .and_then(|r| self.devices.get(&r))
+                    .is_some_and(|d| d.extras.as_ref().is_some_and(|e| e.quiet.is_some()) && !d.is_quiet(wall))
+            })
+            .map(|(k, _)| k as u32)
+            .collect();
+        for key in waiting {
+            self.pump(key);
+            self.flush(key);
         }
         if now >= self.last_stats_flush_s + counting::STATS_FLUSH_S {
             self.last_stats_flush_s = now;

@@ -9,4 +9,4 @@ pub use partition::{
     DeviceRecord, GroupMessage, MessageStats, PartitionStore, PendingMessage, StoreError, StoreEvent, StoreLimits,
     WriteOp,
 };
-pub use writer::{Durability, EventSink, StoreJob, StoreWriter};
+pub use writer::{Completion, Durability, EventSink, StoreJob, StoreWriter};

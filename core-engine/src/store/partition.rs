@@ -33,6 +33,9 @@ fn day_stats_key(app_id: AppId, day: u32) -> [u8; 8] {
     key
 }
 
+/// regid -> quiet hours (6 bytes).
+const QUIET: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quiet");
+
 /// regid -> how many messages wait in its pending queue.
 const PENDING_COUNT: TableDefinition<&[u8], u32> = TableDefinition::new("pending_count");
 /// expires_at (BE) ++ kind ++ key -> (): what to remove when; kinds below.
@@ -58,6 +61,8 @@ pub enum StoreEvent {
     Expired { app_id: AppId, count: u64 },
     /// Pending rows added (positive) or removed (negative).
     PendingRows(i64),
+    /// A device's first click on one of the app's messages.
+    Clicked { app_id: AppId },
 }
 
 /// Limits the store enforces inside its transactions.
@@ -285,6 +290,11 @@ pub enum WriteOp {
         regid: RegId,
         day: u32,
     },
+    /// Sets (or with `None` clears) the device's quiet hours.
+    Quiet {
+        regid: RegId,
+        hours: Option<crate::push::QuietHours>,
+    },
 }
 
 fn pending_key(regid: &RegId, seq: u64) -> [u8; 20] {
@@ -340,6 +350,7 @@ impl PartitionStore {
         txn.open_table(EXPIRY)?;
         txn.open_table(DAY_STATS)?;
         txn.open_table(ACTIVE_DAYS)?;
+        txn.open_table(QUIET)?;
         txn.open_table(ALIASES)?;
         txn.open_table(SUBSCRIPTIONS)?;
         txn.open_table(GROUP)?;
@@ -456,6 +467,22 @@ impl PartitionStore {
             let (k, v) = row?;
             if let Ok(key) = <[u8; 12]>::try_from(k.value()) {
                 out.push((RegId(key), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every device's quiet hours in this partition.
+    pub fn load_quiet(&self) -> Result<Vec<(RegId, crate::push::QuietHours)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(QUIET)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let (Ok(key), Some(hours)) =
+                (<[u8; 12]>::try_from(k.value()), crate::push::QuietHours::from_bytes(v.value()))
+            {
+                out.push((RegId(key), hours));
             }
         }
         Ok(out)
@@ -648,6 +675,7 @@ impl PartitionStore {
             let mut expiry = txn.open_table(EXPIRY)?;
             let mut day_stats = txn.open_table(DAY_STATS)?;
             let mut active_days = txn.open_table(ACTIVE_DAYS)?;
+            let mut quiet = txn.open_table(QUIET)?;
             let mut rows_delta = 0i64;
             for op in ops {
                 match op {
@@ -745,6 +773,14 @@ impl PartitionStore {
                     WriteOp::DayStats { app_id, day, stats, .. } => {
                         day_stats.insert(&day_stats_key(*app_id, *day)[..], &stats.to_bytes()[..])?;
                     }
+                    WriteOp::Quiet { regid, hours } => match hours {
+                        Some(hours) => {
+                            quiet.insert(&regid.0[..], &hours.to_bytes()[..])?;
+                        }
+                        None => {
+                            quiet.remove(&regid.0[..])?;
+                        }
+                    },
                     WriteOp::ActiveDay { regid, day } => {
                         active_days.insert(&regid.0[..], *day)?;
                     }
@@ -757,6 +793,7 @@ impl PartitionStore {
                         if let Some(mut counts) = read_stats(&stats, *id)? {
                             counts.clicked += 1;
                             write_stats(&mut stats, *id, counts)?;
+                            events.push(StoreEvent::Clicked { app_id: counts.app_id });
                         }
                     }
                     WriteOp::Acked { regid, seq, id } => {

@@ -90,7 +90,7 @@ fn partition_of(op: &WriteOp) -> u16 {
         | WriteOp::GroupDelivered { partition, .. }
         | WriteOp::Clicked { partition, .. }
         | WriteOp::DayStats { partition, .. } => *partition,
-        WriteOp::ActiveDay { regid, .. } => regid.partition(),
+        WriteOp::ActiveDay { regid, .. } | WriteOp::Quiet { regid, .. } => regid.partition(),
         WriteOp::StorePush { regids, .. } => regids.first().map(|r| r.partition()).unwrap_or(0),
     }
 }
