@@ -121,6 +121,17 @@ impl ShardDayStats {
         self.apps.entry(app_id).or_default()
     }
 
+    /// Moves to `day`; hands back the finished day's counts.
+    pub fn roll(&mut self, day: u32) -> Vec<(AppId, u32, DayStats)> {
+        if day == self.day {
+            return Vec::new();
+        }
+        let finished = self.apps.drain().map(|(app, stats)| (app, self.day, stats)).collect();
+        self.dirty.clear();
+        self.day = day;
+        finished
+    }
+
     /// The changed counts to write, and forgets that they changed.
     pub fn take_dirty(&mut self) -> Vec<(AppId, u32, DayStats)> {
         let day = self.day;
@@ -136,6 +147,10 @@ pub struct AppLive {
     peak: AtomicI64,
     peak_at: AtomicU64,
     peak_day: AtomicU32,
+    /// The day before `peak_day` and its peak, until shard 0 has written it away.
+    prev_peak: AtomicI64,
+    prev_peak_at: AtomicU64,
+    prev_day: AtomicU32,
 }
 
 impl AppLive {
@@ -151,12 +166,20 @@ impl AppLive {
     }
 
     fn raise_peak(&self, online: i64, now_s: u64) {
-        let day = crate::clock::day_of(now_s);
-        if self.peak_day.swap(day, Ordering::Relaxed) != day {
-            // A new day's peak starts from those online now.
-            self.peak.store(0, Ordering::Relaxed);
-        }
+        self.start_day(crate::clock::day_of(now_s), now_s);
         if self.peak.fetch_max(online, Ordering::Relaxed) < online {
+            self.peak_at.store(now_s, Ordering::Relaxed);
+        }
+    }
+
+    /// A new day: its peak starts from those online now (once, whichever shard comes first).
+    pub fn start_day(&self, day: u32, now_s: u64) {
+        let old_day = self.peak_day.swap(day, Ordering::Relaxed);
+        if old_day != day {
+            self.prev_peak.store(self.peak.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.prev_peak_at.store(self.peak_at.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.prev_day.store(old_day, Ordering::Relaxed);
+            self.peak.store(self.online.load(Ordering::Relaxed).max(0), Ordering::Relaxed);
             self.peak_at.store(now_s, Ordering::Relaxed);
         }
     }
@@ -174,8 +197,13 @@ impl AppLive {
 
     /// Today's peak and when, if it was reached on `day`.
     pub fn peak(&self, day: u32) -> Option<(u64, u64)> {
-        (self.peak_day.load(Ordering::Relaxed) == day)
-            .then(|| (self.peak.load(Ordering::Relaxed).max(0) as u64, self.peak_at.load(Ordering::Relaxed)))
+        if self.peak_day.load(Ordering::Relaxed) == day {
+            Some((self.peak.load(Ordering::Relaxed).max(0) as u64, self.peak_at.load(Ordering::Relaxed)))
+        } else if self.prev_day.load(Ordering::Relaxed) == day {
+            Some((self.prev_peak.load(Ordering::Relaxed).max(0) as u64, self.prev_peak_at.load(Ordering::Relaxed)))
+        } else {
+            None
+        }
     }
 }
 
@@ -319,6 +347,10 @@ mod tests {
         live.disconnected();
         live.connected(1002);
         assert_eq!(live.online(), 2);
+        assert_eq!(live.peak(day), Some((2, 1001)));
+        // Midnight: the new day starts from those online; yesterday's peak stays readable.
+        live.start_day(day + 1, 86_400 * u64::from(day + 1));
+        assert_eq!(live.peak(day + 1), Some((2, 86_400 * u64::from(day + 1))));
         assert_eq!(live.peak(day), Some((2, 1001)));
     }
 

@@ -205,3 +205,15 @@ def test_mosquitto_sub_v5_and_pub_refused(node, app):
     assert first == 0x40 and body[:2] == b"\x00\x09", (first, body)
     assert len(body) >= 3 and body[2] == 0x87, f"PUBACK reason: {body!r}"
     c.disconnect()
+
+
+def test_sigterm_closes_devices_with_0x8b(node, app):
+    """Graceful shutdown: MQTT 5 devices get DISCONNECT 0x8B (server shutting down) and the
+    node exits within its bounded time."""
+    regid, token = node.register(app)
+    c = node.raw(version=5)
+    assert c.connect(regid, app["app_id"], token)["rc"] == 0
+    node.stop()
+    assert node.last_exit == 0 and not node.last_stop_forced, "no clean exit within 10 s of SIGTERM"
+    packets = c.expect_closed(timeout=5)
+    assert any(first == 0xE0 and body[:1] == b"\x8b" for first, body in packets), packets

@@ -336,9 +336,11 @@ def test_day_boundary_live(make_node, tmp_path):
     node = make_node(extra_args=("--config", str(path)))
     app = node.create_app()
     day_d = node_day(offset)
-    (r0, t0), (r1, _) = node.register(app), node.register(app)
+    (r0, t0), (r1, _), (r3, t3) = node.register(app), node.register(app), node.register(app)
     d0 = node.device(app, r0, t0)
     d0.connect()
+    d3 = node.device(app, r3, t3)  # stays connected across midnight without a packet
+    d3.connect()
     res = node.send(app, [r0, r1])
     node.wait_delivered(app, res["id"], 1)
     wait_row(node, app, {"date": day_d, "total": 2, "delivered": 1})
@@ -363,7 +365,8 @@ def test_day_boundary_live(make_node, tmp_path):
         day_d: {"total": 2, "single": 2, "group": 0, "delivered": 1},
         day_d1: {"total": 3, "single": 3, "group": 0, "delivered": 2},
     }
-    expect_users = {day_d: {"new": 2, "active": 1, "online": 0}, day_d1: {"new": 1, "active": 2, "online": 2}}
+    # d3, connected across midnight, is active (and online) on D+1 without reconnecting.
+    expect_users = {day_d: {"new": 3, "active": 2, "online": 0}, day_d1: {"new": 1, "active": 3, "online": 3}}
 
     def check_rows():
         rows = stats(node, app, **{"from": day_d, "to": day_d1})
@@ -373,8 +376,8 @@ def test_day_boundary_live(make_node, tmp_path):
         users = stats(node, app, "users", **{"from": day_d, "to": day_d1})
         for r in users:
             assert counts(r, expect_users[r["date"]]) == expect_users[r["date"]], users
-        assert users[0]["peak_online"] == 1 and users[0]["peak_at"].startswith(day_d), users
-        assert users[1]["peak_online"] == 2 and users[1]["peak_at"].startswith(day_d1), users
+        assert users[0]["peak_online"] == 2 and users[0]["peak_at"].startswith(day_d), users
+        assert users[1]["peak_online"] == 3 and users[1]["peak_at"].startswith(day_d1), users
         return rows, users
 
     wait_until(lambda: _passes(check_rows), 10, interval=0.2, what="day split")

@@ -16,6 +16,9 @@ impl Shard {
     /// Applies `f` to today's counts of `app_id` (rolling the day over first if needed).
     pub(super) fn count(&mut self, app_id: AppId, f: impl FnOnce(&mut DayStats)) {
         let day = crate::clock::day_of(crate::clock::now_unix_s());
+        if day != self.day_stats.day {
+            self.roll_day();
+        }
         let mut finished = Vec::new();
         f(self.day_stats.entry(day, app_id, &mut finished));
         if !finished.is_empty() {
@@ -30,6 +33,7 @@ impl Shard {
 
     /// A connection now speaks for `regid`: online, connects, daily active.
     pub(super) fn count_attach(&mut self, regid: RegId) {
+        self.roll_day();
         let now = crate::clock::now_unix_s();
         let today = crate::clock::day_of(now);
         let Some(device) = self.devices.get_mut(&regid) else { return };
@@ -108,21 +112,60 @@ impl Shard {
 
     /// Writes the counts that changed (shard 0 also writes each app's peak online).
     pub(super) fn flush_day_stats(&mut self) {
+        self.roll_day();
+        self.flush_counted_day();
+    }
+
+    /// Writes the changed counts of the day being counted (shard 0 first folds in each
+    /// app's peak online of that day).
+    fn flush_counted_day(&mut self) {
+        let day = self.day_stats.day;
         if self.index == 0 {
-            let day = crate::clock::day_of(crate::clock::now_unix_s());
+            let mut finished = Vec::new();
             for (app_id, _) in self.shared.live.online() {
                 if let Some((peak, at)) = self.shared.live.get(app_id).peak(day) {
-                    self.count(app_id, |s| {
-                        if peak > s.peak_online {
-                            s.peak_online = peak;
-                            s.peak_at = at;
-                        }
-                    });
+                    let s = self.day_stats.entry(day, app_id, &mut finished);
+                    if peak > s.peak_online {
+                        s.peak_online = peak;
+                        s.peak_at = at;
+                    }
                 }
             }
+            debug_assert!(finished.is_empty(), "the same day");
         }
         let dirty = self.day_stats.take_dirty();
         self.persist_day_stats(dirty);
+    }
+
+    /// At midnight (UTC, node clock): finishes the old day with its peak, and starts the new
+    /// one with the devices still connected: they are online (the peak starts there) and
+    /// active today.
+    fn roll_day(&mut self) {
+        let now = crate::clock::now_unix_s();
+        let today = crate::clock::day_of(now);
+        if today == self.day_stats.day {
+            return;
+        }
+        self.flush_counted_day();
+        let finished = self.day_stats.roll(today);
+        self.persist_day_stats(finished);
+        for (app_id, _) in self.shared.live.online() {
+            self.shared.live.get(app_id).start_day(today, now);
+        }
+        let connected: Vec<RegId> =
+            self.devices.iter().filter(|(_, d)| d.conn.is_some() && d.active_day != today).map(|(r, _)| *r).collect();
+        let mut ops = Vec::with_capacity(connected.len());
+        for regid in connected {
+            let Some(device) = self.devices.get_mut(&regid) else { continue };
+            device.active_day = today;
+            let app_id = device.record.app_id;
+            self.count(app_id, |s| s.active += 1);
+            ops.push(WriteOp::ActiveDay { regid, day: today });
+        }
+        if !ops.is_empty() {
+            self.writer.submit(StoreJob { ops, done: None });
+        }
+        tracing::info!(shard = self.index, day = %crate::clock::day_text(today), "day rolled over");
     }
 
     fn persist_day_stats(&mut self, rows: Vec<(AppId, u32, DayStats)>) {
