@@ -170,6 +170,7 @@ async fn receive_loop(conn: &mut MqttConn, version: Version, count: Option<u64>)
     let mut next_ping = Instant::now() + ping_every;
     let mut last_rx = Instant::now();
     let mut received: u64 = 0;
+    let mut tray = super::tray::Tray::default();
     loop {
         let dead_at = last_rx + silence_limit;
         let packet = match tokio::time::timeout_at(next_ping.min(dead_at), conn.read_packet()).await {
@@ -193,6 +194,7 @@ async fn receive_loop(conn: &mut MqttConn, version: Version, count: Option<u64>)
                     out.write_all(b"\n")?;
                     out.flush()?;
                 }
+                show_in_tray(&mut tray, &p.payload);
                 match (p.qos, p.packet_id) {
                     (QoS::AtLeastOnce, Some(id)) => conn.puback(id).await?,
                     (QoS::AtMostOnce, _) => {}
@@ -222,6 +224,19 @@ async fn receive_loop(conn: &mut MqttConn, version: Version, count: Option<u64>)
             other => eprintln!("warning: ignoring unexpected {}", packet_name(&other)),
         }
     }
+}
+
+/// Shows a notification in the tray and says on stderr what changed; pass-through
+/// messages go to the app, not the tray.
+fn show_in_tray(tray: &mut super::tray::Tray, payload: &[u8]) {
+    let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(payload) else { return };
+    if envelope["type"] != "notification" {
+        return;
+    }
+    let id = envelope["id"].as_str().unwrap_or_default().to_owned();
+    let notify_id = envelope["notify_id"].as_i64().unwrap_or(0);
+    let change = tray.show(notify_id, id);
+    eprintln!("tray: {change:?} categories={:?}", tray.categories());
 }
 
 #[cfg(test)]

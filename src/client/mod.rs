@@ -8,6 +8,7 @@ pub mod app;
 pub mod device;
 pub mod send;
 pub mod stats;
+pub mod tray;
 
 pub use app::{run_app_create, AppCreateArgs};
 pub use device::{run_device, DeviceArgs};

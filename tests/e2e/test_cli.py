@@ -96,3 +96,25 @@ def test_cli_demo(node, tmp_path):
             dev.kill()
             dev.wait(5)
     assert res2["targets"] == 1
+
+
+def test_device_tray_keeps_five_categories(node, app, tmp_path):
+    """The reference device shows at most 5 notification categories; a new notification of a
+    shown category replaces the old one."""
+    regid, token = node.register(app)
+    state = tmp_path / "tray-state.json"
+    state.write_text(json.dumps({"regid": regid, "token": token}))
+    for notify_id in [1, 2, 3, 4, 5, 3, 6]:
+        node.send(app, [regid], title=f"n{notify_id}", notify_id=notify_id)
+    node.send(app, [regid], type="passthrough", payload="not for the tray", title="")
+    p = subprocess.run(
+        [str(PUSHNODE_BIN), "device", "--app-id", app["app_id"], "--app-key", app["app_key"],
+         "--mqtt", node.mqtt_addr, "--state", str(state), "--count", "8"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert len(p.stdout.strip().splitlines()) == 8, p.stdout
+    tray = [ln for ln in p.stderr.splitlines() if ln.startswith("tray:")]
+    assert len(tray) == 7, p.stderr
+    assert "Replaced" in tray[5], tray
+    assert "Evicted { notify_id: 1" in tray[6] and tray[6].endswith("categories=[2, 4, 5, 3, 6]"), tray
