@@ -159,6 +159,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         api: Arc::new(api),
         auth: http::AuthState::new(config.require_signatures),
+        callbacks: Arc::new(http::Callbacks::default()),
     });
     let https = match (config.https_listen, &config.tls_cert, &config.tls_key) {
         (Some(addr), Some(cert), Some(key)) => Some((addr, core_engine::tls::server_config(cert, key)?)),

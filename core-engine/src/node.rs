@@ -109,6 +109,9 @@ impl AppTopics {
 
 /// What every shard and the frontend share; read-only after start.
 pub struct NodeShared {
+    /// Deliveries and clicks for the callback dispatcher ([`NodeHandle::receipts`]).
+    pub receipts:
+        (crossbeam_channel::Sender<crate::stats::Receipt>, crossbeam_channel::Receiver<crate::stats::Receipt>),
     /// The TLS configuration of the MQTT-over-TLS listener, if there is one.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub app_topics: AppTopics,
@@ -200,6 +203,7 @@ impl Node {
             inboxes,
             ring_fds: OnceLock::new(),
             tls,
+            receipts: crossbeam_channel::bounded(crate::stats::RECEIPT_QUEUE),
             app_topics: AppTopics::default(),
             live: crate::stats::LiveApps::default(),
             metrics: (0..config.shards).map(|_| Arc::default()).collect(),
@@ -573,6 +577,11 @@ impl NodeHandle {
             }
         }
         Ok(days.into_iter().collect())
+    }
+
+    /// Deliveries and clicks as they happen (for callbacks); one consumer should drain it.
+    pub fn receipts(&self) -> crossbeam_channel::Receiver<crate::stats::Receipt> {
+        self.shared.receipts.1.clone()
     }
 
     /// Devices of the app online now.

@@ -228,6 +228,20 @@ impl LiveApps {
     }
 }
 
+/// A delivery or click of one message on one device, for app-server callbacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub app_id: AppId,
+    pub id: crate::ids::MessageId,
+    pub regid: crate::ids::RegId,
+    pub clicked: bool,
+    pub at_s: u64,
+}
+
+/// Receipts waiting for the callback dispatcher; bounded, so a slow dispatcher drops
+/// receipts (counted) rather than holding shard memory.
+pub const RECEIPT_QUEUE: usize = 65_536;
+
 /// Upper bounds (milliseconds) of the delivery-latency histogram buckets.
 pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30_000];
 /// Upper bounds of the store commit batch-size histogram buckets (operations).

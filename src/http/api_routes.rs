@@ -255,8 +255,8 @@ fn parse_send_at(value: &Value) -> Result<u64, HttpError> {
 
 /// A checked send, ready to go now or to be scheduled.
 enum Prepared {
-    Now { request: SendRequest },
-    Later { send_at: u64, ttl_secs: u64, body: String },
+    Now { request: SendRequest, callback: Option<String> },
+    Later { send_at: u64, ttl_secs: u64, body: String, callback: Option<String> },
 }
 
 /// Templates looked up once per request.
@@ -284,6 +284,14 @@ fn prepare(
     now: u64,
 ) -> Result<Prepared, HttpError> {
     let send_at = map.remove("send_at").map(|v| parse_send_at(&v)).transpose()?;
+    let callback = match map.remove("callback") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => {
+            super::callbacks::check_url(&url).map_err(HttpError::bad_request)?;
+            Some(url)
+        }
+        Some(other) => return Err(HttpError::bad_request(format!("callback must be a URL string, got {other}"))),
+    };
     if let Some(at) = send_at {
         if at > now + MAX_SCHEDULE_AHEAD_SECS {
             return Err(HttpError::bad_request(format!(
@@ -327,11 +335,11 @@ fn prepare(
             let ttl_secs = request.message.ttl.unwrap_or(MAX_TTL_SECS);
             // Check every message limit now, not when it is due.
             request.message.into_envelope(0, app_id, at).map_err(|e| HttpError::bad_request(e.to_string()))?;
-            Ok(Prepared::Later { send_at: at, ttl_secs, body })
+            Ok(Prepared::Later { send_at: at, ttl_secs, body, callback })
         }
         _ => {
             let request = SendRequest::from_map(map).map_err(|e| HttpError::bad_request(e.to_string()))?;
-            Ok(Prepared::Now { request })
+            Ok(Prepared::Now { request, callback })
         }
     }
 }
@@ -350,15 +358,24 @@ fn rate_limited(wait: Duration) -> HttpError {
 /// `{"id","state":"scheduled","send_at"}`, once the schedule is durable).
 async fn execute(state: &HttpState, app_id: AppId, prepared: Prepared) -> Result<Value, HttpError> {
     match prepared {
-        Prepared::Now { request } => {
+        Prepared::Now { request, callback } => {
             if request.target == Target::All {
                 state.api.limiter.try_acquire(app_id, Instant::now()).map_err(rate_limited)?;
             }
-            let outcome = state.node.send(app_id, request).await?;
+            let id = state.node.new_message_id();
+            if let Some(url) = callback {
+                // Registered first: a device may acknowledge before the answer is written.
+                let ttl = request.message.ttl.unwrap_or(MAX_TTL_SECS);
+                state.callbacks.register(id, url, now_s() + ttl);
+            }
+            let outcome = state.node.send_as(app_id, id, request).await?;
             Ok(serde_json::to_value(&outcome).unwrap_or_default())
         }
-        Prepared::Later { send_at, ttl_secs, body } => {
+        Prepared::Later { send_at, ttl_secs, body, callback } => {
             let id = state.node.new_message_id();
+            if let Some(url) = callback {
+                state.callbacks.register(id, url, send_at + ttl_secs);
+            }
             let msg = ScheduledMessage {
                 id,
                 app_id,

@@ -5,6 +5,7 @@
 mod admin_routes;
 mod api_routes;
 mod auth;
+mod callbacks;
 mod error;
 mod metrics;
 mod routes;
@@ -13,6 +14,7 @@ mod stats_routes;
 
 pub use api_routes::ApiState;
 pub use auth::AuthState;
+pub use callbacks::Callbacks;
 
 use core_engine::NodeHandle;
 use hyper::server::conn::http1;
@@ -33,6 +35,8 @@ pub struct HttpState {
     pub api: Arc<ApiState>,
     /// `require_signatures` and the signature replay guard (`auth.rs`).
     pub auth: AuthState,
+    /// Messages whose receipts go to a callback URL (`callbacks.rs`).
+    pub callbacks: Arc<callbacks::Callbacks>,
 }
 
 /// Starts `threads` HTTP threads listening on `addr` and the scheduler thread; they run
@@ -44,6 +48,7 @@ pub fn start(
     state: Arc<HttpState>,
 ) -> anyhow::Result<()> {
     scheduler::start(state.node.clone(), state.api.clone())?;
+    callbacks::start(state.node.receipts(), state.callbacks.clone())?;
     let mut listeners = vec![(addr, None)];
     if let Some((https_addr, config)) = https {
         listeners.push((https_addr, Some(tokio_rustls::TlsAcceptor::from(config))));

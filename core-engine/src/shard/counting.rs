@@ -73,6 +73,12 @@ impl Shard {
     }
 
     /// A device acknowledged message `id` (whose high bits are its acceptance time).
+    /// Hands a receipt to the callback dispatcher; a full queue drops it.
+    pub(super) fn receipt(&self, app_id: AppId, id: crate::ids::MessageId, regid: RegId, clicked: bool) {
+        let at_s = crate::clock::now_unix_s();
+        let _ = self.shared.receipts.0.try_send(crate::stats::Receipt { app_id, id, regid, clicked, at_s });
+    }
+
     pub(super) fn count_delivered(&mut self, app_id: AppId, id: crate::ids::MessageId) {
         self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
         let accepted_ms = id >> 20;
@@ -104,7 +110,10 @@ impl Shard {
                     self.metrics.expired.fetch_add(count, Ordering::Relaxed);
                     self.count(app_id, |s| s.expired += count);
                 }
-                StoreEvent::Clicked { app_id } => self.count(app_id, |s| s.clicked += 1),
+                StoreEvent::Clicked { app_id, regid, id } => {
+                    self.count(app_id, |s| s.clicked += 1);
+                    self.receipt(app_id, id, regid, true);
+                }
                 StoreEvent::PendingRows(_) => {}
             }
         }

@@ -85,6 +85,7 @@ impl Shard {
         let backlog = conn.backlog;
         if let Some(app_id) = self.devices.get(&regid).map(|d| d.record.app_id) {
             self.count_delivered(app_id, push.id);
+            self.receipt(app_id, push.id, regid, false);
         }
         let ops = if push.group {
             if let Some(device) = self.devices.get_mut(&regid) {

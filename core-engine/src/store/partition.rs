@@ -62,7 +62,7 @@ pub enum StoreEvent {
     /// Pending rows added (positive) or removed (negative).
     PendingRows(i64),
     /// A device's first click on one of the app's messages.
-    Clicked { app_id: AppId },
+    Clicked { app_id: AppId, regid: RegId, id: MessageId },
 }
 
 /// Limits the store enforces inside its transactions.
@@ -793,7 +793,7 @@ impl PartitionStore {
                         if let Some(mut counts) = read_stats(&stats, *id)? {
                             counts.clicked += 1;
                             write_stats(&mut stats, *id, counts)?;
-                            events.push(StoreEvent::Clicked { app_id: counts.app_id });
+                            events.push(StoreEvent::Clicked { app_id: counts.app_id, regid: *regid, id: *id });
                         }
                     }
                     WriteOp::Acked { regid, seq, id } => {
