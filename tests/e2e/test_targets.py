@@ -262,3 +262,43 @@ def test_quiet_hours_hold_pushes_until_they_end(node, app):
     dev.expect_no_more(0, wait=1.5)
     assert node.http("DELETE", f"/v1/devices/{regid}/quiet", headers=auth).status_code == 200
     assert dev.wait_messages(1)[0]["payload"]["id"] == held["id"]
+
+
+def test_pending_queue_bound_drops_oldest_and_counts(make_node, tmp_path):
+    config = tmp_path / "pending.toml"
+    config.write_text("max_pending_per_device = 3\n")
+    node = make_node(extra_args=("--config", str(config)))
+    app = node.create_app()
+    regid, token = node.register(app)
+    ids = [node.send(app, [regid], title=f"m{i}")["id"] for i in range(5)]
+    dev = node.device(app, regid, token)
+    dev.connect()
+    got = [m["payload"]["id"] for m in dev.wait_messages(3)]
+    assert got == ids[2:], "the two oldest were dropped, the rest arrive in order"
+    dev.expect_no_more(3, wait=0.7)
+    auth = {"Authorization": f"key={app['app_secret']}"}
+
+    def dropped():
+        rows = node.http("GET", "/v1/stats/push", headers=auth).json()
+        return rows and rows[-1]["dropped"] == 2
+
+    import time as _t
+    deadline = _t.time() + 10
+    while not dropped() and _t.time() < deadline:
+        _t.sleep(0.2)
+    assert dropped(), node.http("GET", "/v1/stats/push", headers=auth).text
+
+
+def test_ttl_expired_messages_are_never_delivered(node, app):
+    import time as _t
+    regid, token = node.register(app)
+    short = node.send(app, [regid], title="short", ttl=1)
+    long = node.send(app, [regid], title="long", ttl=600)
+    _t.sleep(2.2)
+    dev = node.device(app, regid, token)
+    dev.connect()
+    got = dev.wait_messages(1)
+    assert [m["payload"]["id"] for m in got] == [long["id"]], got
+    dev.expect_no_more(1, wait=0.7)
+    status = node.status(app, short["id"]).json()
+    assert status["state"] == "expired" and status["delivered"] == 0, status
