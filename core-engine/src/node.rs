@@ -301,6 +301,16 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::UnknownDevice => ApiError::UnknownDevice,
+            ControlError::QuotaExceeded(text) => ApiError::Quota(text),
+            ControlError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
 /// The answer to a push: its id, how many targets were valid, which were not.
 #[derive(Debug, serde::Serialize)]
 pub struct PushOutcome {
@@ -383,19 +393,11 @@ impl NodeHandle {
                 invalid.extend(aliases.iter().filter(|a| !found.contains(*a)).cloned());
                 return Ok(PushOutcome { id: message_id_text(id), targets, invalid });
             }
-            Target::Topics { topics, op } => {
-                let filter = Arc::new(GroupFilter::Topics { topics, op });
-                for shard in 0..self.shared.inboxes.len() {
-                    let filter = filter.clone();
-                    replies.push(self.ask(shard, |reply| ShardMsg::PushGroup {
-                        envelope: envelope.clone(),
-                        filter,
-                        reply,
-                    })?);
-                }
-            }
-            Target::All => {
-                let filter = Arc::new(GroupFilter::All);
+            Target::Topics { .. } | Target::All => {
+                let filter = Arc::new(match request.target {
+                    Target::Topics { topics, op } => GroupFilter::Topics { topics, op },
+                    _ => GroupFilter::All,
+                });
                 for shard in 0..self.shared.inboxes.len() {
                     let filter = filter.clone();
                     replies.push(self.ask(shard, |reply| ShardMsg::PushGroup {
@@ -442,12 +444,7 @@ impl NodeHandle {
             set,
             reply,
         })?;
-        match rx.await.map_err(|_| ApiError::Unavailable)? {
-            Ok(()) => Ok(()),
-            Err(ControlError::UnknownDevice) => Err(ApiError::UnknownDevice),
-            Err(ControlError::QuotaExceeded(text)) => Err(ApiError::Quota(text)),
-            Err(ControlError::Store(e)) => Err(ApiError::Store(e)),
-        }
+        Ok(rx.await.map_err(|_| ApiError::Unavailable)??)
     }
 
     /// Sets (or with `None` clears) the quiet hours of one of the app's devices.
@@ -459,24 +456,14 @@ impl NodeHandle {
     ) -> Result<(), ApiError> {
         let regid = self.parse_regid(regid).ok_or(ApiError::UnknownDevice)?;
         let rx = self.ask(self.shared.home_shard(regid), |reply| ShardMsg::SetQuiet { app_id, regid, hours, reply })?;
-        match rx.await.map_err(|_| ApiError::Unavailable)? {
-            Ok(()) => Ok(()),
-            Err(ControlError::UnknownDevice) => Err(ApiError::UnknownDevice),
-            Err(ControlError::QuotaExceeded(text)) => Err(ApiError::Quota(text)),
-            Err(ControlError::Store(e)) => Err(ApiError::Store(e)),
-        }
+        Ok(rx.await.map_err(|_| ApiError::Unavailable)??)
     }
 
     /// A new token for one of the app's devices (the old one stops working at once).
     pub async fn rotate_device_token(&self, app_id: AppId, regid: &str) -> Result<String, ApiError> {
         let regid = self.parse_regid(regid).ok_or(ApiError::UnknownDevice)?;
         let rx = self.ask(self.shared.home_shard(regid), |reply| ShardMsg::RotateToken { app_id, regid, reply })?;
-        match rx.await.map_err(|_| ApiError::Unavailable)? {
-            Ok(token) => Ok(token),
-            Err(ControlError::UnknownDevice) => Err(ApiError::UnknownDevice),
-            Err(ControlError::QuotaExceeded(text)) => Err(ApiError::Quota(text)),
-            Err(ControlError::Store(e)) => Err(ApiError::Store(e)),
-        }
+        Ok(rx.await.map_err(|_| ApiError::Unavailable)??)
     }
 
     /// The app's devices carrying `alias`.
