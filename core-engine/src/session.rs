@@ -402,11 +402,17 @@ impl Session {
     /// Answers a SUBSCRIBE with one code per filter.
     pub fn suback(&mut self, packet_id: u16, codes: Vec<u8>) {
         debug_assert!(!codes.is_empty());
+        if self.phase != Phase::Connected {
+            return; // closed meanwhile (a later packet in the same read): nothing after DISCONNECT
+        }
         self.write(&Packet::Suback(Suback { packet_id, codes, properties: Properties::default() }));
     }
 
     /// Answers an UNSUBSCRIBE (MQTT 5: one code per filter; 3.1.1 has none).
     pub fn unsuback(&mut self, packet_id: u16, codes: Vec<u8>) {
+        if self.phase != Phase::Connected {
+            return;
+        }
         let codes = if self.version == Version::V5 { codes } else { Vec::new() };
         self.write(&Packet::Unsuback(Unsuback { packet_id, codes, properties: Properties::default() }));
     }
@@ -414,6 +420,9 @@ impl Session {
     /// Answers a control publish: MQTT 5 PUBACK with `code`; 3.1.1 PUBACK on success and,
     /// having no way to say no, closes the connection on failure.
     pub fn ack_control(&mut self, packet_id: Option<u16>, code: u8, events: &mut Vec<Event>) {
+        if self.phase != Phase::Connected {
+            return;
+        }
         match (self.version, packet_id) {
             (Version::V5, Some(packet_id)) => {
                 self.write(&Packet::Puback(Ack { packet_id, code, properties: Properties::default() }));

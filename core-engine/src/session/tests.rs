@@ -255,3 +255,29 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn no_answer_after_disconnect() {
+    // A SUBSCRIBE for a topic and malformed bytes in one read: the SUBSCRIBE event comes
+    // out, then the session closes with DISCONNECT; a late SUBACK must not follow it.
+    let mut session = connected(Version::V5, None);
+    let filter = SubscribeFilter {
+        filter: "topic/a".into(),
+        qos: QoS::AtLeastOnce,
+        no_local: false,
+        retain_as_published: false,
+        retain_handling: 0,
+    };
+    let mut raw = bytes(
+        Packet::Subscribe(Subscribe { packet_id: 9, filters: vec![filter], properties: Properties::default() }),
+        Version::V5,
+    );
+    raw.extend_from_slice(&[0x00, 0x00]);
+    let mut events = Vec::new();
+    session.handle_bytes(0, &raw, LIMITS, &mut events);
+    assert!(matches!(events.as_slice(), [Event::Subscribe(_), Event::Close(_)]), "{events:?}");
+    session.suback(9, vec![1]);
+    session.unsuback(9, vec![0]);
+    session.ack_control(Some(3), 0, &mut events);
+    assert!(matches!(&output(&mut session, Version::V5)[..], [Packet::Disconnect(_)]));
+}
