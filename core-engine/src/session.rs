@@ -107,6 +107,10 @@ impl ControlTopic {
     }
 }
 
+/// Why a filter outside the push profile is refused (MQTT 5 reason string).
+pub const PROFILE_FILTERS: &str =
+    "only `inbox` and `topic/<name>` can be subscribed; wildcards and other topics are not supported";
+
 /// Prefix of the topic filters that join an app topic (tag).
 pub const TOPIC_PREFIX: &str = "topic/";
 
@@ -337,12 +341,14 @@ impl Session {
                 if sub.filters.iter().any(|f| matches!(classify_filter(&f.filter), FilterKind::Topic(_))) {
                     events.push(Event::Subscribe(Box::new(sub)));
                 } else {
-                    let codes = sub
+                    let codes: Vec<u8> = sub
                         .filters
                         .iter()
                         .map(|f| self.filter_code(&f.filter, f.qos).unwrap_or(reason::UNSPECIFIED))
                         .collect();
-                    self.suback(sub.packet_id, codes);
+                    let refused = codes.iter().any(|&c| c >= reason::UNSPECIFIED);
+                    let why = refused.then(|| PROFILE_FILTERS.to_owned());
+                    self.suback_with_reason(sub.packet_id, codes, why);
                 }
             }
             Packet::Unsubscribe(unsub) => {
@@ -401,11 +407,17 @@ impl Session {
 
     /// Answers a SUBSCRIBE with one code per filter.
     pub fn suback(&mut self, packet_id: u16, codes: Vec<u8>) {
+        self.suback_with_reason(packet_id, codes, None);
+    }
+
+    /// Answers a SUBSCRIBE; MQTT 5 also carries `reason` (why a filter was refused).
+    pub fn suback_with_reason(&mut self, packet_id: u16, codes: Vec<u8>, reason: Option<String>) {
         debug_assert!(!codes.is_empty());
         if self.phase != Phase::Connected {
             return; // closed meanwhile (a later packet in the same read): nothing after DISCONNECT
         }
-        self.write(&Packet::Suback(Suback { packet_id, codes, properties: Properties::default() }));
+        let properties = Properties { reason_string: reason, ..Properties::default() };
+        self.write(&Packet::Suback(Suback { packet_id, codes, properties }));
     }
 
     /// Answers an UNSUBSCRIBE (MQTT 5: one code per filter; 3.1.1 has none).

@@ -161,6 +161,11 @@ fn subscribe_grants_inbox_and_refuses_the_rest() {
         assert!(events.is_empty());
         let packets = output(&mut session, version);
         assert!(matches!(&packets[..], [Packet::Suback(s)] if s.packet_id == 7 && s.codes == vec![1, wildcard, other]));
+        if version == Version::V5 {
+            assert!(
+                matches!(&packets[..], [Packet::Suback(s)] if s.properties.reason_string.as_deref() == Some(PROFILE_FILTERS))
+            );
+        }
         let unsub = Packet::Unsubscribe(Unsubscribe {
             packet_id: 8,
             filters: vec!["inbox".into()],

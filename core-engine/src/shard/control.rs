@@ -147,6 +147,7 @@ impl Shard {
     pub(super) fn on_subscribe(&mut self, key: u32, subscribe: Box<Subscribe>) {
         let Some(regid) = self.conns[key as usize].device else { return };
         let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut why: Option<String> = None;
         let v5 = matches!(self.conns[key as usize].session.version(), crate::proto::Version::V5);
         for filter in &subscribe.filters {
             let code = match (
@@ -158,6 +159,7 @@ impl Shard {
                     Ok(_) => u8::from(filter.qos != QoS::AtMostOnce),
                     Err(e) => {
                         tracing::debug!(shard = self.index, error = %e, "subscription refused");
+                        why.get_or_insert_with(|| e.to_string());
                         if v5 {
                             reason::QUOTA_EXCEEDED
                         } else {
@@ -167,9 +169,12 @@ impl Shard {
                 },
                 (None, _) => reason::UNSPECIFIED,
             };
+            if code >= reason::UNSPECIFIED {
+                why.get_or_insert_with(|| crate::session::PROFILE_FILTERS.to_owned());
+            }
             codes.push(code);
         }
-        self.conns[key as usize].session.suback(subscribe.packet_id, codes);
+        self.conns[key as usize].session.suback_with_reason(subscribe.packet_id, codes, why);
     }
 
     pub(super) fn on_unsubscribe(&mut self, key: u32, unsubscribe: Box<Unsubscribe>) {
