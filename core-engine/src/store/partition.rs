@@ -424,16 +424,7 @@ impl PartitionStore {
 
     /// Every device's group cursor in this partition.
     pub fn load_group_cursors(&self) -> Result<Vec<(RegId, u64)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(GROUP_CURSORS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            if let Ok(key) = <[u8; 12]>::try_from(k.value()) {
-                out.push((RegId(key), v.value()));
-            }
-        }
-        Ok(out)
+        self.load_by_regid(GROUP_CURSORS, Some)
     }
 
     fn load_suffixed<V: redb::Value + 'static, T>(
@@ -460,29 +451,27 @@ impl PartitionStore {
 
     /// Every device's last active day in this partition.
     pub fn load_active_days(&self) -> Result<Vec<(RegId, u32)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ACTIVE_DAYS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            if let Ok(key) = <[u8; 12]>::try_from(k.value()) {
-                out.push((RegId(key), v.value()));
-            }
-        }
-        Ok(out)
+        self.load_by_regid(ACTIVE_DAYS, Some)
     }
 
     /// Every device's quiet hours in this partition.
     pub fn load_quiet(&self) -> Result<Vec<(RegId, crate::push::QuietHours)>, StoreError> {
+        self.load_by_regid(QUIET, crate::push::QuietHours::from_bytes)
+    }
+
+    /// Every row of a table keyed by RegID, its value mapped (rows that don't map are skipped).
+    fn load_by_regid<V: redb::Value + 'static, T>(
+        &self,
+        definition: TableDefinition<&[u8], V>,
+        value: impl Fn(V::SelfType<'_>) -> Option<T>,
+    ) -> Result<Vec<(RegId, T)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(QUIET)?;
+        let table = txn.open_table(definition)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            if let (Ok(key), Some(hours)) =
-                (<[u8; 12]>::try_from(k.value()), crate::push::QuietHours::from_bytes(v.value()))
-            {
-                out.push((RegId(key), hours));
+            if let (Ok(key), Some(value)) = (<[u8; 12]>::try_from(k.value()), value(v.value())) {
+                out.push((RegId(key), value));
             }
         }
         Ok(out)
