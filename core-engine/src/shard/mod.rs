@@ -177,6 +177,8 @@ pub struct ShardSetup {
     pub listeners: Vec<TcpListener>,
     pub inbox_rx: Receiver<ShardMsg>,
     pub stores: Vec<Arc<PartitionStore>>,
+    /// This shard's write-ahead log (used under `fsync` durability).
+    pub wal: crate::store::WalSetup,
 }
 
 impl Shard {
@@ -257,10 +259,11 @@ impl Shard {
             format!("store-{}", setup.index),
             setup.stores.clone(),
             cfg.durability,
+            &setup.wal,
             on_events,
             metrics.clone(),
         )
-        .map_err(|source| EngineError::Io { what: "starting the store writer", source })?;
+        .map_err(|e| EngineError::Store(crate::store::StoreError(e.to_string())))?;
         tracing::info!(
             shard = setup.index,
             devices = devices.len(),

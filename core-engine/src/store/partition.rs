@@ -36,6 +36,10 @@ fn day_stats_key(app_id: AppId, day: u32) -> [u8; 8] {
 /// regid -> quiet hours (6 bytes).
 const QUIET: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quiet");
 
+/// "applied_lsn" -> the newest write-ahead log record this partition holds (`wal.rs`).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const APPLIED_LSN: &str = "applied_lsn";
+
 /// regid -> how many messages wait in its pending queue.
 const PENDING_COUNT: TableDefinition<&[u8], u32> = TableDefinition::new("pending_count");
 /// expires_at (BE) ++ kind ++ key -> (): what to remove when; kinds below.
@@ -176,9 +180,9 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
-    const LEN: usize = 28;
+    pub(super) const LEN: usize = 28;
 
-    fn to_bytes(self) -> [u8; Self::LEN] {
+    pub(super) fn to_bytes(self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
         out[..4].copy_from_slice(&self.app_id.to_le_bytes());
         out[4..20].copy_from_slice(&self.token_hash);
@@ -186,7 +190,7 @@ impl DeviceRecord {
         out
     }
 
-    fn from_bytes(raw: &[u8]) -> Option<Self> {
+    pub(super) fn from_bytes(raw: &[u8]) -> Option<Self> {
         if raw.len() != Self::LEN {
             return None;
         }
@@ -355,6 +359,7 @@ impl PartitionStore {
         txn.open_table(SUBSCRIPTIONS)?;
         txn.open_table(GROUP)?;
         txn.open_table(GROUP_CURSORS)?;
+        txn.open_table(META)?;
         txn.commit()?;
         Ok(PartitionStore { partition, db, limits })
     }
@@ -642,14 +647,30 @@ impl PartitionStore {
         Ok(more)
     }
 
+    /// The newest write-ahead log record this partition holds (0: none).
+    pub fn applied_lsn(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(APPLIED_LSN)?.map_or(0, |v| v.value()))
+    }
+
+    /// Applies `ops` in one transaction committed with `durability`; with `lsn`, records
+    /// that the transaction holds the write-ahead log record `lsn`.
     pub fn apply(
         &self,
         ops: &[&WriteOp],
         durability: redb::Durability,
+        lsn: Option<u64>,
         events: &mut Vec<StoreEvent>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
+        if let Some(lsn) = lsn {
+            let mut meta = txn.open_table(META)?;
+            let before = meta.get(APPLIED_LSN)?.map_or(0, |v| v.value());
+            assert!(lsn > before, "partition {}: log record {lsn} after {before}", self.partition);
+            meta.insert(APPLIED_LSN, lsn)?;
+        }
         {
             let mut devices = txn.open_table(DEVICES)?;
             let mut pending = txn.open_table(PENDING)?;
@@ -836,7 +857,7 @@ mod tests {
         let mut events = Vec::new();
         for (seq, id) in [(1, 10), (2, 11), (3, 12)] {
             let op = WriteOp::StorePush { envelope: envelope(id, 100), seq, regids: vec![a] };
-            store.apply(&[&op], redb::Durability::None, &mut events).unwrap();
+            store.apply(&[&op], redb::Durability::None, None, &mut events).unwrap();
         }
         events.retain(|e| !matches!(e, StoreEvent::PendingRows(_)));
         assert_eq!(events, vec![StoreEvent::Dropped { app_id: 9 }]);
@@ -854,7 +875,7 @@ mod tests {
         let short = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
         let long = WriteOp::StorePush { envelope: envelope(11, 1000), seq: 2, regids: vec![a] };
         let acked = WriteOp::Acked { regid: b, seq: 1, id: 10 };
-        store.apply(&[&short, &long, &acked], redb::Durability::None, &mut events).unwrap();
+        store.apply(&[&short, &long, &acked], redb::Durability::None, None, &mut events).unwrap();
         events.clear();
         assert!(!store.expire(99, 100, &mut events).unwrap());
         assert!(events.is_empty(), "nothing is due before its time");
@@ -882,7 +903,7 @@ mod tests {
             let reg = WriteOp::RegisterDevice { regid: a, record };
             let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
             let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
-            store.apply(&[&reg, &p1, &p2], redb::Durability::Immediate, &mut Vec::new()).unwrap();
+            store.apply(&[&reg, &p1, &p2], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
         }
         let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
         assert_eq!(store.load_devices().unwrap().len(), 1);
@@ -891,7 +912,7 @@ mod tests {
         assert_eq!(store.pending_for(&a, 1, 50, 10).unwrap().len(), 1);
         assert!(store.pending_for(&a, 0, 100, 10).unwrap().is_empty(), "expired messages are not pending");
         let ack = WriteOp::Acked { regid: a, seq: 1, id: 10 };
-        store.apply(&[&ack, &ack], redb::Durability::Immediate, &mut Vec::new()).unwrap();
+        store.apply(&[&ack, &ack], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
         let counts = store.message_stats(9, 10).unwrap().unwrap();
         assert_eq!((counts.targets, counts.delivered, counts.expires_at), (2, 1, 100));
         assert_eq!(store.message_stats(8, 10).unwrap(), None, "another app sees nothing");

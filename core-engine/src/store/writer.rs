@@ -1,8 +1,13 @@
 //! The writer thread of one shard's partitions: takes write jobs from the shard, applies
 //! every job that queued up meanwhile in one transaction per partition (group commit),
 //! then runs each job's completion. The shard's event loop never waits on the disk.
+//!
+//! Under `fsync` durability a commit is made durable by one fdatasync of the shard's
+//! write-ahead log (`wal.rs`), not by fsyncing each partition it touched; the partitions
+//! are fsynced by the periodic checkpoint, after which the log starts over.
 
 use super::partition::{PartitionStore, StoreError, StoreEvent, WriteOp};
+use super::wal::{self, Wal};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +23,15 @@ pub enum Durability {
     /// Complete after the write; fsync at most every second. A crash can lose the last second.
     Buffered,
 }
+
+/// Where a writer keeps its write-ahead log, and the LSN it starts from (`wal::recover`).
+pub struct WalSetup {
+    pub path: std::path::PathBuf,
+    pub next_lsn: u64,
+}
+
+/// Bytes of each shard's write-ahead log file; a checkpoint starts once half is written.
+pub const WAL_BYTES: u64 = 32 << 20;
 
 /// Called once the job's writes are committed (or failed).
 pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -43,17 +57,33 @@ pub struct StoreWriter {
 
 impl StoreWriter {
     /// Starts the writer thread for `partitions`.
+    /// Starts the writer thread for `partitions`; under `Fsync` durability it logs to `wal`.
     pub fn start(
         name: String,
         partitions: Vec<Arc<PartitionStore>>,
         durability: Durability,
+        wal: &WalSetup,
         on_events: EventSink,
         metrics: Arc<crate::stats::ShardMetrics>,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, wal::WalError> {
+        let wal = match durability {
+            Durability::Fsync => Some(Wal::open(&wal.path, WAL_BYTES, wal.next_lsn)?),
+            Durability::Buffered => None,
+        };
         let (jobs, rx) = crossbeam_channel::unbounded();
+        let writer = WriterLoop {
+            stores: partitions.iter().map(|p| (p.partition, p.clone())).collect(),
+            metrics,
+            wal,
+            on_events,
+            dirty: std::collections::BTreeSet::new(),
+            last_sync: Instant::now(),
+            last_sweep: Instant::now(),
+        };
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(rx, partitions, durability, on_events, metrics))?;
+            .spawn(move || run(rx, writer))
+            .map_err(|source| wal::WalError::Io { path: "(writer thread)".into(), source })?;
         Ok(StoreWriter { jobs: Some(jobs), thread: Some(thread) })
     }
 
@@ -77,7 +107,8 @@ impl StoreWriter {
     }
 }
 
-fn partition_of(op: &WriteOp) -> u16 {
+/// The partition an op writes to.
+pub(super) fn partition_of(op: &WriteOp) -> u16 {
     match op {
         WriteOp::RegisterDevice { regid, .. }
         | WriteOp::Acked { regid, .. }
@@ -100,46 +131,20 @@ const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Most expiry-index rows removed per partition per sweep, so a sweep never stalls commits long.
 const EXPIRY_SWEEP_ROWS: usize = 20_000;
 
-/// Writes that need no fsync of their own: losing one means a resend or a count off by one.
-fn is_relaxed(op: &WriteOp) -> bool {
-    matches!(
-        op,
-        WriteOp::Acked { .. }
-            | WriteOp::GroupCursor { .. }
-            | WriteOp::GroupDelivered { .. }
-            | WriteOp::Clicked { .. }
-            | WriteOp::DayStats { .. }
-            | WriteOp::ActiveDay { .. }
-    )
-}
-
-/// The writer's loop: group-commit jobs, sync buffered commits, sweep expired messages.
+/// The writer's loop: group-commit jobs, checkpoint (sync) partitions, sweep expired messages.
 struct WriterLoop {
     stores: BTreeMap<u16, Arc<PartitionStore>>,
     metrics: Arc<crate::stats::ShardMetrics>,
-    durability: Durability,
+    /// The write-ahead log under `Fsync` durability.
+    wal: Option<Wal>,
     on_events: EventSink,
-    unsynced: bool,
+    /// Partitions with commits not yet fsynced.
+    dirty: std::collections::BTreeSet<u16>,
     last_sync: Instant,
     last_sweep: Instant,
 }
 
-fn run(
-    rx: Receiver<StoreJob>,
-    partitions: Vec<Arc<PartitionStore>>,
-    durability: Durability,
-    on_events: EventSink,
-    metrics: Arc<crate::stats::ShardMetrics>,
-) {
-    let mut writer = WriterLoop {
-        stores: partitions.iter().map(|p| (p.partition, p.clone())).collect(),
-        metrics,
-        durability,
-        on_events,
-        unsynced: false,
-        last_sync: Instant::now(),
-        last_sweep: Instant::now(),
-    };
+fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
     loop {
         match rx.recv_timeout(BUFFERED_SYNC_INTERVAL) {
             Ok(first) => {
@@ -155,16 +160,15 @@ fn run(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
-        if writer.unsynced && writer.last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL {
+        let log_full = writer.wal.as_ref().is_some_and(Wal::wants_checkpoint);
+        if log_full || (!writer.dirty.is_empty() && writer.last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL) {
             writer.sync_all();
         }
         if writer.last_sweep.elapsed() >= EXPIRY_SWEEP_INTERVAL {
             writer.sweep();
         }
     }
-    if writer.unsynced {
-        writer.sync_all();
-    }
+    writer.sync_all();
 }
 
 impl WriterLoop {
@@ -175,27 +179,45 @@ impl WriterLoop {
                 grouped.entry(partition_of(op)).or_default().push(op);
             }
         }
-        let relaxed = batch.iter().flat_map(|j| &j.ops).all(is_relaxed);
-        let redb_durability = match self.durability {
-            Durability::Fsync if !relaxed => redb::Durability::Immediate,
-            _ => redb::Durability::None,
-        };
-        let mut failed: BTreeMap<u16, StoreError> = BTreeMap::new();
-        let mut events = Vec::new();
         let started = Instant::now();
+        let mut failed: BTreeMap<u16, StoreError> = BTreeMap::new();
+        // The log record goes to the page cache first; its fdatasync overlaps nothing but
+        // is the only one this commit waits for.
+        let mut lsn = None;
+        let mut log_error = None;
+        if let Some(wal) = self.wal.as_mut() {
+            let logged: Vec<&WriteOp> = batch.iter().flat_map(|j| &j.ops).filter(|op| wal::is_logged(op)).collect();
+            if !logged.is_empty() {
+                match wal.append(&logged) {
+                    Ok(n) => lsn = Some(n),
+                    Err(e) => log_error = Some(StoreError(e.to_string())),
+                }
+            }
+        }
+        let mut events = Vec::new();
         let op_count: usize = grouped.values().map(Vec::len).sum();
         for (partition, ops) in grouped {
             let Some(store) = self.stores.get(&partition) else {
                 failed.insert(partition, StoreError(format!("partition {partition} is not owned by this writer")));
                 continue;
             };
-            if let Err(e) = store.apply(&ops, redb_durability, &mut events) {
-                tracing::error!(partition, error = %e, "commit failed");
-                failed.insert(partition, e);
+            match store.apply(&ops, redb::Durability::None, lsn, &mut events) {
+                Ok(()) => {
+                    self.dirty.insert(partition);
+                }
+                Err(e) => {
+                    tracing::error!(partition, error = %e, "commit failed");
+                    failed.insert(partition, e);
+                }
             }
         }
-        if matches!(redb_durability, redb::Durability::None) {
-            self.unsynced = true;
+        if let (Some(wal), Some(_)) = (self.wal.as_ref(), lsn) {
+            if let Err(e) = wal.sync() {
+                log_error = Some(StoreError(e.to_string()));
+            }
+        }
+        if let Some(e) = &log_error {
+            tracing::error!(error = %e, "write-ahead log failed: this commit is not durable");
         }
         self.metrics.commit_latency_us.record(started.elapsed().as_micros() as u64);
         self.metrics.commit_batch_ops.record(op_count as u64);
@@ -203,6 +225,7 @@ impl WriterLoop {
         for job in batch {
             if let Some(done) = job.done {
                 let error = job.ops.iter().find_map(|op| failed.get(&partition_of(op)));
+                let error = error.or(log_error.as_ref().filter(|_| job.ops.iter().any(wal::is_logged)));
                 done(error.map_or(Ok(()), |e| Err(e.clone())));
             }
         }
@@ -218,7 +241,7 @@ impl WriterLoop {
                 Err(e) => tracing::error!(partition = store.partition, error = %e, "expiry sweep failed"),
             }
         }
-        self.unsynced = true;
+        self.dirty.extend(self.stores.keys().copied());
         self.publish(events);
         // Sweep again at once while rows are left, otherwise after the interval.
         self.last_sweep = if more { Instant::now() - EXPIRY_SWEEP_INTERVAL } else { Instant::now() };
@@ -238,13 +261,23 @@ impl WriterLoop {
         }
     }
 
+    /// The checkpoint: fsyncs every partition committed to since the last one; then, if all
+    /// succeeded, the log starts over.
     fn sync_all(&mut self) {
-        for store in self.stores.values() {
-            if let Err(e) = store.apply(&[], redb::Durability::Immediate, &mut Vec::new()) {
-                tracing::error!(partition = store.partition, error = %e, "sync failed");
+        let mut synced = true;
+        for partition in std::mem::take(&mut self.dirty) {
+            let store = &self.stores[&partition];
+            if let Err(e) = store.apply(&[], redb::Durability::Immediate, None, &mut Vec::new()) {
+                tracing::error!(partition, error = %e, "sync failed");
+                self.dirty.insert(partition);
+                synced = false;
             }
         }
-        self.unsynced = false;
+        if synced {
+            if let Some(wal) = self.wal.as_mut() {
+                wal.checkpointed();
+            }
+        }
         self.last_sync = Instant::now();
     }
 }

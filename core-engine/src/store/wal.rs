@@ -1,0 +1,358 @@
+//! The write-ahead log of one shard's store writer under `durability = "fsync"`.
+//!
+//! Each group commit appends one record holding the commit's durable writes and
+//! fdatasyncs this single file, instead of fsyncing every partition database it touched.
+//! The partitions commit without fsync and keep, in the same transaction, the log
+//! sequence number (LSN) of the last record they hold. A checkpoint (the writer's
+//! periodic sync) fsyncs the partitions and starts the log over from its beginning.
+//! After a crash, [`recover`] replays into each partition the records newer than its LSN.
+//!
+//! File layout: [`MAGIC`], then records of `len: u32 LE | crc32: u32 LE | lsn: u64 LE |
+//! payload` where the payload is the postcard encoding of the record's [`LoggedOp`]s and
+//! the checksum covers the LSN and the payload. The file is filled with zeros when it is
+//! made, so a commit overwrites allocated blocks and fdatasync flushes data only.
+//!
+//! Records from before the last checkpoint may follow the live ones. Reading stops at the
+//! first record that is torn, fails its checksum, or does not continue the LSN sequence;
+//! a stale record that is read anyway is harmless, because every partition it touches
+//! was checkpointed holding an LSN at least as new.
+
+use super::partition::{DeviceRecord, PartitionStore, StoreError, WriteOp};
+use crate::ids::RegId;
+use crate::push::{Envelope, GroupFilter, QuietHours};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file's first bytes; a different format gets a different magic.
+pub const MAGIC: &[u8; 8] = b"PNWAL001";
+const RECORD_HEADER: usize = 16;
+/// Largest record payload read back; a length above it is garbage, not a record.
+const MAX_RECORD: usize = 1 << 30;
+
+/// A write as the log keeps it: only writes that must survive a crash, in a form that
+/// is independent of the in-memory [`WriteOp`].
+#[derive(Debug, Serialize, Deserialize)]
+enum LoggedOp {
+    RegisterDevice { regid: [u8; 12], record: [u8; DeviceRecord::LEN] },
+    StorePush { envelope: LoggedEnvelope, seq: u64, regids: Vec<[u8; 12]> },
+    SetAlias { regid: [u8; 12], alias: String },
+    UnsetAlias { regid: [u8; 12], alias: String },
+    Subscribe { regid: [u8; 12], topic: String, seq: u64 },
+    Unsubscribe { regid: [u8; 12], topic: String },
+    StoreGroup { partition: u16, envelope: LoggedEnvelope, seq: u64, filter: GroupFilter, targets: u64 },
+    Quiet { regid: [u8; 12], hours: Option<[u8; 6]> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LoggedEnvelope {
+    id: u64,
+    app_id: u32,
+    expires_at: u64,
+    json: Vec<u8>,
+}
+
+impl LoggedEnvelope {
+    fn of(envelope: &Envelope) -> Self {
+        LoggedEnvelope {
+            id: envelope.id,
+            app_id: envelope.app_id,
+            expires_at: envelope.expires_at,
+            json: envelope.json.to_vec(),
+        }
+    }
+
+    fn into_envelope(self) -> Arc<Envelope> {
+        Arc::new(Envelope { id: self.id, app_id: self.app_id, expires_at: self.expires_at, json: self.json.into() })
+    }
+}
+
+/// Whether a write goes to the log. The others (acknowledgements, counts, cursors) need
+/// no fsync of their own: losing one means a resend or a count off by one.
+pub fn is_logged(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::RegisterDevice { .. }
+            | WriteOp::StorePush { .. }
+            | WriteOp::SetAlias { .. }
+            | WriteOp::UnsetAlias { .. }
+            | WriteOp::Subscribe { .. }
+            | WriteOp::Unsubscribe { .. }
+            | WriteOp::StoreGroup { .. }
+            | WriteOp::Quiet { .. }
+    )
+}
+
+fn logged(op: &WriteOp) -> Option<LoggedOp> {
+    Some(match op {
+        WriteOp::RegisterDevice { regid, record } => {
+            LoggedOp::RegisterDevice { regid: regid.0, record: record.to_bytes() }
+        }
+        WriteOp::StorePush { envelope, seq, regids } => LoggedOp::StorePush {
+            envelope: LoggedEnvelope::of(envelope),
+            seq: *seq,
+            regids: regids.iter().map(|r| r.0).collect(),
+        },
+        WriteOp::SetAlias { regid, alias } => LoggedOp::SetAlias { regid: regid.0, alias: alias.clone() },
+        WriteOp::UnsetAlias { regid, alias } => LoggedOp::UnsetAlias { regid: regid.0, alias: alias.clone() },
+        WriteOp::Subscribe { regid, topic, seq } => {
+            LoggedOp::Subscribe { regid: regid.0, topic: topic.clone(), seq: *seq }
+        }
+        WriteOp::Unsubscribe { regid, topic } => LoggedOp::Unsubscribe { regid: regid.0, topic: topic.clone() },
+        WriteOp::StoreGroup { partition, envelope, seq, filter, targets } => LoggedOp::StoreGroup {
+            partition: *partition,
+            envelope: LoggedEnvelope::of(envelope),
+            seq: *seq,
+            filter: filter.clone(),
+            targets: *targets,
+        },
+        WriteOp::Quiet { regid, hours } => LoggedOp::Quiet { regid: regid.0, hours: hours.map(QuietHours::to_bytes) },
+        WriteOp::GroupCursor { .. }
+        | WriteOp::GroupDelivered { .. }
+        | WriteOp::Clicked { .. }
+        | WriteOp::Acked { .. }
+        | WriteOp::DayStats { .. }
+        | WriteOp::ActiveDay { .. } => return None,
+    })
+}
+
+impl LoggedOp {
+    fn into_write(self) -> Option<WriteOp> {
+        Some(match self {
+            LoggedOp::RegisterDevice { regid, record } => {
+                WriteOp::RegisterDevice { regid: RegId(regid), record: DeviceRecord::from_bytes(&record)? }
+            }
+            LoggedOp::StorePush { envelope, seq, regids } => WriteOp::StorePush {
+                envelope: envelope.into_envelope(),
+                seq,
+                regids: regids.into_iter().map(RegId).collect(),
+            },
+            LoggedOp::SetAlias { regid, alias } => WriteOp::SetAlias { regid: RegId(regid), alias },
+            LoggedOp::UnsetAlias { regid, alias } => WriteOp::UnsetAlias { regid: RegId(regid), alias },
+            LoggedOp::Subscribe { regid, topic, seq } => WriteOp::Subscribe { regid: RegId(regid), topic, seq },
+            LoggedOp::Unsubscribe { regid, topic } => WriteOp::Unsubscribe { regid: RegId(regid), topic },
+            LoggedOp::StoreGroup { partition, envelope, seq, filter, targets } => {
+                WriteOp::StoreGroup { partition, envelope: envelope.into_envelope(), seq, filter, targets }
+            }
+            LoggedOp::Quiet { regid, hours } => WriteOp::Quiet {
+                regid: RegId(regid),
+                hours: match hours {
+                    Some(raw) => Some(QuietHours::from_bytes(&raw)?),
+                    None => None,
+                },
+            },
+        })
+    }
+}
+
+/// One record read back: its LSN and its writes.
+#[derive(Debug)]
+pub struct Record {
+    pub lsn: u64,
+    pub ops: Vec<WriteOp>,
+}
+
+/// Appends the record of `ops` (the logged ones among them) at `lsn` to `out`.
+pub fn encode_record(lsn: u64, ops: &[&WriteOp], out: &mut Vec<u8>) {
+    let logged: Vec<LoggedOp> = ops.iter().filter_map(|op| logged(op)).collect();
+    let payload = postcard::to_allocvec(&logged).expect("postcard encodes plain data into a Vec");
+    assert!(payload.len() <= MAX_RECORD, "a record of {} bytes is past the log's limit", payload.len());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&lsn.to_le_bytes());
+    hasher.update(&payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&hasher.finalize().to_le_bytes());
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// Reads the records after the magic: consecutive LSNs, each whole and with a good
+/// checksum; stops at the first that is not.
+pub fn decode_records(mut bytes: &[u8]) -> Vec<Record> {
+    let mut records: Vec<Record> = Vec::new();
+    while bytes.len() >= RECORD_HEADER {
+        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let (len, crc) = (word(0) as usize, word(4));
+        let lsn = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        if lsn == 0 || len > MAX_RECORD || bytes.len() - RECORD_HEADER < len {
+            break;
+        }
+        if records.last().is_some_and(|last| last.lsn + 1 != lsn) {
+            break;
+        }
+        let payload = &bytes[RECORD_HEADER..RECORD_HEADER + len];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&lsn.to_le_bytes());
+        hasher.update(payload);
+        if hasher.finalize() != crc {
+            break;
+        }
+        let Ok(logged) = postcard::from_bytes::<Vec<LoggedOp>>(payload) else { break };
+        let Some(ops) = logged.into_iter().map(LoggedOp::into_write).collect::<Option<Vec<_>>>() else { break };
+        records.push(Record { lsn, ops });
+        bytes = &bytes[RECORD_HEADER + len..];
+    }
+    records
+}
+
+/// Why the log could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("write-ahead log {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("write-ahead log {path}: not a log of this version (bad magic)")]
+    Format { path: PathBuf },
+}
+
+/// The open log of one writer.
+pub struct Wal {
+    file: File,
+    path: PathBuf,
+    /// Where the next record goes.
+    pos: u64,
+    /// Bytes filled with zeros when the file was made.
+    capacity: u64,
+    next_lsn: u64,
+    buf: Vec<u8>,
+}
+
+impl Wal {
+    /// Opens (or makes, zero-filled to `capacity` bytes) the log at `path`, writing from its
+    /// start with LSNs from `next_lsn`. Call [`recover`] first: what the file held is overwritten.
+    pub fn open(path: &Path, capacity: u64, next_lsn: u64) -> Result<Wal, WalError> {
+        assert!(next_lsn > 0, "LSN 0 means no record");
+        let io = |source| WalError::Io { path: path.to_owned(), source };
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < capacity {
+            file.write_all_at(MAGIC, 0).map_err(io)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = len.max(MAGIC.len() as u64);
+            while at < capacity {
+                let n = zeros.len().min((capacity - at) as usize);
+                file.write_all_at(&zeros[..n], at).map_err(io)?;
+                at += n as u64;
+            }
+            file.flush().map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(Wal { file, path: path.to_owned(), pos: MAGIC.len() as u64, capacity, next_lsn, buf: Vec::new() })
+    }
+
+    /// Writes a record of the logged writes among `ops` and returns its LSN; durable once
+    /// [`Wal::sync`] returns.
+    pub fn append(&mut self, ops: &[&WriteOp]) -> Result<u64, WalError> {
+        let lsn = self.next_lsn;
+        self.buf.clear();
+        encode_record(lsn, ops, &mut self.buf);
+        self.file
+            .write_all_at(&self.buf, self.pos)
+            .map_err(|source| WalError::Io { path: self.path.clone(), source })?;
+        self.pos += self.buf.len() as u64;
+        self.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// fdatasync: every appended record is on disk.
+    pub fn sync(&self) -> Result<(), WalError> {
+        self.file.sync_data().map_err(|source| WalError::Io { path: self.path.clone(), source })
+    }
+
+    /// Whether enough is written that a checkpoint should start the log over.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.pos >= self.capacity / 2
+    }
+
+    /// The partitions hold every record durably: the log starts over.
+    pub fn checkpointed(&mut self) {
+        self.pos = MAGIC.len() as u64;
+    }
+}
+
+/// The log file of shard `shard`'s writer.
+pub fn path_of(dir: &Path, shard: usize) -> PathBuf {
+    dir.join(format!("wal-{shard:03}.log"))
+}
+
+/// What [`recover`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records whose writes some partition did not hold yet.
+    pub records: usize,
+    /// Writes applied again.
+    pub writes: usize,
+    /// The first LSN a new log may use: above every LSN a partition or log holds.
+    pub next_lsn: u64,
+}
+
+/// Replays every shard's log in `dir` into the partitions that lack its records, makes them
+/// durable, removes the logs not in `keep`, and says where LSNs continue. Runs before any
+/// shard starts.
+pub fn recover(
+    dir: &Path,
+    stores: &BTreeMap<u16, Arc<PartitionStore>>,
+    keep: &[PathBuf],
+) -> Result<Recovered, StoreError> {
+    let mut applied = BTreeMap::new();
+    for (&partition, store) in stores {
+        applied.insert(partition, store.applied_lsn()?);
+    }
+    let mut found = Recovered { next_lsn: applied.values().copied().max().unwrap_or(0) + 1, ..Default::default() };
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| StoreError(format!("listing {}: {e}", dir.display())))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("wal-") && n.ends_with(".log"))
+        })
+        .collect();
+    logs.sort();
+    let mut touched = BTreeMap::new();
+    for path in &logs {
+        let bytes = std::fs::read(path).map_err(|e| StoreError(format!("reading {}: {e}", path.display())))?;
+        if bytes.len() < MAGIC.len() {
+            continue;
+        }
+        if &bytes[..MAGIC.len()] != MAGIC {
+            return Err(StoreError(WalError::Format { path: path.clone() }.to_string()));
+        }
+        for record in decode_records(&bytes[MAGIC.len()..]) {
+            found.next_lsn = found.next_lsn.max(record.lsn + 1);
+            let mut by_partition: BTreeMap<u16, Vec<&WriteOp>> = BTreeMap::new();
+            for op in &record.ops {
+                by_partition.entry(super::writer::partition_of(op)).or_default().push(op);
+            }
+            let mut replayed = false;
+            for (partition, ops) in by_partition {
+                let Some(store) = stores.get(&partition) else {
+                    return Err(StoreError(format!(
+                        "{} holds writes for unknown partition {partition}",
+                        path.display()
+                    )));
+                };
+                if applied[&partition] >= record.lsn {
+                    continue;
+                }
+                store.apply(&ops, redb::Durability::None, Some(record.lsn), &mut Vec::new())?;
+                applied.insert(partition, record.lsn);
+                touched.insert(partition, store.clone());
+                found.writes += ops.len();
+                replayed = true;
+            }
+            found.records += usize::from(replayed);
+        }
+    }
+    for store in touched.values() {
+        store.apply(&[], redb::Durability::Immediate, None, &mut Vec::new())?;
+    }
+    for path in logs.iter().filter(|p| !keep.contains(p)) {
+        std::fs::remove_file(path).map_err(|e| StoreError(format!("removing {}: {e}", path.display())))?;
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests;
