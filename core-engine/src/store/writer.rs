@@ -47,7 +47,12 @@ pub struct StoreJob {
 
 /// Most jobs grouped into one commit.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
+/// How often buffered commits are fsynced (what a crash can lose under `Buffered`).
 const BUFFERED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the partitions are checkpointed under `Fsync`, where the log already holds every
+/// commit: a checkpoint stalls the writer for one fsync per partition, so it is kept rare
+/// (the log's size bounds it too: see [`Wal::wants_checkpoint`]).
+const LOGGED_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Handle to a shard's writer thread.
 pub struct StoreWriter {
@@ -161,7 +166,8 @@ fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         let log_full = writer.wal.as_ref().is_some_and(Wal::wants_checkpoint);
-        if log_full || (!writer.dirty.is_empty() && writer.last_sync.elapsed() >= BUFFERED_SYNC_INTERVAL) {
+        let interval = if writer.wal.is_some() { LOGGED_CHECKPOINT_INTERVAL } else { BUFFERED_SYNC_INTERVAL };
+        if log_full || (!writer.dirty.is_empty() && writer.last_sync.elapsed() >= interval) {
             writer.sync_all();
         }
         if writer.last_sweep.elapsed() >= EXPIRY_SWEEP_INTERVAL {
