@@ -27,6 +27,11 @@ COLUMNS = [
     ("unicast p99 ms", "unicast", lambda d: lat(d, "p99"), "ms"),
     ("unicast p99.9 ms", "unicast", lambda d: lat(d, "p999"), "ms"),
 ]
+# Shown only when the run had the `idle-tls` scenario (idle connections over MQTT-over-TLS).
+TLS_COLUMNS = [
+    ("user B / idle TLS conn", "idle-tls", lambda d: d.get("user_bytes_per_conn"), "bytes"),
+    ("kernel B / idle TLS conn", "idle-tls", lambda d: d.get("kernel_bytes_per_conn"), "bytes"),
+]
 
 
 def lat(d, key):
@@ -102,13 +107,14 @@ def render(out_dir):
     targets = meta.get("targets") or sorted({r["target"] for r in runs})
     p = meta.get("params", {})
     notes = Notes()
+    ran = set(meta.get("scenarios") or [])
+    # The TLS columns go next to the plain idle ones.
+    columns = COLUMNS[:2] + TLS_COLUMNS + COLUMNS[2:] if "idle-tls" in ran else COLUMNS
 
     docs = {}
     for t in targets:
-        for s in {c[1] for c in COLUMNS} | {"churn"}:
+        for s in {c[1] for c in columns} | {"churn"}:
             docs[(t, s)] = load(os.path.join(out_dir, f"{t}-{s}.json"))
-
-    ran = set(meta.get("scenarios") or [])
 
     def value(t, col):
         _, scen, get, _ = col
@@ -134,13 +140,13 @@ def render(out_dir):
                  f"{(m.get('mem_total_kib') or 0) / 1048576:.1f} GiB RAM, git {meta.get('versions', {}).get('git', '?')}; "
                  f"run took {meta.get('elapsed_s', '?')} s.")
     lines.append("")
-    head = ["target", "MQTT", "connections"] + [c[0] for c in COLUMNS] + ["churn lost / dup"]
+    head = ["target", "MQTT", "connections"] + [c[0] for c in columns] + ["churn lost / dup"]
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(COLUMNS) + 1)) + "|")
+    lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(columns) + 1)) + "|")
 
     ours = {}
     if "pushnode" in targets:
-        for col in COLUMNS:
+        for col in columns:
             ours[col[0]] = value("pushnode", col)[0]
     for t in targets:
         conns = {r.get("connections") for r in runs if r["target"] == t and r.get("connections")}
@@ -154,7 +160,7 @@ def render(out_dir):
                 f"while Pushnode's io_uring direct descriptors are not counted against it")
         ver = "5 (HTTP push)" if t == "pushnode" else str(meta.get("mqtt_version", {}).get(t, "?"))
         row = [LABEL.get(t, t), ver, ctext]
-        for col in COLUMNS:
+        for col in columns:
             v, mark = value(t, col)
             cell = fmt(v, col[3]) or ("n/a" if mark else "-")
             if t != "pushnode" and v is not None:
@@ -181,6 +187,10 @@ def render(out_dir):
             f"{p.get('unicast_rate'):,}/s for {p.get('unicast_s')} s to random devices "
             f"(latency from the scheduled send time); churn reconnects {p.get('churn_per_s'):,} "
             f"clients/s for {p.get('churn_s')} s while {p.get('churn_rate'):,} pushes/s flow.")
+    if "idle-tls" in ran:
+        lines.append("idle-tls is idle over MQTT-over-TLS (TLS 1.3 unless a side refuses it; "
+                     "throwaway CA, ECDSA P-256 certificate): Pushnode's rustls listener, "
+                     "mosquitto's OpenSSL listener.")
     if ran:
         lines.append(f"Scenarios run: {', '.join(sorted(ran))}; `-` = not run in this invocation.")
     if notes.items:

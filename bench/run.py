@@ -11,6 +11,11 @@ at most its --timeout-secs plus a grace period (then its process group is killed
 server stop waits STOP_TIMEOUT_S after SIGTERM before SIGKILL. Only processes this
 script started are signalled, by PID / process group id.
 
+The `idle-tls` scenario is loadgen's `idle` over MQTT-over-TLS: Pushnode gets its
+`--mqtt-tls-listen` and mosquitto a TLS listener, both with a certificate from a throwaway
+CA that openssl makes in a temporary folder for the run (removed afterwards); loadgen
+trusts that CA (`--tls-ca`).
+
 Results: bench/results/<date>-<profile>/ holds one <target>-<scenario>.json per run
 (loadgen's --json, or a {"skipped": reason} stub), runs.json (what ran, exit codes,
 server CPU and peak RSS), meta.json (machine, profile, versions), logs/, and table.md.
@@ -45,7 +50,9 @@ FD_LIMIT = 20_000
 PEER_CAP = 19_000
 
 ALL_TARGETS = ["pushnode", "mosquitto", "nats-server", "rumqttd", "bare"]
-ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "churn"]
+ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "churn", "idle-tls"]
+# Bench scenarios that run a loadgen scenario of another name, over TLS.
+TLS_SCENARIOS = {"idle-tls": "idle"}
 
 # Profiles: connections is what Pushnode gets; peers get min(connections, peer_cap).
 PROFILES = {
@@ -58,7 +65,7 @@ PROFILES = {
     ),
     "quick": dict(
         connections=10_000, peer_cap=10_000, targets=ALL_TARGETS,
-        scenarios=["connect", "idle", "fanout", "unicast", "churn"],
+        scenarios=["connect", "idle", "fanout", "unicast", "churn", "idle-tls"],
         idle_hold_s=3, fanout_messages=10, fanout_interval_ms=200,
         unicast_rate=20_000, unicast_s=5, unicast_batch=100,
         churn_per_s=500, churn_rate=5_000, churn_s=5, timeout_s=60, straggler_s=5,
@@ -78,7 +85,9 @@ MQTT_VERSION = {"mosquitto": 5, "nats-server": 3, "rumqttd": 5, "bare": 5}
 # Scenarios only some targets run, and why the others do not.
 ONLY_FOR = {"churn": ({"pushnode"}, "churn checks Pushnode's no-loss guarantee across "
                       "reconnects; loadgen runs it against --target pushnode only (plain MQTT "
-                      "clients use clean sessions, where loss is by design)")}
+                      "clients use clean sessions, where loss is by design)"),
+            "idle-tls": ({"pushnode", "mosquitto"}, "the bench sets up an MQTT TLS listener "
+                         "for Pushnode and mosquitto only")}
 
 
 def log(msg):
@@ -113,6 +122,29 @@ def render_config(name, out_dir, **subst):
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def make_tls_files(tmp):
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1 (ECDSA P-256,
+    so handshakes cost little CPU), made with the openssl command in `tmp`."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ca_key, ca = os.path.join(tmp, "ca.key"), os.path.join(tmp, "ca.pem")
+    key, csr, cert = (os.path.join(tmp, n) for n in ("server.key", "server.csr", "server.pem"))
+    ext = os.path.join(tmp, "san.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+        "-subj", "/CN=pushnode-bench-ca")
+    run("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext)
+    # mosquitto started as root reads these after dropping to its own user.
+    os.chmod(tmp, 0o755)
+    os.chmod(key, 0o644)
+    return {"ca": ca, "cert": cert, "key": key}
 
 
 def proc_stats(pid):
@@ -180,7 +212,7 @@ def pushnode_layout(n):
     return shards, per_shard
 
 
-def start_pushnode(n, logs_dir, tag):
+def start_pushnode(n, logs_dir, tag, tls=None):
     tmp = tempfile.mkdtemp(prefix="bench-pushnode-")
     mqtt, http = free_port(), free_port()
     shards, per_shard = pushnode_layout(n)
@@ -192,9 +224,16 @@ def start_pushnode(n, logs_dir, tag):
             "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",
             "--durability", "buffered", "--shards", str(shards),
             "--max-connections-per-shard", str(per_shard)]
+    mqtts = None
+    if tls:
+        mqtts = free_port()
+        argv += ["--mqtt-tls-listen", f"127.0.0.1:{mqtts}", "--tls-cert", tls["cert"],
+                 "--tls-key", tls["key"]]
     proc, logf = spawn("pushnode", argv, logs_dir, tag, tmp)
     srv = Server("pushnode", proc, mqtt, [], tmp, logf)
     err = wait_port(mqtt, proc, START_TIMEOUT_S) or wait_port(http, proc, START_TIMEOUT_S)
+    if not err and mqtts:
+        err = wait_port(mqtts, proc, START_TIMEOUT_S)
     if err:
         srv.stop()
         raise RuntimeError(f"pushnode: {err}")
@@ -207,9 +246,11 @@ def start_pushnode(n, logs_dir, tag):
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         app = json.load(r)
-    srv.loadgen_args = ["--target", "pushnode", "--mqtt", f"127.0.0.1:{mqtt}",
+    srv.loadgen_args = ["--target", "pushnode", "--mqtt", f"127.0.0.1:{mqtts or mqtt}",
                         "--http", f"http://127.0.0.1:{http}", "--app-id", app["app_id"],
                         "--app-key", app["app_key"], "--app-secret", app["app_secret"]]
+    if tls:
+        srv.loadgen_args += ["--tls-ca", tls["ca"]]
     srv.extra = {"shards": shards, "max_connections_per_shard": per_shard}
     return srv
 
@@ -224,12 +265,19 @@ def mqtt_target(name, proc, port, tmp, logf):
     return srv
 
 
-def start_mosquitto(n, logs_dir, tag):
+def start_mosquitto(n, logs_dir, tag, tls=None):
     tmp = tempfile.mkdtemp(prefix="bench-mosquitto-")
     port = free_port()
-    cfg = render_config("mosquitto.conf", tmp, MQTT_PORT=port)
+    if tls:
+        cfg = render_config("mosquitto-tls.conf", tmp, MQTT_PORT=port, CA_FILE=tls["ca"],
+                            CERT_FILE=tls["cert"], KEY_FILE=tls["key"])
+    else:
+        cfg = render_config("mosquitto.conf", tmp, MQTT_PORT=port)
     proc, logf = spawn("mosquitto", [find_bin("mosquitto"), "-c", cfg], logs_dir, tag, tmp)
-    return mqtt_target("mosquitto", proc, port, tmp, logf)
+    srv = mqtt_target("mosquitto", proc, port, tmp, logf)
+    if tls:
+        srv.loadgen_args += ["--tls-ca", tls["ca"]]
+    return srv
 
 
 def start_nats(n, logs_dir, tag):
@@ -301,13 +349,13 @@ def loadgen_scenarios():
 def loadgen_argv(scenario, srv, n, p, json_path):
     """THE loadgen invocation: the one place that knows loadgen's CLI."""
     workers = max(1, math.ceil((n + 100) / (FD_LIMIT - 2_000)))
-    argv = [loadgen_bin(), scenario] + srv.loadgen_args + [
+    argv = [loadgen_bin(), TLS_SCENARIOS.get(scenario, scenario)] + srv.loadgen_args + [
         "--source-ips", "127.0.0.2-127.0.0.17", "--workers", str(workers),
         "--json", json_path, "--timeout-secs", str(p["timeout_s"]),
         "--straggler-secs", str(p["straggler_s"])]
     if scenario == "connect":
         argv += ["--connections", str(n), "--rate", "0"]
-    elif scenario == "idle":
+    elif scenario in ("idle", "idle-tls"):
         argv += ["--connections", str(n), "--hold-secs", str(p["idle_hold_s"]),
                  "--server-pid", str(srv.pid)]
     elif scenario == "fanout":
@@ -397,6 +445,64 @@ def versions():
     return out
 
 
+def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
+    """Runs every (target, scenario) of the invocation, appending to `runs`; `tls`
+    caches the throwaway CA files (made at the first TLS scenario)."""
+    for target in targets:
+        n = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
+        for scenario in scenarios:
+            tag = f"{target}-{scenario}"
+            json_path = os.path.join(out, f"{tag}.json")
+            run = {"target": target, "scenario": scenario, "connections": n,
+                   "capped": target != "pushnode" and n < p["connections"]}
+            if scenario in ONLY_FOR and target not in ONLY_FOR[scenario][0]:
+                run["skipped"] = "not run: " + ONLY_FOR[scenario][1]
+            elif TLS_SCENARIOS.get(scenario, scenario) not in offered:
+                run["skipped"] = f"loadgen has no `{scenario}` scenario (yet)"
+            if run.get("skipped"):
+                log(f"{tag}: skipped: {run['skipped']}")
+                write_json(json_path, {"scenario": scenario, "target": target,
+                                       "skipped": run["skipped"]})
+                runs.append(run)
+                continue
+            try:
+                if scenario in TLS_SCENARIOS:
+                    if "files" not in tls:
+                        tls["dir"] = tempfile.mkdtemp(prefix="bench-tls-")
+                        tls["files"] = make_tls_files(tls["dir"])
+                    srv = STARTERS[target](n, logs, tag, tls=tls["files"])
+                else:
+                    srv = STARTERS[target](n, logs, tag)
+            except (RuntimeError, OSError, KeyError, ValueError,
+                    subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+                run["skipped"] = f"could not start {target}: {e}"
+                log(f"{tag}: {run['skipped']}")
+                write_json(json_path, {"scenario": scenario, "target": target,
+                                       "skipped": run["skipped"]})
+                runs.append(run)
+                continue
+            run["server_pid"] = srv.pid
+            run.update(srv.extra)
+            argv = loadgen_argv(scenario, srv, n, p, json_path)
+            log(f"{tag}: server pid {srv.pid}; loadgen {scenario} x{n}")
+            started = time.monotonic()
+            rc, overran = run_loadgen(argv, logs, tag, p["timeout_s"] + LOADGEN_GRACE_S)
+            run.update({"loadgen_rc": rc, "loadgen_killed": overran,
+                        "wall_s": round(time.monotonic() - started, 1)})
+            run["server_alive_after"] = srv.proc.poll() is None
+            run.update(srv.stop())
+            if not os.path.exists(json_path):
+                why = first_error(os.path.join(logs, f"{tag}.loadgen.log"))
+                write_json(json_path, {"scenario": scenario, "target": target,
+                                       "error": f"loadgen exited {rc} without --json output"
+                                       + (" (killed: over time)" if overran else "")
+                                       + (f": {why}" if why else "")})
+            log(f"{tag}: loadgen rc {rc} in {run['wall_s']} s"
+                + ("" if run["server_alive_after"] else " (server had died)"))
+            runs.append(run)
+            write_json(os.path.join(out, "runs.json"), runs)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
@@ -428,59 +534,21 @@ def main():
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine_info(), "versions": versions(),
             "mqtt_version": MQTT_VERSION, "fd_limit": FD_LIMIT,
-            "loadgen_scenarios": sorted(offered), "command": " ".join(sys.argv)}
+            "loadgen_scenarios": sorted(offered), "command": " ".join(sys.argv),
+            "tls": "idle-tls: throwaway CA and ECDSA P-256 server certificate (openssl), "
+                   "rustls on Pushnode, OpenSSL on mosquitto"}
     write_json(os.path.join(out, "meta.json"), meta)
     log(f"profile {args.profile}: {p['connections']} connections (peers <= {p['peer_cap']}), "
         f"targets {','.join(targets)}, scenarios {','.join(scenarios)} -> {out}")
 
     runs = []
     t0 = time.monotonic()
-    for target in targets:
-        n = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
-        for scenario in scenarios:
-            tag = f"{target}-{scenario}"
-            json_path = os.path.join(out, f"{tag}.json")
-            run = {"target": target, "scenario": scenario, "connections": n,
-                   "capped": target != "pushnode" and n < p["connections"]}
-            if scenario in ONLY_FOR and target not in ONLY_FOR[scenario][0]:
-                run["skipped"] = "not run: " + ONLY_FOR[scenario][1]
-            elif scenario not in offered:
-                run["skipped"] = f"loadgen has no `{scenario}` scenario (yet)"
-            if run.get("skipped"):
-                log(f"{tag}: skipped: {run['skipped']}")
-                write_json(json_path, {"scenario": scenario, "target": target,
-                                       "skipped": run["skipped"]})
-                runs.append(run)
-                continue
-            try:
-                srv = STARTERS[target](n, logs, tag)
-            except (RuntimeError, OSError, KeyError, ValueError) as e:
-                run["skipped"] = f"could not start {target}: {e}"
-                log(f"{tag}: {run['skipped']}")
-                write_json(json_path, {"scenario": scenario, "target": target,
-                                       "skipped": run["skipped"]})
-                runs.append(run)
-                continue
-            run["server_pid"] = srv.pid
-            run.update(srv.extra)
-            argv = loadgen_argv(scenario, srv, n, p, json_path)
-            log(f"{tag}: server pid {srv.pid}; loadgen {scenario} x{n}")
-            started = time.monotonic()
-            rc, overran = run_loadgen(argv, logs, tag, p["timeout_s"] + LOADGEN_GRACE_S)
-            run.update({"loadgen_rc": rc, "loadgen_killed": overran,
-                        "wall_s": round(time.monotonic() - started, 1)})
-            run["server_alive_after"] = srv.proc.poll() is None
-            run.update(srv.stop())
-            if not os.path.exists(json_path):
-                why = first_error(os.path.join(logs, f"{tag}.loadgen.log"))
-                write_json(json_path, {"scenario": scenario, "target": target,
-                                       "error": f"loadgen exited {rc} without --json output"
-                                       + (" (killed: over time)" if overran else "")
-                                       + (f": {why}" if why else "")})
-            log(f"{tag}: loadgen rc {rc} in {run['wall_s']} s"
-                + ("" if run["server_alive_after"] else " (server had died)"))
-            runs.append(run)
-            write_json(os.path.join(out, "runs.json"), runs)
+    tls = {}
+    try:
+        run_all(targets, scenarios, p, out, logs, offered, runs, tls)
+    finally:
+        if tls.get("dir"):
+            shutil.rmtree(tls["dir"], ignore_errors=True)
     write_json(os.path.join(out, "runs.json"), runs)
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     write_json(os.path.join(out, "meta.json"), meta)

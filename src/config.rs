@@ -45,6 +45,10 @@ pub struct Config {
     pub store_cache_bytes: usize,
     /// HTTP worker threads.
     pub http_threads: usize,
+    /// Seconds an HTTP(S) connection may wait for the client: for the TLS handshake, for a
+    /// request's headers, and idle between two requests on a keep-alive connection. At
+    /// least 1.
+    pub http_idle_timeout_secs: u64,
     /// Log filter, as for RUST_LOG (e.g. "info", "pushnode=debug").
     pub log: String,
     /// Aliases one device may carry.
@@ -87,6 +91,7 @@ impl Default for Config {
             durability: Durability::Fsync,
             store_cache_bytes: 16 * 1024 * 1024,
             http_threads: 1,
+            http_idle_timeout_secs: 10,
             log: "info".into(),
             max_aliases_per_device: 10,
             max_topics_per_device: 100,
@@ -137,6 +142,9 @@ impl Config {
         if self.http_threads == 0 {
             bail!("http_threads must be at least 1");
         }
+        if self.http_idle_timeout_secs == 0 {
+            bail!("http_idle_timeout_secs must be at least 1");
+        }
         Ok(EngineConfig {
             mqtt_listen: self.mqtt_listen,
             data_dir: self.data_dir.clone(),
@@ -174,6 +182,12 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"), "configs/pushnode.toml documents the defaults");
         assert!(parsed.engine().is_ok());
+    }
+
+    #[test]
+    fn zero_http_idle_timeout_is_refused() {
+        let config = Config { http_idle_timeout_secs: 0, ..Config::default() };
+        assert!(config.engine().is_err());
     }
 
     #[test]

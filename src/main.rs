@@ -76,6 +76,10 @@ struct ServeArgs {
     max_connections_per_shard: Option<u32>,
     #[arg(long)]
     durability: Option<String>,
+    /// Seconds an HTTP(S) connection may wait for the handshake, a request's headers, or
+    /// idle between requests.
+    #[arg(long)]
+    http_idle_timeout_secs: Option<u64>,
     /// Log filter, e.g. "info" or "debug".
     #[arg(long)]
     log: Option<String>,
@@ -131,6 +135,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.log {
         config.log = v;
     }
+    if let Some(v) = args.http_idle_timeout_secs {
+        config.http_idle_timeout_secs = v;
+    }
     let engine = config.engine()?;
     core_engine::clock::set_offset_s(config.clock_offset_secs);
     if args.check {
@@ -165,7 +172,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(addr), Some(cert), Some(key)) => Some((addr, core_engine::tls::server_config(cert, key)?)),
         _ => None,
     };
-    http::start(config.http_listen, https, config.http_threads, state)?;
+    let http_idle_timeout = std::time::Duration::from_secs(config.http_idle_timeout_secs);
+    http::start(config.http_listen, https, config.http_threads, http_idle_timeout, state)?;
     let started = std::time::Instant::now();
     let handle = node.handle();
     tracing::info!(

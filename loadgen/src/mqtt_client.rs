@@ -54,6 +54,9 @@ pub enum ClientError {
     /// Unexpected or malformed packet, or an encode failure.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The TLS layer failed (handshake, certificate, record).
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
 }
 
 impl ClientError {
@@ -67,6 +70,7 @@ impl ClientError {
             ClientError::Refused { code, .. } => format!("connack {code:#04x}"),
             ClientError::Disconnected { code } => format!("disconnect {code:#04x}"),
             ClientError::Protocol(_) => "protocol error".to_string(),
+            ClientError::Tls(error) => format!("tls: {error}"),
         }
     }
 }

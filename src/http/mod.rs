@@ -23,9 +23,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Time a client has to send a request's headers (slowloris guard; needs the timer).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What every handler needs.
 pub struct HttpState {
     pub node: NodeHandle,
@@ -41,12 +38,21 @@ pub struct HttpState {
 
 /// Starts `threads` HTTP threads listening on `addr` and the scheduler thread; they run
 /// until the process exits.
+///
+/// `idle_timeout` bounds every wait for a client: the TLS handshake, a request's headers
+/// (the slowloris guard) and the idle time between two requests on a keep-alive
+/// connection. hyper's header read timeout covers the last two: its timer starts whenever
+/// the connection waits for the next request head (`poll_read_head` in hyper 1.x
+/// `proto/h1/conn.rs`, re-armed when the connection goes idle) and stops only once a whole
+/// head is parsed, so trickled bytes do not extend it.
 pub fn start(
     addr: SocketAddr,
     https: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     threads: usize,
+    idle_timeout: Duration,
     state: Arc<HttpState>,
 ) -> anyhow::Result<()> {
+    assert!(!idle_timeout.is_zero(), "a zero idle timeout would cut every connection at once");
     scheduler::start(state.node.clone(), state.api.clone())?;
     callbacks::start(state.node.receipts(), state.callbacks.clone())?;
     let mut listeners = vec![(addr, None)];
@@ -67,14 +73,19 @@ pub fn start(
                         return;
                     }
                 };
-                runtime.block_on(serve(listener, state, tls));
+                runtime.block_on(serve(listener, state, tls, idle_timeout));
             })?;
         }
     }
     Ok(())
 }
 
-async fn serve(listener: std::net::TcpListener, state: Arc<HttpState>, tls: Option<tokio_rustls::TlsAcceptor>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<HttpState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    idle_timeout: Duration,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -96,11 +107,11 @@ async fn serve(listener: std::net::TcpListener, state: Arc<HttpState>, tls: Opti
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, state).await,
+                None => serve_connection(stream, state, idle_timeout).await,
                 Some(acceptor) => {
-                    // The handshake shares the header timeout: a silent client is cut off.
-                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, state).await,
+                    // The handshake shares the idle timeout: a silent client is cut off.
+                    match tokio::time::timeout(idle_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, state, idle_timeout).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -110,7 +121,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<HttpState>, tls: Opti
     }
 }
 
-async fn serve_connection<IO>(io: IO, state: Arc<HttpState>)
+async fn serve_connection<IO>(io: IO, state: Arc<HttpState>, idle_timeout: Duration)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -120,7 +131,8 @@ where
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Also the keep-alive idle timeout (see `start`).
+        .header_read_timeout(idle_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = conn.await {

@@ -3,29 +3,41 @@
 Each test runs `$LOADGEN_BIN <scenario> ... --json OUT` against a fresh node (the app is
 created by loadgen itself with --admin-token-file), waits for it with a timeout, and
 checks the counts in the JSON report: everything connected, nothing failed, every message
-delivered, nothing lost. loadgen bounds its own run with --timeout-secs as well.
+delivered, nothing lost. loadgen bounds its own run with --timeout-secs as well. The TLS
+tests run the same over MQTT-over-TLS (`--tls-ca`) against the node's TLS listener and a
+mosquitto TLS listener, with a CA made by openssl.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
+import tempfile
+import time
 
 import pytest
 import requests
 
-from conftest import LOADGEN_BIN
+from conftest import LOADGEN_BIN, free_port
+from test_tls import _make_ca
 
 RUN_TIMEOUT = 90  # seconds, per loadgen run (loadgen's own bound is 60)
 
 
-def run_loadgen(node, tmp_path, scenario: str, *args: str) -> dict:
+def run_loadgen(node, tmp_path, scenario: str, *args: str, mqtt: str | None = None) -> dict:
+    """Runs loadgen against `node` (MQTT at `mqtt`, default the node's plain listener);
+    with node=None, against the plain MQTT broker at `mqtt` (pass --target mqtt)."""
     assert LOADGEN_BIN.exists(), f"loadgen binary not found at {LOADGEN_BIN} (set LOADGEN_BIN)"
     out = tmp_path / f"{scenario}.json"
+    target = [] if node is None else [
+        "--http", node.url, "--admin-token-file", str(node.data_dir / "admin.token")]
     cmd = [
         str(LOADGEN_BIN), scenario,
-        "--mqtt", node.mqtt_addr, "--http", node.url,
-        "--admin-token-file", str(node.data_dir / "admin.token"),
+        "--mqtt", mqtt or node.mqtt_addr, *target,
         "--timeout-secs", "60", "--straggler-secs", "10",
         "--json", str(out), *args,
     ]
@@ -114,3 +126,111 @@ def test_churn(node, tmp_path):
     assert r["lost"] == 0, r
     assert r["reconnects"] > 0, r
     assert r["deliveries"] == 300, r
+
+
+# ------------------------------------------------------------------------------------
+# MQTT over TLS (--tls-ca)
+# ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    ca, crt, key = _make_ca(tmp_path)
+    return {"ca": str(ca), "cert": str(crt), "key": str(key)}
+
+
+@pytest.fixture
+def tls_node(make_node, tls_files):
+    port = free_port()
+    node = make_node(extra_args=("--mqtt-tls-listen", f"127.0.0.1:{port}",
+                                 "--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"]))
+    node.mqtts_addr = f"127.0.0.1:{port}"
+    return node
+
+
+def test_idle_tls(tls_node, tls_files, tmp_path):
+    r = run_loadgen(tls_node, tmp_path, "idle", "--connections", "50", "--hold-secs", "1",
+                    "--server-pid", str(tls_node.proc.pid), "--tls-ca", tls_files["ca"],
+                    mqtt=tls_node.mqtts_addr)
+    assert_connected(r, 50)
+    assert r["server_rss_after"] > 0 and r["slab_after"] > 0, r
+    assert "user_bytes_per_conn" in r and "kernel_bytes_per_conn" in r, r
+
+
+def test_unicast_tls(tls_node, tls_files, tmp_path):
+    """Pushes reach devices through TLS (records opened in the shared buffers, PUBACKs sealed)."""
+    r = run_loadgen(tls_node, tmp_path, "unicast", "--connections", "50", "--rate", "50",
+                    "--duration-secs", "2", "--tls-ca", tls_files["ca"], mqtt=tls_node.mqtts_addr)
+    assert_connected(r, 50)
+    assert r["messages_sent"] == 100, r
+    assert r["deliveries"] == 100, r
+
+
+def test_tls_with_an_untrusted_ca_fails_every_handshake(tls_node, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    stranger_ca, _, _ = _make_ca(other)
+    out = tmp_path / "untrusted.json"
+    cmd = [str(LOADGEN_BIN), "connect", "--mqtt", tls_node.mqtts_addr, "--http", tls_node.url,
+           "--admin-token-file", str(tls_node.data_dir / "admin.token"), "--connections", "5",
+           "--handshake-timeout-secs", "5", "--timeout-secs", "30", "--json", str(out),
+           "--tls-ca", str(stranger_ca)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["connected"] == 0, r
+    assert sum(r["failed"].values()) == 5 and all(k.startswith("tls:") for k in r["failed"]), r
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path, tls_files):
+    """mosquitto with one MQTT-over-TLS listener on a free loopback port."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.access(binary, os.X_OK):
+        pytest.skip("mosquitto not installed")
+    port = free_port()
+    # mosquitto started as root reads its certificates after dropping to its own user,
+    # which cannot enter pytest's private tmp_path: a world-readable copy for it.
+    shared = tempfile.mkdtemp(prefix="loadgen-smoke-tls-")
+    os.chmod(shared, 0o755)
+    files = {}
+    for name, path in tls_files.items():
+        files[name] = shutil.copy(path, shared)
+        os.chmod(files[name], 0o644)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    f"cafile {files['ca']}\ncertfile {files['cert']}\n"
+                    f"keyfile {files['key']}\nlog_dest stderr\n")
+    log = open(tmp_path / "mosquitto.log", "wb")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_connect_and_idle_tls_against_an_mqtt_broker(mosquitto_tls, tls_files, tmp_path):
+    tls = ("--target", "mqtt", "--tls-ca", tls_files["ca"])
+    r = run_loadgen(None, tmp_path, "connect", "--connections", "50", *tls, mqtt=mosquitto_tls)
+    assert r["target"] == "mqtt"
+    assert_connected(r, 50)
+    r = run_loadgen(None, tmp_path, "idle", "--connections", "50", "--hold-secs", "1", *tls,
+                    mqtt=mosquitto_tls)
+    assert_connected(r, 50)

@@ -1,5 +1,5 @@
 //! One simulated client, as a small task on the worker's thread: connect (TCP from
-//! the worker's source ports, CONNECT, CONNACK), subscribe, then hold the connection:
+//! the worker's source ports, TLS with `--tls-ca`, CONNECT, CONNACK), subscribe, then hold the connection:
 //! count deliveries (PUBACKing QoS 1), ping every keep-alive/2, and on a churn signal
 //! disconnect cleanly and reconnect as the same device (pushnode: same RegID/token,
 //! clean session false). The handshake future is boxed, so only the small holding
@@ -43,6 +43,8 @@ pub enum Subscription {
 /// What every client of a worker shares.
 pub struct DeviceCfg {
     pub target: Target,
+    /// Set for MQTT over TLS.
+    pub tls: Option<loadgen::tls::TlsClient>,
     pub version: Version,
     pub server: SocketAddr,
     pub app: Option<AppCreds>,
@@ -191,7 +193,8 @@ async fn connect_packet(
     Ok((c, Some(reg)))
 }
 
-/// TCP connect, CONNECT/CONNACK, SUBSCRIBE/SUBACK, all within the handshake timeout.
+/// TCP connect, (TLS handshake,) CONNECT/CONNACK, SUBSCRIBE/SUBACK, all within the
+/// handshake timeout.
 /// Returns the connection and, for pushnode, the device's registration.
 async fn establish(
     cfg: &DeviceCfg,
@@ -206,8 +209,12 @@ async fn establish(
     let stream = timeout_at(deadline, tcp_connect_from(cfg.server, ports))
         .await
         .map_err(|_| ClientError::Timeout("connect"))??;
-    let mut conn = LeanConn::new(stream, cfg.version);
+    let mut conn = match &cfg.tls {
+        None => LeanConn::new(stream, cfg.version),
+        Some(tls) => LeanConn::new_tls(stream, cfg.version, tls.connection().map_err(ClientError::Tls)?),
+    };
     let handshake = async {
+        conn.handshake().await?;
         conn.send(&Packet::Connect(connect)).await?;
         let connack = loop {
             let mut packets = Vec::new();

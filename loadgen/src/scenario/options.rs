@@ -1,7 +1,7 @@
 //! Options shared by the multi-process scenarios (`connect`, `idle`, `fanout`,
 //! `unicast`, `churn`): where the load goes (`--target`, `--mqtt`, `--http`), the app
-//! credentials, the MQTT version, the loopback source addresses, the worker count,
-//! the report file and the run's hard time bound.
+//! credentials, the MQTT version, TLS (`--tls-ca`), the loopback source addresses, the
+//! worker count, the report file and the run's hard time bound.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -50,6 +50,13 @@ pub struct CommonArgs {
     /// Create an app via POST /v1/apps with the Bearer token in this file (pushnode).
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Speak MQTT over TLS to --mqtt, trusting the CA certificates in this PEM file.
+    /// With --target mqtt only the connect and idle scenarios (their publisher is plain).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (with --tls-ca): a DNS name or an IP.
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
     /// MQTT version, 3 (3.1.1) or 5; default 5 for pushnode, 3 for mqtt.
     #[arg(long, value_parser = clap::value_parser!(u8).range(3..=5))]
     pub mqtt_version: Option<u8>,

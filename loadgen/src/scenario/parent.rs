@@ -18,7 +18,9 @@ use loadgen::http_client::HttpClient;
 use super::common::unix_micros;
 use super::histogram::LatencyHist;
 use super::options::{CommonArgs, Target};
-use super::plan::{default_workers, port_slice, split_connections, AppCreds, Load, Progress, WorkerMsg, WorkerPlan};
+use super::plan::{
+    default_workers, port_slice, split_connections, AppCreds, Load, Progress, TlsPlan, WorkerMsg, WorkerPlan,
+};
 use super::report::{per_conn, sum_reports, LoadgenCost, Report, WorkerReport};
 use super::sysinfo::{cpu_seconds, own_rss, process_rss, slab_bytes};
 
@@ -59,6 +61,7 @@ type WorkerLine = (usize, Option<String>);
 pub fn run(common: CommonArgs, spec: Spec) -> anyhow::Result<()> {
     let started = Instant::now();
     let hard_deadline = started + Duration::from_secs(common.timeout_secs);
+    let tls = tls_plan(&common, &spec.load)?;
     let app = match common.target {
         Target::Pushnode => Some(app_credentials(&common)?),
         Target::Mqtt => None,
@@ -83,6 +86,7 @@ pub fn run(common: CommonArgs, spec: Spec) -> anyhow::Result<()> {
             target: common.target,
             v5: common.mqtt_v5(),
             mqtt: common.mqtt.clone(),
+            tls: tls.clone(),
             http: common.http.clone(),
             app: app.clone(),
             source_ips: common.source_ips.0.clone(),
@@ -121,6 +125,20 @@ pub fn run(common: CommonArgs, spec: Spec) -> anyhow::Result<()> {
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `--tls-ca`, checked here once (the CA file loads, the name parses) so a mistake fails
+/// before any worker starts.
+fn tls_plan(common: &CommonArgs, load: &Load) -> anyhow::Result<Option<TlsPlan>> {
+    let Some(ca) = &common.tls_ca else {
+        return Ok(None);
+    };
+    if common.target == Target::Mqtt && !matches!(load, Load::Connect | Load::Idle) {
+        bail!("--tls-ca with --target mqtt works for the connect and idle scenarios only (the publisher is plain TCP)");
+    }
+    loadgen::tls::TlsClient::from_ca_file(ca, &common.tls_server_name)?;
+    let ca = std::fs::canonicalize(ca).with_context(|| format!("--tls-ca {}", ca.display()))?;
+    Ok(Some(TlsPlan { ca, server_name: common.tls_server_name.clone() }))
 }
 
 /// This worker's part of the load: rates are divided among workers.

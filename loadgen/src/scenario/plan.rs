@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,13 @@ pub struct AppCreds {
     pub app_id: String,
     pub app_key: String,
     pub app_secret: String,
+}
+
+/// MQTT over TLS: each worker loads the CA file itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TlsPlan {
+    pub ca: PathBuf,
+    pub server_name: String,
 }
 
 /// What happens after every connection is up.
@@ -58,6 +66,8 @@ pub struct WorkerPlan {
     pub target: Target,
     pub v5: bool,
     pub mqtt: String,
+    /// Set for MQTT over TLS.
+    pub tls: Option<TlsPlan>,
     pub http: String,
     pub app: Option<AppCreds>,
     pub source_ips: Vec<Ipv4Addr>,

@@ -118,8 +118,13 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
         }
         Target::Mqtt => None,
     };
+    let tls = match &plan.tls {
+        Some(t) => Some(loadgen::tls::TlsClient::from_ca_file(&t.ca, &t.server_name)?),
+        None => None,
+    };
     let cfg = Rc::new(DeviceCfg {
         target: plan.target,
+        tls,
         version,
         server,
         app: plan.app.clone(),
