@@ -14,9 +14,15 @@ import subprocess
 import pytest
 import requests
 
-from conftest import LOADGEN_BIN
+from conftest import LOADGEN_BIN, NO_CONNECT_LIMIT
 
 RUN_TIMEOUT = 90  # seconds, per loadgen run (loadgen's own bound is 60)
+
+
+@pytest.fixture
+def node(make_node):
+    """loadgen connects as fast as it can: the connect rate limit is off, as in the bench."""
+    return make_node(extra_args=NO_CONNECT_LIMIT)
 
 
 def run_loadgen(node, tmp_path, scenario: str, *args: str) -> dict:
