@@ -292,6 +292,10 @@ pub const DISCONNECT_REASONS: [&str; 7] =
 /// over the per-source-address connect rate (CONNECT answered 0x9F), over `max_connections`
 /// (closed at once).
 pub const REFUSE_REASONS: [&str; 2] = ["rate", "max_connections"];
+/// Index of `rate` in [`REFUSE_REASONS`].
+pub const REFUSED_RATE: usize = 0;
+/// Index of `max_connections` in [`REFUSE_REASONS`].
+pub const REFUSED_MAX_CONNECTIONS: usize = 1;
 
 /// One shard's metrics; written by the shard, read by `/metrics`.
 #[derive(Debug)]

@@ -19,6 +19,7 @@ pub use inbox::{AfterStore, ControlError, PushPart, ShardInbox, ShardMsg, TopicP
 use crate::ids::{MessageIdSource, RegId};
 use crate::node::NodeShared;
 use crate::session::{CloseReason, Event, Session, SessionLimits};
+use crate::stats::{REFUSED_MAX_CONNECTIONS, REFUSED_RATE};
 use crate::store::{DeviceRecord, PartitionStore, StoreWriter};
 use crate::sys::BufRing;
 use crossbeam_channel::Receiver;
@@ -413,8 +414,8 @@ impl Shard {
         }
     }
 
-    /// Arms one accept unless it is armed; either way the connection goes straight into the
-    /// fixed-file table.
+    /// Arms one accept unless it is armed. Multishot or single-shot, an accepted connection
+    /// goes straight into the fixed-file table.
     fn arm_accept_op(&mut self, index: usize) {
         let op = &mut self.accepts[index];
         if op.armed || self.stopping.is_some() {
@@ -459,7 +460,10 @@ impl Shard {
     }
 
     fn on_accept(&mut self, index: usize, result: i32, flags: u32) {
-        let op = &mut self.accepts[index];
+        let Some(op) = self.accepts.get_mut(index) else {
+            debug_assert!(false, "accept token {index} names no accept");
+            return;
+        };
         if !cqueue::more(flags) {
             op.armed = false;
         }
@@ -486,19 +490,19 @@ impl Shard {
             let held: i64 = self.shared.metrics.iter().map(|m| m.connections.load(Ordering::Relaxed)).sum();
             if held >= max as i64 {
                 self.metrics.disconnects[3].fetch_add(1, Ordering::Relaxed);
-                self.metrics.connects_refused[1].fetch_add(1, Ordering::Relaxed);
+                self.metrics.connects_refused[REFUSED_MAX_CONNECTIONS].fetch_add(1, Ordering::Relaxed);
                 self.push_sqe(close);
                 return;
             }
         }
         let over_rate = match (&self.shared.connect_limit, peer) {
-            (Some(limit), Some(ip)) => !limit.admit(ip, self.shared.uptime_ms()),
+            (Some(limit), Some(ip)) if !limit.admit(ip, self.shared.uptime_ms()) => {
+                self.metrics.connects_refused[REFUSED_RATE].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(shard = self.index, %ip, "over its connect rate: the CONNECT will be refused");
+                true
+            }
             _ => false,
         };
-        if over_rate {
-            self.metrics.connects_refused[0].fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(shard = self.index, peer = ?peer, "over the connect rate: its CONNECT will be refused");
-        }
         let tls = if listener == TLS_LISTENER {
             let Some(config) = self.shared.tls.clone() else {
                 self.push_sqe(close);
@@ -702,7 +706,7 @@ impl Shard {
         conn.handoff = None;
         conn.session.abandon();
         if let Some(tls) = conn.tls.as_mut() {
-            tls.send_close_notify();
+            tls_io::close(tls, &mut conn.session);
         }
         self.count_close(reason);
         if let Some(regid) = device {
