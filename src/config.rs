@@ -200,6 +200,16 @@ mod tests {
     }
 
     #[test]
+    fn connect_rate_settings_are_checked() {
+        let with = |rate, burst| Config { connect_rate_per_ip: rate, connect_burst_per_ip: burst, ..Config::default() };
+        assert!(with(0, 0).engine().is_ok(), "off: the burst does not matter");
+        assert!(with(10, 0).engine().is_err());
+        assert!(with(2_000_000, 10).engine().is_err());
+        let engine = with(5, 10).engine().unwrap();
+        assert_eq!((engine.connect_rate_per_ip, engine.connect_burst_per_ip), (5, 10));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("shardz = 3").is_err());
     }
