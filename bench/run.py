@@ -218,7 +218,9 @@ def start_pushnode(n, logs_dir, tag, tls=None):
     shards, per_shard = pushnode_layout(n)
     cfg = os.path.join(tmp, "pushnode.toml")
     with open(cfg, "w") as f:
-        f.write(f"partitions = {max(16, shards)}\nlog = \"warn\"\n")
+        # loadgen opens thousands of connections a second per source address: the
+        # per-address connect rate limit (on by default) would refuse most of them.
+        f.write(f"partitions = {max(16, shards)}\nlog = \"warn\"\nconnect_rate_per_ip = 0\n")
     data = os.path.join(tmp, "data")
     argv = [os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
             "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",

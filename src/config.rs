@@ -61,6 +61,13 @@ pub struct Config {
     pub max_pending_per_device: u32,
     /// Connections the node holds at most; 0 = shards x max_connections_per_shard.
     pub max_connections: u64,
+    /// New connections a second one source address (an IPv4 address, or an IPv6 /64) may
+    /// open, node-wide; a connection beyond it gets CONNACK 0x9F (3.1.1: code 3) to its
+    /// CONNECT and is closed. 0 turns the limit off.
+    pub connect_rate_per_ip: u32,
+    /// New connections one source address may open at once before `connect_rate_per_ip`
+    /// applies (the token bucket's size).
+    pub connect_burst_per_ip: u32,
     /// Seconds between two broadcasts (`{"all":true}`) of one app; a faster one gets 429.
     /// 0 turns the limit off.
     pub broadcast_interval_secs: u64,
@@ -98,6 +105,13 @@ impl Default for Config {
             max_topics_per_app: 10_000,
             max_pending_per_device: 1000,
             max_connections: 0,
+            // Generous on purpose: one carrier-grade-NAT address can front thousands of
+            // devices, all of which reconnect after a network blip. 1000 at once and 100/s
+            // after that lets 10,000 devices behind one address back in within ~90 s (their
+            // clients retry with backoff), while one abusive host is held to 100 TCP+TLS
+            // setups a second, a small share of a shard's capacity.
+            connect_rate_per_ip: 100,
+            connect_burst_per_ip: 1000,
             broadcast_interval_secs: 3,
             require_signatures: false,
             clock_offset_secs: 0,
@@ -139,6 +153,13 @@ impl Config {
         {
             bail!("mqtt_tls_listen and https_listen need tls_cert and tls_key");
         }
+        use core_engine::connect_limit::MAX_SETTING;
+        if self.connect_rate_per_ip > MAX_SETTING {
+            bail!("connect_rate_per_ip must be at most {MAX_SETTING} (0 = off), got {}", self.connect_rate_per_ip);
+        }
+        if self.connect_rate_per_ip > 0 && !(1..=MAX_SETTING).contains(&self.connect_burst_per_ip) {
+            bail!("connect_burst_per_ip must be 1..={MAX_SETTING}, got {}", self.connect_burst_per_ip);
+        }
         if self.http_threads == 0 {
             bail!("http_threads must be at least 1");
         }
@@ -164,6 +185,8 @@ impl Config {
             max_topics_per_app: self.max_topics_per_app,
             max_pending_per_device: self.max_pending_per_device,
             max_connections: self.max_connections,
+            connect_rate_per_ip: self.connect_rate_per_ip,
+            connect_burst_per_ip: self.connect_burst_per_ip,
             mqtt_tls_listen: self.mqtt_tls_listen,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
@@ -188,6 +211,16 @@ mod tests {
     fn zero_http_idle_timeout_is_refused() {
         let config = Config { http_idle_timeout_secs: 0, ..Config::default() };
         assert!(config.engine().is_err());
+    }
+
+    #[test]
+    fn connect_rate_settings_are_checked() {
+        let with = |rate, burst| Config { connect_rate_per_ip: rate, connect_burst_per_ip: burst, ..Config::default() };
+        assert!(with(0, 0).engine().is_ok(), "off: the burst does not matter");
+        assert!(with(10, 0).engine().is_err());
+        assert!(with(2_000_000, 10).engine().is_err());
+        let engine = with(5, 10).engine().unwrap();
+        assert_eq!((engine.connect_rate_per_ip, engine.connect_burst_per_ip), (5, 10));
     }
 
     #[test]

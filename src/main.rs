@@ -74,6 +74,12 @@ struct ServeArgs {
     shards: Option<usize>,
     #[arg(long)]
     max_connections_per_shard: Option<u32>,
+    /// New connections a second per source address (IPv4, or IPv6 /64); 0 = no limit.
+    #[arg(long)]
+    connect_rate_per_ip: Option<u32>,
+    /// New connections one source address may open at once before the rate applies.
+    #[arg(long)]
+    connect_burst_per_ip: Option<u32>,
     #[arg(long)]
     durability: Option<String>,
     /// Seconds an HTTP(S) connection may wait for the handshake, a request's headers, or
@@ -127,6 +133,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.max_connections_per_shard {
         config.max_connections_per_shard = v;
+    }
+    if let Some(v) = args.connect_rate_per_ip {
+        config.connect_rate_per_ip = v;
+    }
+    if let Some(v) = args.connect_burst_per_ip {
+        config.connect_burst_per_ip = v;
     }
     if let Some(v) = args.durability {
         config.durability = serde_json::from_value(serde_json::Value::String(v.clone()))

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod apps;
 pub mod clock;
+pub mod connect_limit;
 pub mod ids;
 pub mod node;
 pub mod proto;

@@ -40,6 +40,11 @@ pub struct EngineConfig {
     pub max_pending_per_device: u32,
     /// Connections the node holds at most (0: only the per-shard tables limit it).
     pub max_connections: u64,
+    /// New connections a second one source address (IPv4, or IPv6 /64) may open; beyond it
+    /// CONNECT is refused (0x9F / 3.1.1 code 3). 0 turns the limit off.
+    pub connect_rate_per_ip: u32,
+    /// New connections one source address may open at once before the rate applies.
+    pub connect_burst_per_ip: u32,
     /// Address for MQTT over TLS (needs `tls_cert` and `tls_key`).
     pub mqtt_tls_listen: Option<SocketAddr>,
     /// PEM certificate chain and private key for the TLS listeners.
@@ -115,6 +120,11 @@ pub struct NodeShared {
     /// The TLS configuration of the MQTT-over-TLS listener, if there is one.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub app_topics: AppTopics,
+    /// The per-source-address connect rate limit, if on; shared because SO_REUSEPORT
+    /// spreads one address's connections over all shards.
+    pub connect_limit: Option<crate::connect_limit::ConnectRateLimit>,
+    /// The clock the connect limit runs on (monotonic, common to all shards).
+    pub started: std::time::Instant,
     pub live: crate::stats::LiveApps,
     pub metrics: Vec<Arc<crate::stats::ShardMetrics>>,
     pub config: EngineConfig,
@@ -131,6 +141,11 @@ impl NodeShared {
     /// The shard a device lives on.
     pub fn home_shard(&self, regid: RegId) -> usize {
         usize::from(regid.partition()) % self.inboxes.len()
+    }
+
+    /// Milliseconds since the node started, the same on every shard.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub fn next_handoff_id(&self) -> u64 {
@@ -217,6 +232,11 @@ impl Node {
             tls,
             receipts: crossbeam_channel::bounded(crate::stats::RECEIPT_QUEUE),
             app_topics: AppTopics::default(),
+            connect_limit: crate::connect_limit::ConnectRateLimit::new(
+                config.connect_rate_per_ip,
+                config.connect_burst_per_ip,
+            ),
+            started: std::time::Instant::now(),
             live: crate::stats::LiveApps::default(),
             metrics: (0..config.shards).map(|_| Arc::default()).collect(),
             partitions,

@@ -36,6 +36,7 @@ pub mod reason {
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
     pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
+    pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const WILDCARDS_NOT_SUPPORTED: u8 = 0xA2;
     /// MQTT 3.1.1 CONNACK return codes.
     pub const V311_BAD_CREDENTIALS: u8 = 4;

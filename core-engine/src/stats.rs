@@ -288,12 +288,23 @@ impl<const N: usize> AtomicHistogram<N> {
 pub const DISCONNECT_REASONS: [&str; 7] =
     ["client", "malformed", "out_of_profile", "refused", "timeout", "server", "slow_reader"];
 
+/// Why connections were refused at accept, for the refusal counter's `reason` label:
+/// over the per-source-address connect rate (CONNECT answered 0x9F), over `max_connections`
+/// (closed at once).
+pub const REFUSE_REASONS: [&str; 2] = ["rate", "max_connections"];
+/// Index of `rate` in [`REFUSE_REASONS`].
+pub const REFUSED_RATE: usize = 0;
+/// Index of `max_connections` in [`REFUSE_REASONS`].
+pub const REFUSED_MAX_CONNECTIONS: usize = 1;
+
 /// One shard's metrics; written by the shard, read by `/metrics`.
 #[derive(Debug)]
 pub struct ShardMetrics {
     pub connections: AtomicI64,
     pub connects: AtomicU64,
     pub disconnects: [AtomicU64; DISCONNECT_REASONS.len()],
+    /// Connections refused by a connection limit, by [`REFUSE_REASONS`].
+    pub connects_refused: [AtomicU64; REFUSE_REASONS.len()],
     /// Messages stored for delivery (targets).
     pub accepted: AtomicU64,
     pub delivered: AtomicU64,
@@ -313,6 +324,7 @@ impl Default for ShardMetrics {
             connections: AtomicI64::new(0),
             connects: AtomicU64::new(0),
             disconnects: Default::default(),
+            connects_refused: Default::default(),
             accepted: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             expired: AtomicU64::new(0),

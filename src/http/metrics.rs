@@ -6,7 +6,7 @@
 
 use super::HttpState;
 use bytes::Bytes;
-use core_engine::stats::{AtomicHistogram, ShardMetrics, DISCONNECT_REASONS};
+use core_engine::stats::{AtomicHistogram, ShardMetrics, DISCONNECT_REASONS, REFUSE_REASONS};
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use std::fmt::Write;
@@ -88,6 +88,17 @@ pub fn render(state: &HttpState, admin: bool) -> String {
     for (i, reason) in DISCONNECT_REASONS.iter().enumerate() {
         let n: u64 = shards.iter().map(|m| m.disconnects[i].load(Ordering::Relaxed)).sum();
         let _ = writeln!(out, "pushnode_disconnects_total{{reason=\"{reason}\"}} {n}");
+    }
+
+    header(
+        &mut out,
+        "pushnode_connects_refused_total",
+        "counter",
+        "Connections refused by a connection limit since start, by limit (rate: per source address).",
+    );
+    for (i, reason) in REFUSE_REASONS.iter().enumerate() {
+        let n: u64 = shards.iter().map(|m| m.connects_refused[i].load(Ordering::Relaxed)).sum();
+        let _ = writeln!(out, "pushnode_connects_refused_total{{reason=\"{reason}\"}} {n}");
     }
 
     let counters: [(&str, &str, Field); 4] = [

@@ -37,6 +37,11 @@ LOADGEN_BIN = _bin("LOADGEN_BIN", "target/release/loadgen")
 
 HTTP_TIMEOUT = 10.0
 
+# For tests that open thousands of connections a second from one loopback address: turns
+# the per-source-address connect rate limit off (its default, 100/s after a burst of 1000,
+# stays on for every other test).
+NO_CONNECT_LIMIT = ("--connect-rate-per-ip", "0")
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -282,8 +287,9 @@ class Node:
         self.clients.append(d)
         return d
 
-    def raw(self, version: int = 4, timeout: float = 10.0) -> mqttraw.RawClient:
-        c = mqttraw.RawClient("127.0.0.1", self.mqtt_port, version=version, timeout=timeout)
+    def raw(self, version: int = 4, timeout: float = 10.0, source: str | None = None) -> mqttraw.RawClient:
+        """A raw MQTT client, connected from address `source` (e.g. "127.0.0.9") if given."""
+        c = mqttraw.RawClient("127.0.0.1", self.mqtt_port, version=version, timeout=timeout, source=source)
         self.clients.append(c)
         return c
 

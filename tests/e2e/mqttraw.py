@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import time
 
@@ -147,13 +148,25 @@ def parse_properties(buf: bytes, pos: int) -> tuple[dict, int]:
     return props, pos
 
 
+def tcp_connect(host: str, port: int, timeout: float = 10.0, source: str | None = None) -> socket.socket:
+    """A TCP connection (TCP_NODELAY), from address `source` (any free port) if given."""
+    sock = socket.create_connection((host, port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class RawClient:
     """One TCP connection speaking raw MQTT bytes."""
 
-    def __init__(self, host: str, port: int, version: int = 4, timeout: float = 10.0):
+    def __init__(self, host: str, port: int, version: int = 4, timeout: float = 10.0,
+                 source: str | None = None, sock: socket.socket | None = None):
+        """Connects to host:port, from address `source` if given (e.g. "127.0.0.9"), or
+        speaks over `sock`, an already connected socket (e.g. an ssl-wrapped one)."""
         self.version = version
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is None:
+            sock = tcp_connect(host, port, timeout, source)
+        self.sock = sock
         self._buf = b""
 
     # -- low level ---------------------------------------------------------------------
@@ -170,7 +183,7 @@ class RawClient:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
                 continue
-            except (ConnectionResetError, BrokenPipeError) as e:
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as e:
                 raise Closed(str(e)) from e
             if not chunk:
                 raise Closed("EOF")

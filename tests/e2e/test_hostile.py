@@ -20,7 +20,7 @@ import time
 import pytest
 
 import mqttraw
-from conftest import wait_until
+from conftest import NO_CONNECT_LIMIT, wait_until
 
 RSS_LIMIT_MB = 300
 CONNECT_TIMEOUT_S = 10  # the node's CONNECT deadline (session.rs CONNECT_TIMEOUT_S)
@@ -98,6 +98,12 @@ class Guard:
     def stop(self):
         self._stop.set()
         self._thread.join(15)
+
+
+@pytest.fixture
+def node(make_node):
+    """Thousands of connections from 127.0.0.1 within seconds: the connect rate limit is off."""
+    return make_node(extra_args=NO_CONNECT_LIMIT)
 
 
 @pytest.fixture

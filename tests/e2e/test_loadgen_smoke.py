@@ -22,10 +22,16 @@ import time
 import pytest
 import requests
 
-from conftest import LOADGEN_BIN, free_port
+from conftest import LOADGEN_BIN, NO_CONNECT_LIMIT, free_port
 from test_tls import _make_ca
 
 RUN_TIMEOUT = 90  # seconds, per loadgen run (loadgen's own bound is 60)
+
+
+@pytest.fixture
+def node(make_node):
+    """loadgen connects as fast as it can: the connect rate limit is off, as in the bench."""
+    return make_node(extra_args=NO_CONNECT_LIMIT)
 
 
 def run_loadgen(node, tmp_path, scenario: str, *args: str, mqtt: str | None = None) -> dict:

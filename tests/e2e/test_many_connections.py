@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import LOADGEN_BIN
+from conftest import LOADGEN_BIN, NO_CONNECT_LIMIT
 
 PER_PROCESS = 7000
 SOURCES = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
@@ -120,7 +120,7 @@ def test_many_connections(make_node, tmp_path):
     print(f"RLIMIT_NOFILE soft={soft} hard={hard}; connections={total}")
     assert total > 20_000
 
-    node = make_node(shards=2)
+    node = make_node(shards=2, extra_args=NO_CONNECT_LIMIT)  # 7,000 connections per address
     app = node.create_app(name="many")
     gens = []
     try:

@@ -11,6 +11,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import requests
 
+import mqttraw
+
 from conftest import free_port
 
 
@@ -144,3 +146,15 @@ def test_tls_11_refused_and_plaintext_on_tls_port_closed(tls_node):
             data += chunk
         assert not data.startswith(b"\x20"), "no CONNACK over a plaintext connection to the TLS port"
     assert tls_node.healthy()
+
+
+def test_refused_connect_over_tls_gets_its_connack(tls_node):
+    """A refusing CONNACK is sealed before TLS's close_notify, so the client reads it
+    (before, the close_notify went first and the client saw only end-of-stream)."""
+    app = tls_node.create_app()
+    context = ssl.create_default_context(cafile=tls_node.ca)
+    sock = context.wrap_socket(mqttraw.tcp_connect("127.0.0.1", tls_node.mqtts_port), server_hostname="127.0.0.1")
+    c = mqttraw.RawClient("127.0.0.1", tls_node.mqtts_port, 5, sock=sock)
+    tls_node.clients.append(c)
+    assert c.connect("not-a-regid", app["app_id"], "wrong")["rc"] == 0x86
+    assert c.expect_closed(timeout=5) == []

@@ -15,8 +15,13 @@ impl Shard {
         self.close_conn(key, CloseReason::Refused);
     }
 
-    /// Authenticates a CONNECT, or hands the connection to the device's home shard.
+    /// Authenticates a CONNECT, or hands the connection to the device's home shard; refuses
+    /// it without further work when the connection came over its address's connect rate.
     pub(super) fn on_connect(&mut self, key: u32, connect: Box<Connect>) {
+        if self.conns[key as usize].over_rate {
+            // Counted and logged at accept; no credentials are looked at.
+            return self.refuse(key, reason::CONNECTION_RATE_EXCEEDED, reason::V311_SERVER_UNAVAILABLE);
+        }
         let app_id: Option<AppId> = connect.username.as_deref().and_then(|u| u.parse().ok());
         if connect.client_id.is_empty() {
             self.register_over_mqtt(key, &connect, app_id);

@@ -19,6 +19,7 @@ pub use inbox::{AfterStore, ControlError, PushPart, ShardInbox, ShardMsg, TopicP
 use crate::ids::{MessageIdSource, RegId};
 use crate::node::NodeShared;
 use crate::session::{CloseReason, Event, Session, SessionLimits};
+use crate::stats::{REFUSED_MAX_CONNECTIONS, REFUSED_RATE};
 use crate::store::{DeviceRecord, PartitionStore, StoreWriter};
 use crate::sys::BufRing;
 use crossbeam_channel::Receiver;
@@ -41,6 +42,9 @@ const TICK: Duration = Duration::from_secs(1);
 const SLOW_READER_S: u32 = 30;
 /// How long shutdown waits for farewell bytes to leave.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Single-shot accepts kept in flight per listener while the connect rate limit is on (a
+/// multishot accept gives no peer address).
+const ACCEPTS_PER_LISTENER: usize = 16;
 
 // The idle-connection budget (DESIGN.md: <= 512 bytes of user space per idle connection),
 // checked by the compiler: a connection's slab entry plus its device's index entry.
@@ -119,10 +123,21 @@ struct Conn {
     send_inflight: bool,
     recv_armed: bool,
     closing: bool,
+    /// Accepted over its source address's connect rate: its CONNECT gets 0x9F (3.1.1: 3).
+    over_rate: bool,
     /// Set while the connection moves to its home shard.
     handoff: Option<Box<(crate::proto::Connect, usize)>>,
     /// The TLS layer of a connection accepted on the TLS listener.
     tls: Option<Box<rustls::ServerConnection>>,
+}
+
+/// An accept the shard keeps armed on a listener.
+struct AcceptOp {
+    listener: usize,
+    armed: bool,
+    /// `None`: a multishot accept (no peer address). `Some`: a single-shot accept and where
+    /// the kernel writes its peer's address, boxed so it stays put until the completion.
+    peer: Option<Box<crate::sys::PeerAddr>>,
 }
 
 /// The shard's state; built and run on its own thread.
@@ -152,8 +167,9 @@ pub struct Shard {
     now_s: u32,
     handoffs: HashMap<u64, HandoffRecord>,
     next_gen: u32,
-    /// Whether each listener has a multishot accept armed.
-    accept_armed: [bool; 2],
+    /// The accepts on the listeners: one multishot each, or, with the connect rate limit
+    /// on, [`ACCEPTS_PER_LISTENER`] single-shot ones each. Indexed by the token's value.
+    accepts: Vec<AcceptOp>,
     /// Plaintext out of TLS records, before the session reads it.
     tls_scratch: Box<[u8]>,
     stopping: Option<Instant>,
@@ -272,6 +288,12 @@ impl Shard {
             "shard loaded"
         );
         let limits = SessionLimits { max_packet_bytes: cfg.max_packet_bytes };
+        let single_shot = setup.shared.connect_limit.is_some();
+        let per_listener = if single_shot { ACCEPTS_PER_LISTENER } else { 1 };
+        let accepts = (0..setup.listeners.len())
+            .flat_map(|listener| (0..per_listener).map(move |_| listener))
+            .map(|listener| AcceptOp { listener, armed: false, peer: single_shot.then(Box::default) })
+            .collect();
         Ok(Shard {
             ring,
             bufs,
@@ -300,7 +322,7 @@ impl Shard {
             now_s: 0,
             handoffs: HashMap::new(),
             next_gen: 0,
-            accept_armed: [false; 2],
+            accepts,
             tls_scratch: vec![0; 16 * 1024].into_boxed_slice(),
             stopping: None,
             events: Vec::new(),
@@ -368,7 +390,9 @@ impl Shard {
             // SAFETY: every entry built in this module points only at memory that outlives the
             // operation: receive buffers belong to the buffer ring, send buffers stay in their
             // `Conn` (or the conn stays in the slab) until the send completes, and `wake_buf`/
-            // `tick_ts` are boxed fields of the shard, which outlives its ring's operations.
+            // `tick_ts` and the accepts' `PeerAddr`s are boxed fields of the shard, which
+            // outlives its ring's operations; a `PeerAddr` is rewritten (re-armed) only after
+            // its accept completed (`AcceptOp::armed`).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
@@ -386,22 +410,30 @@ impl Shard {
         crate::clock::now_unix_ms()
     }
 
+    /// Arms every accept that is not armed (at start and on the tick, after failures).
     fn arm_accept(&mut self) {
-        if self.stopping.is_some() {
+        for index in 0..self.accepts.len() {
+            self.arm_accept_op(index);
+        }
+    }
+
+    /// Arms one accept unless it is armed. Multishot or single-shot, an accepted connection
+    /// goes straight into the fixed-file table.
+    fn arm_accept_op(&mut self, index: usize) {
+        let op = &mut self.accepts[index];
+        if op.armed || self.stopping.is_some() {
             return;
         }
-        for index in 0..self.listeners.len() {
-            if self.accept_armed[index] {
-                continue;
+        op.armed = true;
+        let fd = types::Fd(self.listeners[op.listener].as_raw_fd());
+        let entry = match op.peer.as_deref_mut() {
+            None => opcode::AcceptMulti::new(fd).allocate_file_index(true).build(),
+            Some(peer) => {
+                let (addr, addr_len) = peer.prepare();
+                opcode::Accept::new(fd, addr, addr_len).file_index(Some(types::DestinationSlot::auto_target())).build()
             }
-            let fd = types::Fd(self.listeners[index].as_raw_fd());
-            let entry = opcode::AcceptMulti::new(fd)
-                .allocate_file_index(true)
-                .build()
-                .user_data(token::plain(token::ACCEPT, index as u64));
-            self.push_sqe(entry);
-            self.accept_armed[index] = true;
-        }
+        };
+        self.push_sqe(entry.user_data(token::plain(token::ACCEPT, index as u64)));
     }
 
     fn arm_wake(&mut self) {
@@ -430,16 +462,28 @@ impl Shard {
         self.push_sqe(entry);
     }
 
-    fn on_accept(&mut self, listener: usize, result: i32, flags: u32) {
+    fn on_accept(&mut self, index: usize, result: i32, flags: u32) {
+        let Some(op) = self.accepts.get_mut(index) else {
+            debug_assert!(false, "accept token {index} names no accept");
+            return;
+        };
         if !cqueue::more(flags) {
-            self.accept_armed[listener] = false;
+            op.armed = false;
         }
         if result < 0 {
             // -ENFILE: the fixed-file table is full; the tick re-arms accept.
             tracing::warn!(shard = self.index, errno = -result, "accept failed");
             return;
         }
-        let close = opcode::Close::new(types::Fixed(result as u32)).build().user_data(token::plain(token::CLOSE, 0));
+        let (listener, peer) = (op.listener, op.peer.as_ref().and_then(|p| p.ip()));
+        self.accepted(listener, result as u32, peer);
+        self.arm_accept_op(index);
+    }
+
+    /// A connection arrived in fixed-file slot `slot`; `peer` is its address when the
+    /// connect rate limit is on.
+    fn accepted(&mut self, listener: usize, slot: u32, peer: Option<std::net::IpAddr>) {
+        let close = opcode::Close::new(types::Fixed(slot)).build().user_data(token::plain(token::CLOSE, 0));
         if self.stopping.is_some() {
             self.push_sqe(close);
             return;
@@ -449,10 +493,19 @@ impl Shard {
             let held: i64 = self.shared.metrics.iter().map(|m| m.connections.load(Ordering::Relaxed)).sum();
             if held >= max as i64 {
                 self.metrics.disconnects[3].fetch_add(1, Ordering::Relaxed);
+                self.metrics.connects_refused[REFUSED_MAX_CONNECTIONS].fetch_add(1, Ordering::Relaxed);
                 self.push_sqe(close);
                 return;
             }
         }
+        let over_rate = match (&self.shared.connect_limit, peer) {
+            (Some(limit), Some(ip)) if !limit.admit(ip, self.shared.uptime_ms()) => {
+                self.metrics.connects_refused[REFUSED_RATE].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(shard = self.index, %ip, "over its connect rate: the CONNECT will be refused");
+                true
+            }
+            _ => false,
+        };
         let tls = if listener == TLS_LISTENER {
             let Some(config) = self.shared.tls.clone() else {
                 self.push_sqe(close);
@@ -469,11 +522,9 @@ impl Shard {
         } else {
             None
         };
-        let key = self.insert_conn(result as u32, Session::new(self.now_s), tls);
+        let key = self.insert_conn(slot, Session::new(self.now_s), tls);
+        self.conns[key as usize].over_rate = over_rate;
         self.arm_recv(key);
-        if !self.accept_armed[listener] {
-            self.arm_accept();
-        }
     }
 
     fn insert_conn(&mut self, slot: u32, session: Session, tls: Option<Box<rustls::ServerConnection>>) -> u32 {
@@ -492,6 +543,7 @@ impl Shard {
             send_inflight: false,
             recv_armed: false,
             closing: false,
+            over_rate: false,
             handoff: None,
             tls,
         });
@@ -657,7 +709,7 @@ impl Shard {
         conn.handoff = None;
         conn.session.abandon();
         if let Some(tls) = conn.tls.as_mut() {
-            tls.send_close_notify();
+            tls_io::close(tls, &mut conn.session);
         }
         self.count_close(reason);
         if let Some(regid) = device {

@@ -38,6 +38,15 @@ pub(super) fn receive(
     Ok(())
 }
 
+/// Ends TLS after the session's last bytes (a refusing CONNACK, a DISCONNECT): they go into
+/// the TLS writer before the close_notify alert, or the peer would read end-of-stream first.
+pub(super) fn close(tls: &mut ServerConnection, session: &mut Session) {
+    if session.has_output() && tls.writer().write_all(&session.take_output()).is_err() {
+        session.abandon();
+    }
+    tls.send_close_notify();
+}
+
 /// Seals what the session queued (and any TLS handshake or alert bytes) into `out`.
 pub(super) fn seal(tls: &mut ServerConnection, session: &mut Session, out: &mut Vec<u8>) {
     if session.has_output() {
