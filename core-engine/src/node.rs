@@ -212,8 +212,9 @@ impl Node {
             let store = PartitionStore::open(&config.data_dir, p, config.store_cache_bytes, limits)?;
             stores[usize::from(p) % config.shards].push(Arc::new(store));
         }
-        let wal_paths: Vec<_> = (0..config.shards).map(|i| crate::store::wal::path_of(&config.data_dir, i)).collect();
-        let keep: &[_] = if config.durability == crate::store::Durability::Fsync { &wal_paths } else { &[] };
+        let wal_paths: Vec<_> = (0..config.shards).map(|i| crate::store::wal::paths_of(&config.data_dir, i)).collect();
+        let in_use: Vec<_> = wal_paths.iter().flatten().cloned().collect();
+        let keep: &[_] = if config.durability == crate::store::Durability::Fsync { &in_use } else { &[] };
         let all: std::collections::BTreeMap<u16, Arc<PartitionStore>> =
             stores.iter().flatten().map(|s| (s.partition, s.clone())).collect();
         let recovered = crate::store::wal::recover(&config.data_dir, &all, keep)?;
@@ -256,7 +257,7 @@ impl Node {
                         .map_err(|source| EngineError::Io { what: "listening for MQTT over TLS", source })?,
                 );
             }
-            let wal = crate::store::WalSetup { path: wal_paths[index].clone(), next_lsn: recovered.next_lsn };
+            let wal = crate::store::WalSetup { paths: wal_paths[index].clone(), next_lsn: recovered.next_lsn };
             let setup = ShardSetup { index, shared: shared.clone(), listeners, inbox_rx, stores, wal };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();

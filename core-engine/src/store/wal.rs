@@ -3,16 +3,18 @@
 //! Each group commit appends one record holding the commit's durable writes and
 //! fdatasyncs this single file, instead of fsyncing every partition database it touched.
 //! The partitions commit without fsync and keep, in the same transaction, the log
-//! sequence number (LSN) of the last record they hold. A checkpoint (the writer's
-//! periodic sync) fsyncs the partitions and starts the log over from its beginning.
-//! After a crash, [`recover`] replays into each partition the records newer than its LSN.
+//! sequence number (LSN) of the last record they hold. The log is two files written in
+//! turn: a checkpoint switches to the other file, from its start, and then fsyncs the
+//! partitions; the file it left is written over only after that checkpoint has finished,
+//! when every record in it is durable in its partitions. After a crash, [`recover`]
+//! replays into each partition the records newer than its LSN, from both files.
 //!
 //! File layout: [`MAGIC`], then records of `len: u32 LE | crc32: u32 LE | lsn: u64 LE |
 //! payload` where the payload is the postcard encoding of the record's [`LoggedOp`]s and
-//! the checksum covers the LSN and the payload. The file is filled with zeros when it is
+//! the checksum covers the LSN and the payload. A file is filled with zeros when it is
 //! made, so a commit overwrites allocated blocks and fdatasync flushes data only.
 //!
-//! Records from before the last checkpoint may follow the live ones. Reading stops at the
+//! Records from an earlier use of a file may follow the live ones. Reading stops at the
 //! first record that is torn, fails its checksum, or does not continue the LSN sequence;
 //! a stale record that is read anyway is harmless, because every partition it touches
 //! was checkpointed holding an LSN at least as new.
@@ -208,50 +210,39 @@ pub enum WalError {
     Format { path: PathBuf },
 }
 
-/// The open log of one writer.
+/// The open log of one writer: two files, one written at a time.
 pub struct Wal {
-    file: File,
-    path: PathBuf,
-    /// Where the next record goes.
+    files: [File; 2],
+    paths: [PathBuf; 2],
+    /// The file being written.
+    active: usize,
+    /// Where the next record goes in it.
     pos: u64,
-    /// Bytes filled with zeros when the file was made.
+    /// Bytes of each file filled with zeros when it was made.
     capacity: u64,
     next_lsn: u64,
     buf: Vec<u8>,
 }
 
 impl Wal {
-    /// Opens (or makes, zero-filled to `capacity` bytes) the log at `path`, writing from its
-    /// start with LSNs from `next_lsn`. Call [`recover`] first: what the file held is overwritten.
-    pub fn open(path: &Path, capacity: u64, next_lsn: u64) -> Result<Wal, WalError> {
+    /// Opens (or makes, zero-filled to `capacity` bytes each) the log's two files, writing the
+    /// first from its start with LSNs from `next_lsn`. Call [`recover`] first: what the
+    /// files held is written over.
+    pub fn open(paths: &[PathBuf; 2], capacity: u64, next_lsn: u64) -> Result<Wal, WalError> {
         assert!(next_lsn > 0, "LSN 0 means no record");
-        let io = |source| WalError::Io { path: path.to_owned(), source };
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        if len < capacity {
-            file.write_all_at(MAGIC, 0).map_err(io)?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = len.max(MAGIC.len() as u64);
-            while at < capacity {
-                let n = zeros.len().min((capacity - at) as usize);
-                file.write_all_at(&zeros[..n], at).map_err(io)?;
-                at += n as u64;
-            }
-            file.flush().map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        Ok(Wal { file, path: path.to_owned(), pos: MAGIC.len() as u64, capacity, next_lsn, buf: Vec::new() })
+        let files = [open_file(&paths[0], capacity)?, open_file(&paths[1], capacity)?];
+        Ok(Wal { files, paths: paths.clone(), active: 0, pos: MAGIC.len() as u64, capacity, next_lsn, buf: Vec::new() })
     }
 
     /// Writes a record of the logged writes among `ops` and returns its LSN; durable once
-    /// [`Wal::sync`] returns.
+    /// [`Wal::sync`] returns. A file that fills up grows.
     pub fn append(&mut self, ops: &[&WriteOp]) -> Result<u64, WalError> {
         let lsn = self.next_lsn;
         self.buf.clear();
         encode_record(lsn, ops, &mut self.buf);
-        self.file
+        self.files[self.active]
             .write_all_at(&self.buf, self.pos)
-            .map_err(|source| WalError::Io { path: self.path.clone(), source })?;
+            .map_err(|source| WalError::Io { path: self.paths[self.active].clone(), source })?;
         self.pos += self.buf.len() as u64;
         self.next_lsn += 1;
         Ok(lsn)
@@ -259,23 +250,47 @@ impl Wal {
 
     /// fdatasync: every appended record is on disk.
     pub fn sync(&self) -> Result<(), WalError> {
-        self.file.sync_data().map_err(|source| WalError::Io { path: self.path.clone(), source })
+        self.files[self.active]
+            .sync_data()
+            .map_err(|source| WalError::Io { path: self.paths[self.active].clone(), source })
     }
 
-    /// Whether enough is written that a checkpoint should start the log over.
+    /// Whether enough of the file is written that a checkpoint should switch files.
     pub fn wants_checkpoint(&self) -> bool {
         self.pos >= self.capacity / 2
     }
 
-    /// The partitions hold every record durably: the log starts over.
-    pub fn checkpointed(&mut self) {
+    /// Writes the other file from its start. Only when the checkpoint that began at the
+    /// previous switch has finished: the other file's records must all be durable elsewhere.
+    pub fn switch(&mut self) {
+        self.active = 1 - self.active;
         self.pos = MAGIC.len() as u64;
     }
 }
 
-/// The log file of shard `shard`'s writer.
-pub fn path_of(dir: &Path, shard: usize) -> PathBuf {
-    dir.join(format!("wal-{shard:03}.log"))
+/// Opens a log file, making it (zero-filled to `capacity`) if it is missing or short.
+fn open_file(path: &Path, capacity: u64) -> Result<File, WalError> {
+    let io = |source| WalError::Io { path: path.to_owned(), source };
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < capacity {
+        file.write_all_at(MAGIC, 0).map_err(io)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = len.max(MAGIC.len() as u64);
+        while at < capacity {
+            let n = zeros.len().min((capacity - at) as usize);
+            file.write_all_at(&zeros[..n], at).map_err(io)?;
+            at += n as u64;
+        }
+        file.flush().map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    Ok(file)
+}
+
+/// The two log files of shard `shard`'s writer.
+pub fn paths_of(dir: &Path, shard: usize) -> [PathBuf; 2] {
+    [dir.join(format!("wal-{shard:03}-a.log")), dir.join(format!("wal-{shard:03}-b.log"))]
 }
 
 /// What [`recover`] found.
@@ -310,40 +325,45 @@ pub fn recover(
         })
         .collect();
     logs.sort();
-    let mut touched = BTreeMap::new();
+    // Both files of a writer, in LSN order; records of different writers never touch the
+    // same partition in one run, and older runs' records are behind every partition's LSN.
+    let mut records: Vec<(Record, &PathBuf)> = Vec::new();
     for path in &logs {
         let bytes = std::fs::read(path).map_err(|e| StoreError(format!("reading {}: {e}", path.display())))?;
         if bytes.len() < MAGIC.len() {
             continue;
         }
+        if bytes[..MAGIC.len()] == [0; 8] {
+            continue; // made, but the magic never reached the disk: nothing was written to it
+        }
         if &bytes[..MAGIC.len()] != MAGIC {
             return Err(StoreError(WalError::Format { path: path.clone() }.to_string()));
         }
-        for record in decode_records(&bytes[MAGIC.len()..]) {
-            found.next_lsn = found.next_lsn.max(record.lsn + 1);
-            let mut by_partition: BTreeMap<u16, Vec<&WriteOp>> = BTreeMap::new();
-            for op in &record.ops {
-                by_partition.entry(super::writer::partition_of(op)).or_default().push(op);
-            }
-            let mut replayed = false;
-            for (partition, ops) in by_partition {
-                let Some(store) = stores.get(&partition) else {
-                    return Err(StoreError(format!(
-                        "{} holds writes for unknown partition {partition}",
-                        path.display()
-                    )));
-                };
-                if applied[&partition] >= record.lsn {
-                    continue;
-                }
-                store.apply(&ops, redb::Durability::None, Some(record.lsn), &mut Vec::new())?;
-                applied.insert(partition, record.lsn);
-                touched.insert(partition, store.clone());
-                found.writes += ops.len();
-                replayed = true;
-            }
-            found.records += usize::from(replayed);
+        records.extend(decode_records(&bytes[MAGIC.len()..]).into_iter().map(|r| (r, path)));
+    }
+    records.sort_by_key(|(record, _)| record.lsn);
+    let mut touched = BTreeMap::new();
+    for (record, path) in records {
+        found.next_lsn = found.next_lsn.max(record.lsn + 1);
+        let mut by_partition: BTreeMap<u16, Vec<&WriteOp>> = BTreeMap::new();
+        for op in &record.ops {
+            by_partition.entry(super::writer::partition_of(op)).or_default().push(op);
         }
+        let mut replayed = false;
+        for (partition, ops) in by_partition {
+            let Some(store) = stores.get(&partition) else {
+                return Err(StoreError(format!("{} holds writes for unknown partition {partition}", path.display())));
+            };
+            if applied[&partition] >= record.lsn {
+                continue;
+            }
+            store.apply(&ops, redb::Durability::None, Some(record.lsn), &mut Vec::new())?;
+            applied.insert(partition, record.lsn);
+            touched.insert(partition, store.clone());
+            found.writes += ops.len();
+            replayed = true;
+        }
+        found.records += usize::from(replayed);
     }
     for store in touched.values() {
         store.apply(&[], redb::Durability::Immediate, None, &mut Vec::new())?;

@@ -3,8 +3,10 @@
 //! then runs each job's completion. The shard's event loop never waits on the disk.
 //!
 //! Under `fsync` durability a commit is made durable by one fdatasync of the shard's
-//! write-ahead log (`wal.rs`), not by fsyncing each partition it touched; the partitions
-//! are fsynced by the periodic checkpoint, after which the log starts over.
+//! write-ahead log (`wal.rs`), not by fsyncing each partition it touched. A checkpoint
+//! switches the log to its other file and then fsyncs the partitions one at a time between
+//! commits, so no commit waits for more than one partition's fsync; once all are done, the
+//! file written before the switch is free to be written over at the next switch.
 
 use super::partition::{PartitionStore, StoreError, StoreEvent, WriteOp};
 use super::wal::{self, Wal};
@@ -24,14 +26,16 @@ pub enum Durability {
     Buffered,
 }
 
-/// Where a writer keeps its write-ahead log, and the LSN it starts from (`wal::recover`).
+/// Where a writer keeps its write-ahead log (two files used in turn), and the LSN it starts
+/// from (`wal::recover`).
 pub struct WalSetup {
-    pub path: std::path::PathBuf,
+    pub paths: [std::path::PathBuf; 2],
     pub next_lsn: u64,
 }
 
-/// Bytes of each shard's write-ahead log file; a checkpoint starts once half is written.
-pub const WAL_BYTES: u64 = 32 << 20;
+/// Bytes of each of a shard's two write-ahead log files; a checkpoint starts once half of
+/// the file being written is used.
+pub const WAL_BYTES: u64 = 16 << 20;
 
 /// Called once the job's writes are committed (or failed).
 pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -72,7 +76,7 @@ impl StoreWriter {
         metrics: Arc<crate::stats::ShardMetrics>,
     ) -> Result<Self, wal::WalError> {
         let wal = match durability {
-            Durability::Fsync => Some(Wal::open(&wal.path, WAL_BYTES, wal.next_lsn)?),
+            Durability::Fsync => Some(Wal::open(&wal.paths, WAL_BYTES, wal.next_lsn)?),
             Durability::Buffered => None,
         };
         let (jobs, rx) = crossbeam_channel::unbounded();
@@ -82,6 +86,8 @@ impl StoreWriter {
             wal,
             on_events,
             dirty: std::collections::BTreeSet::new(),
+            checkpoint: Vec::new(),
+            checkpoint_failed: false,
             last_sync: Instant::now(),
             last_sweep: Instant::now(),
         };
@@ -143,15 +149,23 @@ struct WriterLoop {
     /// The write-ahead log under `Fsync` durability.
     wal: Option<Wal>,
     on_events: EventSink,
-    /// Partitions with commits not yet fsynced.
+    /// Partitions with commits not yet fsynced, and not in the running checkpoint.
     dirty: std::collections::BTreeSet<u16>,
+    /// Partitions the running checkpoint has yet to fsync (empty: none is running).
+    checkpoint: Vec<u16>,
+    /// The last partition fsync failed: wait before trying again.
+    checkpoint_failed: bool,
+    /// When the last checkpoint started.
     last_sync: Instant,
     last_sweep: Instant,
 }
 
 fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
     loop {
-        match rx.recv_timeout(BUFFERED_SYNC_INTERVAL) {
+        // A running checkpoint goes on between commits; otherwise wait for work.
+        let busy = !writer.checkpoint.is_empty() && !writer.checkpoint_failed;
+        let wait = if busy { Duration::ZERO } else { BUFFERED_SYNC_INTERVAL };
+        match rx.recv_timeout(wait) {
             Ok(first) => {
                 let mut batch = vec![first];
                 while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -168,13 +182,16 @@ fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
         let log_full = writer.wal.as_ref().is_some_and(Wal::wants_checkpoint);
         let interval = if writer.wal.is_some() { LOGGED_CHECKPOINT_INTERVAL } else { BUFFERED_SYNC_INTERVAL };
         if log_full || (!writer.dirty.is_empty() && writer.last_sync.elapsed() >= interval) {
-            writer.sync_all();
+            writer.start_checkpoint();
+        } else if !writer.checkpoint.is_empty() {
+            writer.checkpoint_step();
         }
         if writer.last_sweep.elapsed() >= EXPIRY_SWEEP_INTERVAL {
             writer.sweep();
         }
     }
-    writer.sync_all();
+    writer.start_checkpoint();
+    writer.finish_checkpoint();
 }
 
 impl WriterLoop {
@@ -267,23 +284,44 @@ impl WriterLoop {
         }
     }
 
-    /// The checkpoint: fsyncs every partition committed to since the last one; then, if all
-    /// succeeded, the log starts over.
-    fn sync_all(&mut self) {
-        let mut synced = true;
-        for partition in std::mem::take(&mut self.dirty) {
-            let store = &self.stores[&partition];
-            if let Err(e) = store.apply(&[], redb::Durability::Immediate, None, &mut Vec::new()) {
-                tracing::error!(partition, error = %e, "sync failed");
-                self.dirty.insert(partition);
-                synced = false;
-            }
+    /// Starts a checkpoint of every partition committed to since the last one: finishes
+    /// the running checkpoint first (the log file it frees is the one written next), then
+    /// switches the log to that file.
+    fn start_checkpoint(&mut self) {
+        if !self.finish_checkpoint() {
+            return; // a partition cannot be synced: keep writing the current log file
         }
-        if synced {
-            if let Some(wal) = self.wal.as_mut() {
-                wal.checkpointed();
-            }
+        if self.dirty.is_empty() {
+            return;
         }
+        if let Some(wal) = self.wal.as_mut() {
+            wal.switch();
+        }
+        self.checkpoint = std::mem::take(&mut self.dirty).into_iter().collect();
         self.last_sync = Instant::now();
+    }
+
+    /// fsyncs one partition of the running checkpoint.
+    fn checkpoint_step(&mut self) {
+        let Some(partition) = self.checkpoint.pop() else { return };
+        let store = &self.stores[&partition];
+        match store.apply(&[], redb::Durability::Immediate, None, &mut Vec::new()) {
+            Ok(()) => self.checkpoint_failed = false,
+            Err(e) => {
+                tracing::error!(partition, error = %e, "checkpoint: sync failed");
+                self.checkpoint.push(partition);
+                self.checkpoint_failed = true;
+            }
+        }
+    }
+
+    /// Runs the running checkpoint to its end; false if a partition could not be synced.
+    fn finish_checkpoint(&mut self) -> bool {
+        let mut attempts = self.checkpoint.len();
+        while !self.checkpoint.is_empty() && attempts > 0 {
+            self.checkpoint_step();
+            attempts -= 1;
+        }
+        self.checkpoint.is_empty()
     }
 }

@@ -115,37 +115,71 @@ fn recovery_replays_only_what_a_partition_lacks() {
     let store = Arc::new(PartitionStore::open(&dir, 1, 1 << 20, limits).unwrap());
     let stores: BTreeMap<u16, Arc<PartitionStore>> = [(1, store.clone())].into();
     let device = RegId::generate(1);
-    let first = WriteOp::StorePush { envelope: envelope(10), seq: 1, regids: vec![device] };
-    let second = WriteOp::StorePush { envelope: envelope(11), seq: 2, regids: vec![device] };
-    let path = path_of(&dir, 0);
+    let push = |id: u64, seq: u64| WriteOp::StorePush { envelope: envelope(id), seq, regids: vec![device] };
+    let (first, second, third) = (push(10, 1), push(11, 2), push(12, 3));
+    let paths = paths_of(&dir, 0);
     {
-        let mut wal = Wal::open(&path, 1 << 16, 1).unwrap();
+        let mut wal = Wal::open(&paths, 1 << 16, 1).unwrap();
         assert_eq!(wal.append(&[&first]).unwrap(), 1);
         assert_eq!(wal.append(&[&second]).unwrap(), 2);
+        // A checkpoint began: record 3 goes to the other file.
+        wal.switch();
+        assert_eq!(wal.append(&[&third]).unwrap(), 3);
         wal.sync().unwrap();
     }
-    // The partition made record 1 durable; record 2 never reached it (the crash).
+    // The partition made record 1 durable; records 2 and 3 never reached it (the crash).
     store.apply(&[&first], redb::Durability::Immediate, Some(1), &mut Vec::new()).unwrap();
-    let found = recover(&dir, &stores, std::slice::from_ref(&path)).unwrap();
-    assert_eq!(found, Recovered { records: 1, writes: 1, next_lsn: 3 });
-    assert_eq!(store.applied_lsn().unwrap(), 2);
+    let found = recover(&dir, &stores, &paths).unwrap();
+    assert_eq!(found, Recovered { records: 2, writes: 2, next_lsn: 4 });
+    assert_eq!(store.applied_lsn().unwrap(), 3);
     let pending: Vec<u64> = store.pending_for(&device, 0, 0, 10).unwrap().iter().map(|m| m.id).collect();
-    assert_eq!(pending, vec![10, 11]);
+    assert_eq!(pending, vec![10, 11, 12], "both files, in order");
     assert_eq!(store.message_stats(7, 10).unwrap().unwrap().targets, 1, "record 1 was not applied twice");
 
-    // A second recovery finds nothing new; a log not kept is removed.
-    assert_eq!(recover(&dir, &stores, &[]).unwrap(), Recovered { records: 0, writes: 0, next_lsn: 3 });
-    assert!(!path.exists());
-    // A reopened log starts after every LSN seen, over the old bytes.
-    let mut wal = Wal::open(&path, 1 << 16, 3).unwrap();
-    assert_eq!(wal.append(&[&first]).unwrap(), 3);
+    // A second recovery finds nothing new; logs not kept are removed.
+    assert_eq!(recover(&dir, &stores, &[]).unwrap(), Recovered { records: 0, writes: 0, next_lsn: 4 });
+    assert!(!paths[0].exists() && !paths[1].exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_written_over_keeps_no_stale_record_in_play() {
+    let dir = temp_dir("reuse");
+    let limits = StoreLimits { max_pending_per_device: 100 };
+    let store = Arc::new(PartitionStore::open(&dir, 1, 1 << 20, limits).unwrap());
+    let stores: BTreeMap<u16, Arc<PartitionStore>> = [(1, store.clone())].into();
+    let device = RegId::generate(1);
+    let push = |id: u64, seq: u64| WriteOp::StorePush { envelope: envelope(id), seq, regids: vec![device] };
+    let paths = paths_of(&dir, 0);
+    let mut wal = Wal::open(&paths, 1 << 16, 1).unwrap();
+    // File a: records 1-3, all checkpointed into the partition.
+    for lsn in 1..=3 {
+        let op = push(lsn, lsn);
+        assert_eq!(wal.append(&[&op]).unwrap(), lsn);
+        store.apply(&[&op], redb::Durability::Immediate, Some(lsn), &mut Vec::new()).unwrap();
+    }
+    wal.switch(); // to b
+    let b = push(4, 4);
+    wal.append(&[&b]).unwrap();
+    store.apply(&[&b], redb::Durability::Immediate, Some(4), &mut Vec::new()).unwrap();
+    wal.switch(); // back to a, written over from its start: record 5 lands on record 1
+    let over = push(5, 5);
+    assert_eq!(wal.append(&[&over]).unwrap(), 5);
+    wal.sync().unwrap();
+    drop(wal);
+    let bytes = std::fs::read(&paths[0]).unwrap();
+    let read: Vec<u64> = decode_records(&bytes[MAGIC.len()..]).iter().map(|r| r.lsn).collect();
+    assert_eq!(read, vec![5], "records 2 and 3 behind record 5 are stale and not read");
+    let found = recover(&dir, &stores, &paths).unwrap();
+    assert_eq!(found, Recovered { records: 1, writes: 1, next_lsn: 6 });
+    assert_eq!(store.pending_for(&device, 0, 0, 10).unwrap().len(), 5);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_log_of_another_format_is_refused() {
     let dir = temp_dir("magic");
-    std::fs::write(path_of(&dir, 0), b"NOTALOG!and more").unwrap();
+    std::fs::write(&paths_of(&dir, 0)[0], b"NOTALOG!and more").unwrap();
     let err = recover(&dir, &BTreeMap::new(), &[]).unwrap_err();
     assert!(err.to_string().contains("bad magic"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
