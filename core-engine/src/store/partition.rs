@@ -140,13 +140,35 @@ fn decrement(table: &mut redb::Table<'_, &'static [u8], u32>, regid: &[u8; 12]) 
     Ok(())
 }
 
-fn read_stats(table: &StatsTable<'_>, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
-    Ok(table.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
+/// Message counts read and changed within one transaction, written back once at its end:
+/// the acknowledgements of one message by many devices in one commit cost one write.
+struct StatsCache<'t> {
+    table: StatsTable<'t>,
+    changed: std::collections::HashMap<MessageId, MessageStats>,
 }
 
-fn write_stats(table: &mut StatsTable<'_>, id: MessageId, stats: MessageStats) -> Result<(), StoreError> {
-    table.insert(id, &stats.to_bytes()[..])?;
-    Ok(())
+impl<'t> StatsCache<'t> {
+    fn new(table: StatsTable<'t>) -> Self {
+        StatsCache { table, changed: std::collections::HashMap::new() }
+    }
+
+    fn get(&self, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
+        if let Some(stats) = self.changed.get(&id) {
+            return Ok(Some(*stats));
+        }
+        Ok(self.table.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
+    }
+
+    fn put(&mut self, id: MessageId, stats: MessageStats) {
+        self.changed.insert(id, stats);
+    }
+
+    fn write_back(mut self) -> Result<(), StoreError> {
+        for (id, stats) in self.changed.drain() {
+            self.table.insert(id, &stats.to_bytes()[..])?;
+        }
+        Ok(())
+    }
 }
 
 /// Why the store failed; the text comes from redb.
@@ -675,7 +697,7 @@ impl PartitionStore {
             let mut devices = txn.open_table(DEVICES)?;
             let mut pending = txn.open_table(PENDING)?;
             let mut bodies = txn.open_table(BODIES)?;
-            let mut stats = txn.open_table(MSG_STATS)?;
+            let mut stats = StatsCache::new(txn.open_table(MSG_STATS)?);
             let mut clicks = txn.open_table(CLICKS)?;
             let mut aliases = txn.open_table(ALIASES)?;
             let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
@@ -729,13 +751,13 @@ impl PartitionStore {
                             }
                             expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_PENDING, &key)[..], ())?;
                         }
-                        let mut counts = read_stats(&stats, envelope.id)?.unwrap_or(MessageStats {
+                        let mut counts = stats.get(envelope.id)?.unwrap_or(MessageStats {
                             app_id: envelope.app_id,
                             expires_at: envelope.expires_at,
                             ..MessageStats::default()
                         });
                         counts.targets += regids.len() as u64;
-                        write_stats(&mut stats, envelope.id, counts)?;
+                        stats.put(envelope.id, counts);
                     }
                     WriteOp::SetAlias { regid, alias } => {
                         aliases.insert(&suffixed_key(regid, alias)[..], ())?;
@@ -760,13 +782,13 @@ impl PartitionStore {
                             (),
                         )?;
                         expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_GROUP, &seq.to_be_bytes())[..], ())?;
-                        let mut counts = read_stats(&stats, envelope.id)?.unwrap_or(MessageStats {
+                        let mut counts = stats.get(envelope.id)?.unwrap_or(MessageStats {
                             app_id: envelope.app_id,
                             expires_at: envelope.expires_at,
                             ..MessageStats::default()
                         });
                         counts.targets += targets;
-                        write_stats(&mut stats, envelope.id, counts)?;
+                        stats.put(envelope.id, counts);
                     }
                     WriteOp::GroupCursor { regid, seq } => {
                         let current = cursors.get(&regid.0[..])?.map_or(0, |v| v.value());
@@ -775,9 +797,9 @@ impl PartitionStore {
                         }
                     }
                     WriteOp::GroupDelivered { id, .. } => {
-                        if let Some(mut counts) = read_stats(&stats, *id)? {
+                        if let Some(mut counts) = stats.get(*id)? {
                             counts.delivered += 1;
-                            write_stats(&mut stats, *id, counts)?;
+                            stats.put(*id, counts);
                         }
                     }
                     WriteOp::DayStats { app_id, day, stats, .. } => {
@@ -800,9 +822,9 @@ impl PartitionStore {
                         if clicks.insert(&key[..], ())?.is_some() {
                             continue; // this device's click was counted already
                         }
-                        if let Some(mut counts) = read_stats(&stats, *id)? {
+                        if let Some(mut counts) = stats.get(*id)? {
                             counts.clicked += 1;
-                            write_stats(&mut stats, *id, counts)?;
+                            stats.put(*id, counts);
                             events.push(StoreEvent::Clicked { app_id: counts.app_id, regid: *regid, id: *id });
                         }
                     }
@@ -812,11 +834,11 @@ impl PartitionStore {
                         }
                         rows_delta -= 1;
                         decrement(&mut counts_table, &regid.0)?;
-                        let Some(mut counts) = read_stats(&stats, *id)? else {
+                        let Some(mut counts) = stats.get(*id)? else {
                             continue;
                         };
                         counts.delivered += 1;
-                        write_stats(&mut stats, *id, counts)?;
+                        stats.put(*id, counts);
                         if counts.delivered >= counts.targets {
                             bodies.remove(*id)?;
                         }
@@ -826,6 +848,7 @@ impl PartitionStore {
             if rows_delta != 0 {
                 events.push(StoreEvent::PendingRows(rows_delta));
             }
+            stats.write_back()?;
         }
         txn.commit()?;
         Ok(())
