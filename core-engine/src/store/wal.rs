@@ -36,8 +36,7 @@ const RECORD_HEADER: usize = 16;
 /// Largest record payload read back; a length above it is garbage, not a record.
 const MAX_RECORD: usize = 1 << 30;
 
-/// A write as the log keeps it: only writes that must survive a crash, in a form that
-/// is independent of the in-memory [`WriteOp`].
+/// A write as the log keeps it, in a form that is independent of the in-memory [`WriteOp`].
 #[derive(Debug, Serialize, Deserialize)]
 enum LoggedOp {
     RegisterDevice { regid: [u8; 12], record: [u8; DeviceRecord::LEN] },
@@ -48,6 +47,12 @@ enum LoggedOp {
     Unsubscribe { regid: [u8; 12], topic: String },
     StoreGroup { partition: u16, envelope: LoggedEnvelope, seq: u64, filter: GroupFilter, targets: u64 },
     Quiet { regid: [u8; 12], hours: Option<[u8; 6]> },
+    GroupCursor { regid: [u8; 12], seq: u64 },
+    GroupDelivered { partition: u16, id: u64 },
+    Clicked { partition: u16, regid: [u8; 12], id: u64 },
+    Acked { regid: [u8; 12], seq: u64, id: u64 },
+    DayStats { partition: u16, app_id: u32, day: u32, stats: Vec<u8> },
+    ActiveDay { regid: [u8; 12], day: u32 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,9 +78,10 @@ impl LoggedEnvelope {
     }
 }
 
-/// Whether a write goes to the log. The others (acknowledgements, counts, cursors) need
-/// no fsync of their own: losing one means a resend or a count off by one.
-pub fn is_logged(op: &WriteOp) -> bool {
+/// Whether a commit with this write must fdatasync the log before it completes. The others
+/// (acknowledgements, counts, cursors) are logged too but ride on the next fdatasync, at
+/// most a second later: losing one means a resend or a count off by one.
+pub fn needs_sync(op: &WriteOp) -> bool {
     matches!(
         op,
         WriteOp::RegisterDevice { .. }
@@ -89,8 +95,8 @@ pub fn is_logged(op: &WriteOp) -> bool {
     )
 }
 
-fn logged(op: &WriteOp) -> Option<LoggedOp> {
-    Some(match op {
+fn logged(op: &WriteOp) -> LoggedOp {
+    match op {
         WriteOp::RegisterDevice { regid, record } => {
             LoggedOp::RegisterDevice { regid: regid.0, record: record.to_bytes() }
         }
@@ -113,13 +119,17 @@ fn logged(op: &WriteOp) -> Option<LoggedOp> {
             targets: *targets,
         },
         WriteOp::Quiet { regid, hours } => LoggedOp::Quiet { regid: regid.0, hours: hours.map(QuietHours::to_bytes) },
-        WriteOp::GroupCursor { .. }
-        | WriteOp::GroupDelivered { .. }
-        | WriteOp::Clicked { .. }
-        | WriteOp::Acked { .. }
-        | WriteOp::DayStats { .. }
-        | WriteOp::ActiveDay { .. } => return None,
-    })
+        WriteOp::GroupCursor { regid, seq } => LoggedOp::GroupCursor { regid: regid.0, seq: *seq },
+        WriteOp::GroupDelivered { partition, id } => LoggedOp::GroupDelivered { partition: *partition, id: *id },
+        WriteOp::Clicked { partition, regid, id } => {
+            LoggedOp::Clicked { partition: *partition, regid: regid.0, id: *id }
+        }
+        WriteOp::Acked { regid, seq, id } => LoggedOp::Acked { regid: regid.0, seq: *seq, id: *id },
+        WriteOp::DayStats { partition, app_id, day, stats } => {
+            LoggedOp::DayStats { partition: *partition, app_id: *app_id, day: *day, stats: stats.to_bytes().to_vec() }
+        }
+        WriteOp::ActiveDay { regid, day } => LoggedOp::ActiveDay { regid: regid.0, day: *day },
+    }
 }
 
 impl LoggedOp {
@@ -147,6 +157,14 @@ impl LoggedOp {
                     None => None,
                 },
             },
+            LoggedOp::GroupCursor { regid, seq } => WriteOp::GroupCursor { regid: RegId(regid), seq },
+            LoggedOp::GroupDelivered { partition, id } => WriteOp::GroupDelivered { partition, id },
+            LoggedOp::Clicked { partition, regid, id } => WriteOp::Clicked { partition, regid: RegId(regid), id },
+            LoggedOp::Acked { regid, seq, id } => WriteOp::Acked { regid: RegId(regid), seq, id },
+            LoggedOp::DayStats { partition, app_id, day, stats } => {
+                WriteOp::DayStats { partition, app_id, day, stats: crate::stats::DayStats::from_bytes(&stats)? }
+            }
+            LoggedOp::ActiveDay { regid, day } => WriteOp::ActiveDay { regid: RegId(regid), day },
         })
     }
 }
@@ -158,9 +176,9 @@ pub struct Record {
     pub ops: Vec<WriteOp>,
 }
 
-/// Appends the record of `ops` (the logged ones among them) at `lsn` to `out`.
+/// Appends the record of `ops` at `lsn` to `out`.
 pub fn encode_record(lsn: u64, ops: &[&WriteOp], out: &mut Vec<u8>) {
-    let logged: Vec<LoggedOp> = ops.iter().filter_map(|op| logged(op)).collect();
+    let logged: Vec<LoggedOp> = ops.iter().map(|op| logged(op)).collect();
     let payload = postcard::to_allocvec(&logged).expect("postcard encodes plain data into a Vec");
     assert!(payload.len() <= MAX_RECORD, "a record of {} bytes is past the log's limit", payload.len());
     let mut hasher = crc32fast::Hasher::new();
@@ -234,7 +252,7 @@ impl Wal {
         Ok(Wal { files, paths: paths.clone(), active: 0, pos: MAGIC.len() as u64, capacity, next_lsn, buf: Vec::new() })
     }
 
-    /// Writes a record of the logged writes among `ops` and returns its LSN; durable once
+    /// Writes a record of `ops` and returns its LSN; durable once
     /// [`Wal::sync`] returns. A file that fills up grows.
     pub fn append(&mut self, ops: &[&WriteOp]) -> Result<u64, WalError> {
         let lsn = self.next_lsn;

@@ -88,6 +88,8 @@ impl StoreWriter {
             dirty: std::collections::BTreeSet::new(),
             checkpoint: Vec::new(),
             checkpoint_failed: false,
+            log_unsynced: false,
+            log_synced_at: Instant::now(),
             last_sync: Instant::now(),
             last_sweep: Instant::now(),
         };
@@ -155,6 +157,10 @@ struct WriterLoop {
     checkpoint: Vec<u16>,
     /// The last partition fsync failed: wait before trying again.
     checkpoint_failed: bool,
+    /// Records of writes that need no sync of their own wait in the log's page cache...
+    log_unsynced: bool,
+    /// ...until the next sync, at most [`BUFFERED_SYNC_INTERVAL`] after this.
+    log_synced_at: Instant,
     /// When the last checkpoint started.
     last_sync: Instant,
     last_sweep: Instant,
@@ -179,6 +185,11 @@ fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
+        if writer.log_unsynced && writer.log_synced_at.elapsed() >= BUFFERED_SYNC_INTERVAL {
+            if let Err(e) = writer.sync_log() {
+                tracing::error!(error = %e, "write-ahead log sync failed");
+            }
+        }
         let log_full = writer.wal.as_ref().is_some_and(Wal::wants_checkpoint);
         let interval = if writer.wal.is_some() { LOGGED_CHECKPOINT_INTERVAL } else { BUFFERED_SYNC_INTERVAL };
         if log_full || (!writer.dirty.is_empty() && writer.last_sync.elapsed() >= interval) {
@@ -189,6 +200,9 @@ fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
         if writer.last_sweep.elapsed() >= EXPIRY_SWEEP_INTERVAL {
             writer.sweep();
         }
+    }
+    if let Err(e) = writer.sync_log() {
+        tracing::error!(error = %e, "write-ahead log sync failed");
     }
     writer.start_checkpoint();
     writer.finish_checkpoint();
@@ -208,10 +222,11 @@ impl WriterLoop {
         // is the only one this commit waits for.
         let mut lsn = None;
         let mut log_error = None;
+        let must_sync = batch.iter().flat_map(|j| &j.ops).any(wal::needs_sync);
         if let Some(wal) = self.wal.as_mut() {
-            let logged: Vec<&WriteOp> = batch.iter().flat_map(|j| &j.ops).filter(|op| wal::is_logged(op)).collect();
-            if !logged.is_empty() {
-                match wal.append(&logged) {
+            let ops: Vec<&WriteOp> = batch.iter().flat_map(|j| &j.ops).collect();
+            if !ops.is_empty() {
+                match wal.append(&ops) {
                     Ok(n) => lsn = Some(n),
                     Err(e) => log_error = Some(StoreError(e.to_string())),
                 }
@@ -234,9 +249,13 @@ impl WriterLoop {
                 }
             }
         }
-        if let (Some(wal), Some(_)) = (self.wal.as_ref(), lsn) {
-            if let Err(e) = wal.sync() {
-                log_error = Some(StoreError(e.to_string()));
+        if lsn.is_some() {
+            if must_sync {
+                if let Err(e) = self.sync_log() {
+                    log_error = Some(e);
+                }
+            } else {
+                self.log_unsynced = true;
             }
         }
         if let Some(e) = &log_error {
@@ -248,7 +267,7 @@ impl WriterLoop {
         for job in batch {
             if let Some(done) = job.done {
                 let error = job.ops.iter().find_map(|op| failed.get(&partition_of(op)));
-                let error = error.or(log_error.as_ref().filter(|_| job.ops.iter().any(wal::is_logged)));
+                let error = error.or(log_error.as_ref().filter(|_| job.ops.iter().any(wal::needs_sync)));
                 done(error.map_or(Ok(()), |e| Err(e.clone())));
             }
         }
@@ -284,6 +303,14 @@ impl WriterLoop {
         }
     }
 
+    /// fdatasyncs the log: every record appended so far is durable.
+    fn sync_log(&mut self) -> Result<(), StoreError> {
+        let Some(wal) = self.wal.as_ref() else { return Ok(()) };
+        self.log_unsynced = false;
+        self.log_synced_at = Instant::now();
+        wal.sync().map_err(|e| StoreError(e.to_string()))
+    }
+
     /// Starts a checkpoint of every partition committed to since the last one: finishes
     /// the running checkpoint first (the log file it frees is the one written next), then
     /// switches the log to that file.
@@ -293,6 +320,12 @@ impl WriterLoop {
         }
         if self.dirty.is_empty() {
             return;
+        }
+        if self.log_unsynced {
+            // The file left behind is not synced again: its records go to disk now.
+            if let Err(e) = self.sync_log() {
+                tracing::error!(error = %e, "write-ahead log sync failed");
+            }
         }
         if let Some(wal) = self.wal.as_mut() {
             wal.switch();
