@@ -221,6 +221,11 @@ def start_pushnode(n, logs_dir, tag, tls=None):
         # loadgen opens thousands of connections a second per source address: the
         # per-address connect rate limit (on by default) would refuse most of them.
         f.write(f"partitions = {max(16, shards)}\nlog = \"warn\"\nconnect_rate_per_ip = 0\n")
+        if shards > 2 * (os.cpu_count() or 1):
+            # Many more shards than cores (one per 16k connections): each shard's receive
+            # buffer ring is shared by its connections, so a smaller one per shard keeps the
+            # node's total (shards x recv_buffers x 4 KiB) near what a few shards use.
+            f.write("recv_buffers = 256\n")
     data = os.path.join(tmp, "data")
     argv = [os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
             "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",
