@@ -213,11 +213,7 @@ impl Shard {
             source,
         })?;
         let bufs = BufRing::new(&ring.submitter(), cfg.recv_buffers, cfg.recv_buffer_bytes, RECV_BGID)?;
-        // Sized for a full shard up front: memory is only touched as entries arrive, and the
-        // table never doubles (a doubling copies everything and leaves the old table behind
-        // in the allocator), which at 100k connections cost ~150 B per connection.
-        let capacity = cfg.max_connections_per_shard as usize;
-        let mut devices = HashMap::with_capacity(capacity);
+        let mut devices = HashMap::new();
         let mut topics = groups::TopicIndex::default();
         let mut aliases = groups::AliasIndex::default();
         for store in &setup.stores {
@@ -305,7 +301,7 @@ impl Shard {
             shared: setup.shared,
             listeners: setup.listeners,
             inbox_rx: setup.inbox_rx,
-            conns: Slab::with_capacity(capacity),
+            conns: Slab::new(),
             devices,
             topics,
             aliases,
