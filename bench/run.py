@@ -356,8 +356,11 @@ def loadgen_scenarios():
 def loadgen_argv(scenario, srv, n, p, json_path):
     """THE loadgen invocation: the one place that knows loadgen's CLI."""
     workers = max(1, math.ceil((n + 100) / (FD_LIMIT - 2_000)))
+    # At most 40,000 connections per loopback source address (of ~64,500 ports), so ports
+    # left in TIME_WAIT by an earlier run never run out.
+    source_ips = max(16, math.ceil(n / 40_000))
     argv = [loadgen_bin(), TLS_SCENARIOS.get(scenario, scenario)] + srv.loadgen_args + [
-        "--source-ips", "127.0.0.2-127.0.0.17", "--workers", str(workers),
+        "--source-ips", f"127.0.0.2-127.0.0.{1 + source_ips}", "--workers", str(workers),
         "--json", json_path, "--timeout-secs", str(p["timeout_s"]),
         "--straggler-secs", str(p["straggler_s"])]
     if scenario == "connect":
