@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One node, one loadgen unicast run through the HTTP API, for durability A/B runs:
+#   bench/unicast-node.sh BIN DURABILITY RATE SECS CONNS TAG
+# e.g. bench/unicast-node.sh target/release/pushnode fsync 5000 20 10000 new
+# Starts BIN with 2 shards (PARTS partitions, default 16) on free-ish loopback ports,
+# creates an app, runs `loadgen unicast --batch 100`, prints loadgen's summary, the node's
+# store commit metrics and its CPU seconds, then stops the node it started. PERF=1 records
+# a perf profile of the node to /tmp/perf-TAG.data. JSON: /tmp/fsb-TAG.json.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$1; DUR=$2; RATE=$3; SECS=$4; N=$5; TAG=$6
+D=$(mktemp -d /tmp/fsb-XXXX)
+MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000))
+printf "partitions = ${PARTS:-16}\n" > $D/p.toml
+$BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability $DUR --shards 2 --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
+PID=$!
+[ -n "${PERF:-}" ] && (sleep 8; perf record -F 499 -g -p $PID -o /tmp/perf-$TAG.data -- sleep 10 >/dev/null 2>&1 &)
+for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/healthz >/dev/null && break; sleep 0.2; done
+$ROOT/target/release/loadgen unicast --mqtt 127.0.0.1:$MQ --http http://127.0.0.1:$HP --admin-token-file $D/data/admin.token \
+  --connections $N --rate $RATE --duration-secs $SECS --batch 100 --straggler-secs 10 --timeout-secs 200 --json /tmp/fsb-$TAG.json > $D/loadgen.out 2>&1
+echo "loadgen rc=$?"
+grep -E "achieved|p50|p99|deliver|latency|lost|sent" $D/loadgen.out | head -20
+curl -s 127.0.0.1:$HP/metrics | grep -E "commit|delivery_latency|http" | grep -v "^#" | head -40
+echo "node cpu: $(awk "{print (\$14+\$15)/100}" /proc/$PID/stat) s"; kill $PID; wait $PID 2>/dev/null
+rm -rf $D
