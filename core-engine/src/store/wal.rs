@@ -1,7 +1,8 @@
 //! The write-ahead log of one shard's store writer under `durability = "fsync"`.
 //!
-//! Each group commit appends one record holding the commit's durable writes and
-//! fdatasyncs this single file, instead of fsyncing every partition database it touched.
+//! Each group commit appends one record holding the commit's writes and fdatasyncs this
+//! single file (at once if any write needs it, else within a second: see [`needs_sync`]),
+//! instead of fsyncing every partition database it touched.
 //! The partitions commit without fsync and keep, in the same transaction, the log
 //! sequence number (LSN) of the last record they hold. The log is two files written in
 //! turn: a checkpoint switches to the other file, from its start, and then fsyncs the
