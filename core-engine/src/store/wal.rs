@@ -11,7 +11,7 @@
 //! replays into each partition the records newer than its LSN, from both files.
 //!
 //! File layout: [`MAGIC`], then records of `len: u32 LE | crc32: u32 LE | lsn: u64 LE |
-//! payload` where the payload is the postcard encoding of the record's [`LoggedOp`]s and
+//! payload` where the payload is the postcard encoding of the record's `LoggedOp`s and
 //! the checksum covers the LSN and the payload. A file is filled with zeros when it is
 //! made, so a commit overwrites allocated blocks and fdatasync flushes data only.
 //!
