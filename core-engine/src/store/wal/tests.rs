@@ -104,14 +104,30 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A partition (1) in a fresh folder, one device of it, and pushes to that device.
+struct Fixture {
+    dir: PathBuf,
+    store: Arc<PartitionStore>,
+    stores: BTreeMap<u16, Arc<PartitionStore>>,
+    device: RegId,
+    push: Box<dyn Fn(u64, u64) -> WriteOp>,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir = temp_dir(name);
+        let limits = StoreLimits { max_pending_per_device: 100 };
+        let store = Arc::new(PartitionStore::open(&dir, 1, 1 << 20, limits).unwrap());
+        let stores = [(1, store.clone())].into();
+        let device = RegId::generate(1);
+        let push = Box::new(move |id, seq| WriteOp::StorePush { envelope: envelope(id), seq, regids: vec![device] });
+        Fixture { dir, store, stores, device, push }
+    }
+}
+
 #[test]
 fn recovery_replays_only_what_a_partition_lacks() {
-    let dir = temp_dir("recover");
-    let limits = StoreLimits { max_pending_per_device: 100 };
-    let store = Arc::new(PartitionStore::open(&dir, 1, 1 << 20, limits).unwrap());
-    let stores: BTreeMap<u16, Arc<PartitionStore>> = [(1, store.clone())].into();
-    let device = RegId::generate(1);
-    let push = |id: u64, seq: u64| WriteOp::StorePush { envelope: envelope(id), seq, regids: vec![device] };
+    let Fixture { dir, store, stores, device, push } = Fixture::new("recover");
     let (first, second, third) = (push(10, 1), push(11, 2), push(12, 3));
     let paths = paths_of(&dir, 0);
     {
@@ -140,12 +156,7 @@ fn recovery_replays_only_what_a_partition_lacks() {
 
 #[test]
 fn a_file_written_over_keeps_no_stale_record_in_play() {
-    let dir = temp_dir("reuse");
-    let limits = StoreLimits { max_pending_per_device: 100 };
-    let store = Arc::new(PartitionStore::open(&dir, 1, 1 << 20, limits).unwrap());
-    let stores: BTreeMap<u16, Arc<PartitionStore>> = [(1, store.clone())].into();
-    let device = RegId::generate(1);
-    let push = |id: u64, seq: u64| WriteOp::StorePush { envelope: envelope(id), seq, regids: vec![device] };
+    let Fixture { dir, store, stores, device, push } = Fixture::new("reuse");
     let paths = paths_of(&dir, 0);
     let mut wal = Wal::open(&paths, 1 << 16, 1).unwrap();
     // File a: records 1-3, all checkpointed into the partition.
