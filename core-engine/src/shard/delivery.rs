@@ -106,7 +106,7 @@ impl Shard {
             let inbox = self.shared.inboxes[self.index].clone();
             let seq = push.seq;
             Some(Box::new(move |_| {
-                inbox.send(ShardMsg::AckCommitted { regid, seq });
+                inbox.send_quiet(ShardMsg::AckCommitted { regid, seq });
             }))
         };
         self.writer.submit(StoreJob { ops, done });
@@ -226,7 +226,7 @@ impl Shard {
                 self.writer.submit(StoreJob {
                     ops,
                     done: Some(Box::new(move |result| {
-                        inbox.send(ShardMsg::Stored {
+                        inbox.send_quiet(ShardMsg::Stored {
                             result,
                             then: AfterStore::RegisteredHttp { regid, token, reply },
                         });
@@ -302,6 +302,7 @@ impl Shard {
             return;
         }
         let seq = self.seq.next(Self::now_unix_ms());
+        let sent_regids = targets.clone();
         let mut by_partition: BTreeMap<u16, Vec<RegId>> = BTreeMap::new();
         for regid in &targets {
             by_partition.entry(regid.partition()).or_default().push(*regid);
@@ -311,13 +312,23 @@ impl Shard {
             .map(|regids| WriteOp::StorePush { envelope: envelope.clone(), seq, regids })
             .collect();
         let inbox = self.shared.inboxes[self.index].clone();
+        let sent_envelope = envelope.clone();
         self.writer.submit(StoreJob {
             ops,
             done: Some(Box::new(move |result| {
                 let then = AfterStore::Pushed { envelope, seq, regids: targets, part, reply };
-                inbox.send(ShardMsg::Stored { result, then });
+                inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
         });
+        let now = Self::now_unix_s();
+        for regid in &sent_regids {
+            let unstored = self.unstored.entry(*regid).or_default();
+            unstored.pushes += 1;
+            let overtakes = unstored.unsent > 0 || self.unstored_groups > 0;
+            if overtakes || !self.deliver_live(regid, &sent_envelope, seq, false, INBOX_TOPIC, now) {
+                self.unstored.get_mut(regid).expect("inserted above").unsent += 1;
+            }
+        }
     }
 
     /// Keeps a group message once for this shard, counting its targets here.
@@ -337,11 +348,12 @@ impl Shard {
             targets,
         };
         let inbox = self.shared.inboxes[self.index].clone();
+        self.unstored_groups += 1;
         self.writer.submit(StoreJob {
             ops: vec![op],
             done: Some(Box::new(move |result| {
                 let then = AfterStore::GroupStored { envelope, seq, filter, targets, reply };
-                inbox.send(ShardMsg::Stored { result, then });
+                inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
         });
     }
@@ -363,19 +375,20 @@ impl Shard {
                 let _ = reply.send(result.map(|()| (regid, token)));
             }
             AfterStore::Pushed { envelope, seq, regids, mut part, reply } => {
+                let now = Self::now_unix_s();
+                for regid in &regids {
+                    self.push_stored(regid, &envelope, seq, now);
+                }
                 if let Err(e) = result {
                     let _ = reply.send(Err(e));
                     return;
                 }
                 part.targets = regids.len() as u64;
                 self.count_accepted(envelope.app_id, part.targets, false);
-                let now = Self::now_unix_s();
-                for regid in &regids {
-                    self.deliver_live(regid, &envelope, seq, false, INBOX_TOPIC, now);
-                }
                 let _ = reply.send(Ok(part));
             }
             AfterStore::GroupStored { envelope, seq, filter, targets, reply } => {
+                self.unstored_groups -= 1;
                 if let Err(e) = result {
                     let _ = reply.send(Err(e));
                     return;
@@ -397,23 +410,49 @@ impl Shard {
         }
     }
 
-    /// Sends a just-stored message to `regid` if it is online and caught up; otherwise
-    /// the device reads it from the store when its window opens.
-    fn deliver_live(&mut self, regid: &RegId, envelope: &Envelope, seq: u64, group: bool, topic: &str, now: u64) {
-        let Some(device) = self.devices.get_mut(regid) else { return };
-        let Some(key) = device.conn else { return };
+    /// A push to `regid` is committed (or failed): if the device's connection has not sent
+    /// it, it goes now (its sends of newer pushes waited for it).
+    fn push_stored(&mut self, regid: &RegId, envelope: &Envelope, seq: u64, now: u64) {
+        let Some(unstored) = self.unstored.get_mut(regid) else { return };
+        debug_assert!(unstored.pushes > 0 && unstored.unsent <= unstored.pushes);
+        unstored.pushes -= 1;
+        let conn = self.devices.get(regid).and_then(|d| d.conn).map(|key| &self.conns[key as usize]);
+        if conn.is_some_and(|c| c.cursor < seq) {
+            unstored.unsent = unstored.unsent.saturating_sub(1);
+        }
+        unstored.unsent = unstored.unsent.min(unstored.pushes);
+        if unstored.pushes == 0 {
+            self.unstored.remove(regid);
+        }
+        self.deliver_live(regid, envelope, seq, false, INBOX_TOPIC, now);
+    }
+
+    /// Sends a message to `regid` if it is online and caught up, and says whether it did;
+    /// otherwise the device reads it from the store when its window opens.
+    fn deliver_live(
+        &mut self,
+        regid: &RegId,
+        envelope: &Envelope,
+        seq: u64,
+        group: bool,
+        topic: &str,
+        now: u64,
+    ) -> bool {
+        let Some(device) = self.devices.get_mut(regid) else { return false };
+        let Some(key) = device.conn else { return false };
         let conn = &mut self.conns[key as usize];
         if conn.closing || !conn.session.is_connected() || seq <= conn.cursor {
-            return; // already read from the store
+            return false; // already read from the store
         }
         if conn.backlog || !conn.session.can_push() || device.is_quiet(now) {
             conn.backlog = true;
-            return;
+            return false;
         }
         let push = PushRef { seq, id: envelope.id, group };
         conn.session.push(push, seq <= device.last_sent, expiry_s(envelope.expires_at, now), topic, &envelope.json);
         conn.cursor = seq;
         device.last_sent = device.last_sent.max(seq);
         self.flush(key);
+        true
     }
 }

@@ -66,6 +66,10 @@ impl Shard {
             return;
         };
         device.conn = Some(key);
+        if let Some(unstored) = self.unstored.get_mut(&regid) {
+            // The store does not hold these yet, so this connection's reads miss them.
+            unstored.unsent = unstored.pushes;
+        }
         self.count_attach(regid);
         let conn = &mut self.conns[key as usize];
         conn.device = Some(regid);
@@ -92,7 +96,7 @@ impl Shard {
             ops,
             done: Some(Box::new(move |result| {
                 let then = AfterStore::Registered { conn: key, gen, regid, token, record: Box::new(record) };
-                inbox.send(ShardMsg::Stored { result, then });
+                inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
         });
     }

@@ -122,9 +122,15 @@ impl ShardInbox {
         sent
     }
 
-    /// Queues `msg` without a wake-up (the MSG_RING that follows wakes the shard).
+    /// Queues `msg` without a wake-up: the sender wakes the shard once after a batch (a
+    /// following MSG_RING, or [`ShardInbox::wake`] after a commit's completions).
     pub fn send_quiet(&self, msg: ShardMsg) -> bool {
         self.tx.send(msg).is_ok()
+    }
+
+    /// Wakes the shard to read what was queued quietly.
+    pub fn wake(&self) {
+        self.wake.wake();
     }
 
     pub(crate) fn eventfd(&self) -> &EventFd {

@@ -181,6 +181,24 @@ pub struct Shard {
     last_stats_flush_s: u32,
     /// Acknowledged messages whose removal from the pending queue is not committed yet.
     unsynced_acks: HashMap<RegId, Vec<u64>>,
+    /// Devices with pushes sent to the writer and not committed yet.
+    unstored: HashMap<RegId, Unstored>,
+    /// Group messages sent to the writer and not committed yet: no push goes out before
+    /// its commit while one is, so it cannot overtake a group message a device is due.
+    unstored_groups: u32,
+}
+
+/// A device's pushes on their way into the store. A push goes out to an online device at
+/// once, before its commit (the HTTP answer still waits for it); commits complete in seq
+/// order, so the pushes a connection has not sent are always the newest ones.
+#[derive(Debug, Default)]
+struct Unstored {
+    /// Pushes not committed yet.
+    pushes: u32,
+    /// How many of them the device's current connection has not sent: its reads of the
+    /// store miss them, so each goes out when its commit completes, and no newer push
+    /// overtakes them before that.
+    unsent: u32,
 }
 
 /// What arrives over the queue for a connection handed over from another shard.
@@ -251,7 +269,7 @@ impl Shard {
         let mut day_stats = crate::stats::ShardDayStats { day: today, ..Default::default() };
         let mut pending_rows = 0;
         for store in &setup.stores {
-            pending_rows += store.pending_rows()?;
+            pending_rows += store.pending_rows();
             for (regid, day) in store.load_active_days()? {
                 if let Some(device) = devices.get_mut(&regid) {
                     device.active_day = day;
@@ -269,14 +287,15 @@ impl Shard {
         metrics.pending.store(pending_rows as i64, std::sync::atomic::Ordering::Relaxed);
         let inbox = setup.shared.inboxes[setup.index].clone();
         let on_events: crate::store::EventSink = Box::new(move |events| {
-            inbox.send(ShardMsg::StoreEvents(events));
+            inbox.send_quiet(ShardMsg::StoreEvents(events));
         });
+        let inbox = setup.shared.inboxes[setup.index].clone();
         let writer = StoreWriter::start(
             format!("store-{}", setup.index),
             setup.stores.clone(),
             cfg.durability,
             &setup.wal,
-            on_events,
+            crate::store::Notify { on_events, wake: std::sync::Arc::new(move || inbox.wake()) },
             metrics.clone(),
         )
         .map_err(|e| EngineError::Store(crate::store::StoreError(e.to_string())))?;
@@ -311,6 +330,8 @@ impl Shard {
             live: HashMap::new(),
             last_stats_flush_s: 0,
             unsynced_acks: HashMap::new(),
+            unstored: HashMap::new(),
+            unstored_groups: 0,
             stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,

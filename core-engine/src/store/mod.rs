@@ -10,4 +10,4 @@ pub use partition::{
     DeviceRecord, GroupMessage, MessageStats, PartitionStore, PendingMessage, StoreError, StoreEvent, StoreLimits,
     WriteOp,
 };
-pub use writer::{Completion, Durability, EventSink, StoreJob, StoreWriter, WalSetup};
+pub use writer::{Completion, Durability, EventSink, Notify, StoreJob, StoreWriter, WalSetup};

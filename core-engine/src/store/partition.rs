@@ -3,9 +3,10 @@
 use crate::ids::{AppId, MessageId, RegId};
 use crate::push::{Envelope, GroupFilter};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+
+mod write;
 
 const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
 /// (regid, seq) -> message id: the device's queue, in its home shard's order.
@@ -40,13 +41,13 @@ const QUIET: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quiet");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const APPLIED_LSN: &str = "applied_lsn";
 
-/// regid -> how many messages wait in its pending queue.
-const PENDING_COUNT: TableDefinition<&[u8], u32> = TableDefinition::new("pending_count");
-/// expires_at (BE) ++ kind ++ key -> (): what to remove when; kinds below.
+/// expires_at (BE) ++ kind ++ key -> (): when a group message and its body go; kinds below.
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
-const EXPIRY_PENDING: u8 = 0;
 const EXPIRY_BODY: u8 = 1;
 const EXPIRY_GROUP: u8 = 2;
+/// expires_at (BE) ++ seq (BE) ++ message id (BE) -> the RegIDs it was queued for: when one
+/// push's pending rows and its body go. One row per push and partition, not per target.
+const PUSH_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("push_expiry");
 
 fn expiry_key(expires_at: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + rest.len());
@@ -118,56 +119,6 @@ impl MessageStats {
         self.delivered += other.delivered;
         self.clicked += other.clicked;
         self.expires_at = self.expires_at.max(other.expires_at);
-    }
-}
-
-type StatsTable<'t> = redb::Table<'t, u64, &'static [u8]>;
-
-fn read_stats_ro(
-    table: &impl ReadableTable<u64, &'static [u8]>,
-    id: MessageId,
-) -> Result<Option<MessageStats>, StoreError> {
-    Ok(table.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
-}
-
-fn decrement(table: &mut redb::Table<'_, &'static [u8], u32>, regid: &[u8; 12]) -> Result<(), StoreError> {
-    let queued = table.get(&regid[..])?.map_or(0, |v| v.value());
-    if queued <= 1 {
-        table.remove(&regid[..])?;
-    } else {
-        table.insert(&regid[..], queued - 1)?;
-    }
-    Ok(())
-}
-
-/// Message counts read and changed within one transaction, written back once at its end:
-/// the acknowledgements of one message by many devices in one commit cost one write.
-struct StatsCache<'t> {
-    table: StatsTable<'t>,
-    changed: std::collections::HashMap<MessageId, MessageStats>,
-}
-
-impl<'t> StatsCache<'t> {
-    fn new(table: StatsTable<'t>) -> Self {
-        StatsCache { table, changed: std::collections::HashMap::new() }
-    }
-
-    fn get(&self, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
-        if let Some(stats) = self.changed.get(&id) {
-            return Ok(Some(*stats));
-        }
-        Ok(self.table.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
-    }
-
-    fn put(&mut self, id: MessageId, stats: MessageStats) {
-        self.changed.insert(id, stats);
-    }
-
-    fn write_back(mut self) -> Result<(), StoreError> {
-        for (id, stats) in self.changed.drain() {
-            self.table.insert(id, &stats.to_bytes()[..])?;
-        }
-        Ok(())
     }
 }
 
@@ -359,6 +310,9 @@ pub struct PartitionStore {
     pub partition: u16,
     db: Database,
     limits: StoreLimits,
+    /// How many messages wait for each device that has any; kept by the writer's
+    /// transactions, read by the shard only for the pending gauge at start.
+    queued: std::sync::Mutex<write::QueueCounts>,
 }
 
 impl PartitionStore {
@@ -372,8 +326,8 @@ impl PartitionStore {
         txn.open_table(BODIES)?;
         txn.open_table(MSG_STATS)?;
         txn.open_table(CLICKS)?;
-        txn.open_table(PENDING_COUNT)?;
         txn.open_table(EXPIRY)?;
+        txn.open_table(PUSH_EXPIRY)?;
         txn.open_table(DAY_STATS)?;
         txn.open_table(ACTIVE_DAYS)?;
         txn.open_table(QUIET)?;
@@ -383,7 +337,8 @@ impl PartitionStore {
         txn.open_table(GROUP_CURSORS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(PartitionStore { partition, db, limits })
+        let queued = write::QueueCounts::load(&db)?;
+        Ok(PartitionStore { partition, db, limits, queued: std::sync::Mutex::new(queued) })
     }
 
     /// Every registered device of this partition.
@@ -505,14 +460,15 @@ impl PartitionStore {
     }
 
     /// Rows waiting in this partition's pending queues.
-    pub fn pending_rows(&self) -> Result<u64, StoreError> {
+    pub fn pending_rows(&self) -> u64 {
+        self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).total()
+    }
+
+    /// The newest write-ahead log record this partition holds (0: none).
+    pub fn applied_lsn(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(PENDING_COUNT)?;
-        let mut total = 0u64;
-        for row in table.iter()? {
-            total += u64::from(row?.1.value());
-        }
-        Ok(total)
+        let table = txn.open_table(META)?;
+        Ok(table.get(APPLIED_LSN)?.map_or(0, |v| v.value()))
     }
 
     /// Daily counts kept in this partition for `app_id`, days `from..=to`.
@@ -596,263 +552,6 @@ impl PartitionStore {
         let stats = txn.open_table(MSG_STATS)?;
         Ok(stats.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())).filter(|s| s.app_id == app_id))
     }
-
-    /// Applies `ops` in one transaction.
-    /// Removes what expired at or before `now_s`, at most `limit` index rows; answers what
-    /// it removed that statistics count, and whether more may be left.
-    pub fn expire(&self, now_s: u64, limit: usize, events: &mut Vec<StoreEvent>) -> Result<bool, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        let mut more = false;
-        {
-            let mut expiry = txn.open_table(EXPIRY)?;
-            let mut pending = txn.open_table(PENDING)?;
-            let mut counts = txn.open_table(PENDING_COUNT)?;
-            let mut bodies = txn.open_table(BODIES)?;
-            let mut group = txn.open_table(GROUP)?;
-            let stats = txn.open_table(MSG_STATS)?;
-            let end = expiry_key(now_s, u8::MAX, &[0xff; 20]);
-            let mut due = Vec::new();
-            for row in expiry.range(&[][..]..=&end[..])? {
-                let (k, _) = row?;
-                due.push(k.value().to_vec());
-                if due.len() >= limit {
-                    more = true;
-                    break;
-                }
-            }
-            let mut expired_by_app: BTreeMap<AppId, u64> = BTreeMap::new();
-            let mut removed_rows = 0i64;
-            for key in due {
-                expiry.remove(&key[..])?;
-                let Some(&kind) = key.get(8) else { continue };
-                let rest = &key[9..];
-                match kind {
-                    EXPIRY_PENDING => {
-                        let Ok(regid) = <[u8; 12]>::try_from(&rest[..rest.len().min(12)]) else { continue };
-                        if let Some(id) = pending.remove(rest)?.map(|v| v.value()) {
-                            removed_rows += 1;
-                            decrement(&mut counts, &regid)?;
-                            if let Some(s) = read_stats_ro(&stats, id)? {
-                                *expired_by_app.entry(s.app_id).or_default() += 1;
-                            }
-                        }
-                    }
-                    EXPIRY_BODY => {
-                        if let Ok(raw) = <[u8; 8]>::try_from(rest) {
-                            bodies.remove(u64::from_be_bytes(raw))?;
-                        }
-                    }
-                    EXPIRY_GROUP => {
-                        let Ok(raw) = <[u8; 8]>::try_from(rest) else { continue };
-                        let Some(entry) = group.remove(u64::from_be_bytes(raw))? else { continue };
-                        if let Some((id, _, _, _)) = decode_group(entry.value()) {
-                            if let Some(s) = read_stats_ro(&stats, id)? {
-                                *expired_by_app.entry(s.app_id).or_default() += s.targets.saturating_sub(s.delivered);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if removed_rows > 0 {
-                events.push(StoreEvent::PendingRows(-removed_rows));
-            }
-            events.extend(
-                expired_by_app
-                    .into_iter()
-                    .filter(|&(_, n)| n > 0)
-                    .map(|(app_id, count)| StoreEvent::Expired { app_id, count }),
-            );
-        }
-        txn.commit()?;
-        Ok(more)
-    }
-
-    /// The newest write-ahead log record this partition holds (0: none).
-    pub fn applied_lsn(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(META)?;
-        Ok(table.get(APPLIED_LSN)?.map_or(0, |v| v.value()))
-    }
-
-    /// Applies `ops` in one transaction committed with `durability`; with `lsn`, records
-    /// that the transaction holds the write-ahead log record `lsn`.
-    pub fn apply(
-        &self,
-        ops: &[&WriteOp],
-        durability: redb::Durability,
-        lsn: Option<u64>,
-        events: &mut Vec<StoreEvent>,
-    ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(durability)?;
-        if let Some(lsn) = lsn {
-            let mut meta = txn.open_table(META)?;
-            let before = meta.get(APPLIED_LSN)?.map_or(0, |v| v.value());
-            assert!(lsn > before, "partition {}: log record {lsn} after {before}", self.partition);
-            meta.insert(APPLIED_LSN, lsn)?;
-        }
-        {
-            let mut devices = txn.open_table(DEVICES)?;
-            let mut pending = txn.open_table(PENDING)?;
-            let mut bodies = txn.open_table(BODIES)?;
-            let mut stats = StatsCache::new(txn.open_table(MSG_STATS)?);
-            let mut clicks = txn.open_table(CLICKS)?;
-            let mut aliases = txn.open_table(ALIASES)?;
-            let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
-            let mut group = txn.open_table(GROUP)?;
-            let mut cursors = txn.open_table(GROUP_CURSORS)?;
-            let mut counts_table = txn.open_table(PENDING_COUNT)?;
-            let mut expiry = txn.open_table(EXPIRY)?;
-            let mut day_stats = txn.open_table(DAY_STATS)?;
-            let mut active_days = txn.open_table(ACTIVE_DAYS)?;
-            let mut quiet = txn.open_table(QUIET)?;
-            let mut rows_delta = 0i64;
-            for op in ops {
-                match op {
-                    WriteOp::RegisterDevice { regid, record } => {
-                        debug_assert_eq!(regid.partition(), self.partition);
-                        devices.insert(&regid.0[..], &record.to_bytes()[..])?;
-                    }
-                    WriteOp::StorePush { envelope, seq, regids } => {
-                        let mut body = Vec::with_capacity(8 + envelope.json.len());
-                        body.extend_from_slice(&envelope.expires_at.to_le_bytes());
-                        body.extend_from_slice(&envelope.json);
-                        bodies.insert(envelope.id, &body[..])?;
-                        expiry.insert(
-                            &expiry_key(envelope.expires_at, EXPIRY_BODY, &envelope.id.to_be_bytes())[..],
-                            (),
-                        )?;
-                        for regid in regids {
-                            debug_assert_eq!(regid.partition(), self.partition);
-                            let queued = counts_table.get(&regid.0[..])?.map_or(0, |v| v.value());
-                            if queued >= self.limits.max_pending_per_device {
-                                // Full: the oldest message of this device goes, and is counted.
-                                let start = pending_key(regid, 0);
-                                let end = pending_key(regid, u64::MAX);
-                                let oldest = pending
-                                    .range(&start[..]..=&end[..])?
-                                    .next()
-                                    .transpose()?
-                                    .map(|(k, _)| k.value().to_vec());
-                                if let Some(oldest) = oldest {
-                                    pending.remove(&oldest[..])?;
-                                    rows_delta -= 1;
-                                    decrement(&mut counts_table, &regid.0)?;
-                                    events.push(StoreEvent::Dropped { app_id: envelope.app_id });
-                                }
-                            }
-                            let key = pending_key(regid, *seq);
-                            if pending.insert(&key[..], envelope.id)?.is_none() {
-                                rows_delta += 1;
-                                let queued = counts_table.get(&regid.0[..])?.map_or(0, |v| v.value());
-                                counts_table.insert(&regid.0[..], queued + 1)?;
-                            }
-                            expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_PENDING, &key)[..], ())?;
-                        }
-                        let mut counts = stats.get(envelope.id)?.unwrap_or(MessageStats {
-                            app_id: envelope.app_id,
-                            expires_at: envelope.expires_at,
-                            ..MessageStats::default()
-                        });
-                        counts.targets += regids.len() as u64;
-                        stats.put(envelope.id, counts);
-                    }
-                    WriteOp::SetAlias { regid, alias } => {
-                        aliases.insert(&suffixed_key(regid, alias)[..], ())?;
-                    }
-                    WriteOp::UnsetAlias { regid, alias } => {
-                        aliases.remove(&suffixed_key(regid, alias)[..])?;
-                    }
-                    WriteOp::Subscribe { regid, topic, seq } => {
-                        subscriptions.insert(&suffixed_key(regid, topic)[..], *seq)?;
-                    }
-                    WriteOp::Unsubscribe { regid, topic } => {
-                        subscriptions.remove(&suffixed_key(regid, topic)[..])?;
-                    }
-                    WriteOp::StoreGroup { envelope, seq, filter, targets, .. } => {
-                        let mut body = Vec::with_capacity(8 + envelope.json.len());
-                        body.extend_from_slice(&envelope.expires_at.to_le_bytes());
-                        body.extend_from_slice(&envelope.json);
-                        bodies.insert(envelope.id, &body[..])?;
-                        group.insert(*seq, &encode_group(envelope, filter)[..])?;
-                        expiry.insert(
-                            &expiry_key(envelope.expires_at, EXPIRY_BODY, &envelope.id.to_be_bytes())[..],
-                            (),
-                        )?;
-                        expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_GROUP, &seq.to_be_bytes())[..], ())?;
-                        let mut counts = stats.get(envelope.id)?.unwrap_or(MessageStats {
-                            app_id: envelope.app_id,
-                            expires_at: envelope.expires_at,
-                            ..MessageStats::default()
-                        });
-                        counts.targets += targets;
-                        stats.put(envelope.id, counts);
-                    }
-                    WriteOp::GroupCursor { regid, seq } => {
-                        let current = cursors.get(&regid.0[..])?.map_or(0, |v| v.value());
-                        if *seq > current {
-                            cursors.insert(&regid.0[..], *seq)?;
-                        }
-                    }
-                    WriteOp::GroupDelivered { id, .. } => {
-                        if let Some(mut counts) = stats.get(*id)? {
-                            counts.delivered += 1;
-                            stats.put(*id, counts);
-                        }
-                    }
-                    WriteOp::DayStats { app_id, day, stats, .. } => {
-                        day_stats.insert(&day_stats_key(*app_id, *day)[..], &stats.to_bytes()[..])?;
-                    }
-                    WriteOp::Quiet { regid, hours } => match hours {
-                        Some(hours) => {
-                            quiet.insert(&regid.0[..], &hours.to_bytes()[..])?;
-                        }
-                        None => {
-                            quiet.remove(&regid.0[..])?;
-                        }
-                    },
-                    WriteOp::ActiveDay { regid, day } => {
-                        active_days.insert(&regid.0[..], *day)?;
-                    }
-                    WriteOp::Clicked { regid, id, .. } => {
-                        let mut key = regid.0.to_vec();
-                        key.extend_from_slice(&id.to_be_bytes());
-                        if clicks.insert(&key[..], ())?.is_some() {
-                            continue; // this device's click was counted already
-                        }
-                        if let Some(mut counts) = stats.get(*id)? {
-                            counts.clicked += 1;
-                            stats.put(*id, counts);
-                            events.push(StoreEvent::Clicked { app_id: counts.app_id, regid: *regid, id: *id });
-                        }
-                    }
-                    WriteOp::Acked { regid, seq, id } => {
-                        if pending.remove(&pending_key(regid, *seq)[..])?.is_none() {
-                            continue; // a duplicate PUBACK: counted once
-                        }
-                        rows_delta -= 1;
-                        decrement(&mut counts_table, &regid.0)?;
-                        let Some(mut counts) = stats.get(*id)? else {
-                            continue;
-                        };
-                        counts.delivered += 1;
-                        stats.put(*id, counts);
-                        if counts.delivered >= counts.targets {
-                            bodies.remove(*id)?;
-                        }
-                    }
-                }
-            }
-            if rows_delta != 0 {
-                events.push(StoreEvent::PendingRows(rows_delta));
-            }
-            stats.write_back()?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -886,6 +585,51 @@ mod tests {
         assert_eq!(events, vec![StoreEvent::Dropped { app_id: 9 }]);
         let left: Vec<_> = store.pending_for(&a, 0, 50, 10).unwrap().iter().map(|m| m.id).collect();
         assert_eq!(left, vec![11, 12], "the oldest went");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn queue_lengths_are_rebuilt_at_open() {
+        let dir = temp_dir("queued");
+        let a = RegId::generate(3);
+        let b = RegId::generate(3);
+        {
+            let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+            let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
+            let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
+            let acked = WriteOp::Acked { regid: b, seq: 1, id: 10 };
+            store.apply(&[&p1, &p2, &acked], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
+            assert_eq!(store.pending_rows(), 2);
+        }
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        assert_eq!(store.pending_rows(), 2, "a's two messages, counted again from the pending table");
+        let mut events = Vec::new();
+        let p3 = WriteOp::StorePush { envelope: envelope(12, 100), seq: 3, regids: vec![a, b] };
+        store.apply(&[&p3], redb::Durability::None, None, &mut events).unwrap();
+        assert_eq!(
+            events,
+            vec![StoreEvent::Dropped { app_id: 9 }, StoreEvent::PendingRows(1)],
+            "a's queue was full after the reopen; b's was empty"
+        );
+        assert_eq!(store.pending_rows(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_push_delivered_everywhere_leaves_nothing_to_expire() {
+        let dir = temp_dir("delivered");
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let a = RegId::generate(3);
+        let push = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a] };
+        let acked = WriteOp::Acked { regid: a, seq: 1, id: 10 };
+        store.apply(&[&push], redb::Durability::None, None, &mut Vec::new()).unwrap();
+        store.apply(&[&acked], redb::Durability::None, None, &mut Vec::new()).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(PUSH_EXPIRY).unwrap()).unwrap(), 0);
+        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(BODIES).unwrap()).unwrap(), 0);
+        let mut events = Vec::new();
+        assert!(!store.expire(100, 100, &mut events).unwrap());
+        assert!(events.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -43,6 +43,13 @@ pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// Receives what commits and sweeps decided that statistics count.
 pub type EventSink = Box<dyn Fn(Vec<StoreEvent>) + Send>;
 
+/// How the writer tells its shard about finished work: events and completions queue
+/// quietly, then one `wake` per commit (not one wake-up, a syscall, per job).
+pub struct Notify {
+    pub on_events: EventSink,
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+}
+
 /// Writes for one or more partitions of the shard, and what to do when they are durable.
 pub struct StoreJob {
     pub ops: Vec<WriteOp>,
@@ -61,6 +68,8 @@ const LOGGED_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 /// Handle to a shard's writer thread.
 pub struct StoreWriter {
     jobs: Option<Sender<StoreJob>>,
+    /// Wakes the shard after a job completed here because the writer is gone.
+    wake: Arc<dyn Fn() + Send + Sync>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -72,7 +81,7 @@ impl StoreWriter {
         partitions: Vec<Arc<PartitionStore>>,
         durability: Durability,
         wal: &WalSetup,
-        on_events: EventSink,
+        notify: Notify,
         metrics: Arc<crate::stats::ShardMetrics>,
     ) -> Result<Self, wal::WalError> {
         let wal = match durability {
@@ -80,11 +89,12 @@ impl StoreWriter {
             Durability::Buffered => None,
         };
         let (jobs, rx) = crossbeam_channel::unbounded();
+        let wake = notify.wake.clone();
         let writer = WriterLoop {
             stores: partitions.iter().map(|p| (p.partition, p.clone())).collect(),
             metrics,
             wal,
-            on_events,
+            notify,
             dirty: std::collections::BTreeSet::new(),
             checkpoint: Vec::new(),
             checkpoint_failed: false,
@@ -97,7 +107,7 @@ impl StoreWriter {
             .name(name)
             .spawn(move || run(rx, writer))
             .map_err(|source| wal::WalError::Io { path: "(writer thread)".into(), source })?;
-        Ok(StoreWriter { jobs: Some(jobs), thread: Some(thread) })
+        Ok(StoreWriter { jobs: Some(jobs), wake, thread: Some(thread) })
     }
 
     /// Lets the writer commit what is queued, then waits for it to exit.
@@ -116,6 +126,7 @@ impl StoreWriter {
         };
         if let Some(done) = rejected.and_then(|job| job.done) {
             done(Err(StoreError("store writer stopped".into())));
+            (self.wake)();
         }
     }
 }
@@ -150,7 +161,7 @@ struct WriterLoop {
     metrics: Arc<crate::stats::ShardMetrics>,
     /// The write-ahead log under `Fsync` durability.
     wal: Option<Wal>,
-    on_events: EventSink,
+    notify: Notify,
     /// Partitions with commits not yet fsynced, and not in the running checkpoint.
     dirty: std::collections::BTreeSet<u16>,
     /// Partitions the running checkpoint has yet to fsync (empty: none is running).
@@ -271,6 +282,7 @@ impl WriterLoop {
                 done(error.map_or(Ok(()), |e| Err(e.clone())));
             }
         }
+        (self.notify.wake)();
     }
 
     fn sweep(&mut self) {
@@ -285,11 +297,12 @@ impl WriterLoop {
         }
         self.dirty.extend(self.stores.keys().copied());
         self.publish(events);
+        (self.notify.wake)();
         // Sweep again at once while rows are left, otherwise after the interval.
         self.last_sweep = if more { Instant::now() - EXPIRY_SWEEP_INTERVAL } else { Instant::now() };
     }
 
-    /// Keeps the pending gauge and hands the rest to the shard.
+    /// Keeps the pending gauge and queues the rest for the shard (the caller wakes it).
     fn publish(&self, mut events: Vec<StoreEvent>) {
         events.retain(|e| match e {
             StoreEvent::PendingRows(delta) => {
@@ -299,7 +312,7 @@ impl WriterLoop {
             _ => true,
         });
         if !events.is_empty() {
-            (self.on_events)(events);
+            (self.notify.on_events)(events);
         }
     }
 

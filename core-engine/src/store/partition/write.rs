@@ -1,0 +1,489 @@
+//! A partition's write transactions: applying one commit's ops, and sweeping what expired.
+//!
+//! Kept cheap per row: a table is opened only when an op first needs it (a commit touches a
+//! few of the fifteen, and opening and closing one costs about what writing a row does), a
+//! message's counts are read and written once per transaction however many acks it gets,
+//! each push keeps one expiry row per partition (not one per target), and the length of each
+//! device's queue lives in memory (rebuilt from the pending table at open), not in a table.
+
+use super::{
+    day_stats_key, decode_group, encode_group, expiry_key, pending_key, suffixed_key, MessageStats, PartitionStore,
+    StoreError, StoreEvent, WriteOp, ACTIVE_DAYS, ALIASES, APPLIED_LSN, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY,
+    EXPIRY_BODY, EXPIRY_GROUP, GROUP, GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, QUIET, SUBSCRIPTIONS,
+};
+use crate::ids::{AppId, MessageId, RegId};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::MutexGuard;
+
+/// How many messages wait for each device that has any, and in all.
+#[derive(Debug, Default)]
+pub(super) struct QueueCounts {
+    per_device: HashMap<[u8; 12], u32>,
+    total: u64,
+}
+
+impl QueueCounts {
+    /// Counts the rows of the partition's pending table.
+    pub(super) fn load(db: &Database) -> Result<Self, StoreError> {
+        let txn = db.begin_read()?;
+        let pending = txn.open_table(PENDING)?;
+        let mut counts = QueueCounts::default();
+        for row in pending.iter()? {
+            let (key, _) = row?;
+            if let Some(regid) = key.value().get(..12).and_then(|r| <[u8; 12]>::try_from(r).ok()) {
+                counts.set(regid, counts.get(&regid) + 1);
+            }
+        }
+        Ok(counts)
+    }
+
+    pub(super) fn total(&self) -> u64 {
+        self.total
+    }
+
+    fn get(&self, regid: &[u8; 12]) -> u32 {
+        self.per_device.get(regid).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, regid: [u8; 12], queued: u32) {
+        let before = if queued == 0 { self.per_device.remove(&regid) } else { self.per_device.insert(regid, queued) };
+        self.total = self.total + u64::from(queued) - u64::from(before.unwrap_or(0));
+        debug_assert_eq!(self.total, self.per_device.values().map(|&n| u64::from(n)).sum::<u64>());
+    }
+}
+
+/// The queue lengths as one transaction changes them; the first length of each device it
+/// touches is kept, so a transaction that fails leaves the counts as they were.
+struct QueueTxn<'a> {
+    counts: MutexGuard<'a, QueueCounts>,
+    before: HashMap<[u8; 12], u32>,
+}
+
+impl<'a> QueueTxn<'a> {
+    fn new(counts: MutexGuard<'a, QueueCounts>) -> Self {
+        QueueTxn { counts, before: HashMap::new() }
+    }
+
+    fn get(&self, regid: &[u8; 12]) -> u32 {
+        self.counts.get(regid)
+    }
+
+    fn add(&mut self, regid: [u8; 12], delta: i64) {
+        let now = self.counts.get(&regid);
+        self.before.entry(regid).or_insert(now);
+        let next = u32::try_from((i64::from(now) + delta).max(0)).unwrap_or(u32::MAX);
+        self.counts.set(regid, next);
+    }
+
+    fn rollback(mut self) {
+        for (regid, queued) in std::mem::take(&mut self.before) {
+            self.counts.set(regid, queued);
+        }
+    }
+}
+
+macro_rules! lazy_tables {
+    ($($name:ident: $def:ident => <$k:ty, $v:ty>,)*) => {
+        /// The tables of one write transaction, each opened on first use.
+        struct Tables<'t> {
+            txn: &'t WriteTransaction,
+            $($name: Option<Table<'t, $k, $v>>,)*
+        }
+
+        impl<'t> Tables<'t> {
+            fn new(txn: &'t WriteTransaction) -> Self {
+                Tables { txn, $($name: None,)* }
+            }
+
+            $(fn $name(&mut self) -> Result<&mut Table<'t, $k, $v>, StoreError> {
+                let table = match self.$name.take() {
+                    Some(table) => table,
+                    None => self.txn.open_table($def)?,
+                };
+                Ok(self.$name.insert(table))
+            })*
+        }
+    };
+}
+
+lazy_tables! {
+    devices: DEVICES => <&'static [u8], &'static [u8]>,
+    pending: PENDING => <&'static [u8], u64>,
+    bodies: BODIES => <u64, &'static [u8]>,
+    msg_stats: MSG_STATS => <u64, &'static [u8]>,
+    clicks: CLICKS => <&'static [u8], ()>,
+    aliases: ALIASES => <&'static [u8], ()>,
+    subscriptions: SUBSCRIPTIONS => <&'static [u8], u64>,
+    group: GROUP => <u64, &'static [u8]>,
+    cursors: GROUP_CURSORS => <&'static [u8], u64>,
+    expiry: EXPIRY => <&'static [u8], ()>,
+    push_expiry: PUSH_EXPIRY => <&'static [u8], &'static [u8]>,
+    day_stats: DAY_STATS => <&'static [u8], &'static [u8]>,
+    active_days: ACTIVE_DAYS => <&'static [u8], u32>,
+    quiet: QUIET => <&'static [u8], &'static [u8]>,
+    meta: META => <&'static str, u64>,
+}
+
+/// Message counts read and changed within one transaction, written back once at its end:
+/// the acknowledgements of one message by many devices in one commit cost one write.
+#[derive(Default)]
+struct StatsCache {
+    changed: HashMap<MessageId, MessageStats>,
+}
+
+impl StatsCache {
+    fn get(&self, t: &mut Tables<'_>, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
+        if let Some(stats) = self.changed.get(&id) {
+            return Ok(Some(*stats));
+        }
+        Ok(t.msg_stats()?.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
+    }
+
+    fn put(&mut self, id: MessageId, stats: MessageStats) {
+        self.changed.insert(id, stats);
+    }
+
+    fn write_back(self, t: &mut Tables<'_>) -> Result<(), StoreError> {
+        for (id, stats) in self.changed {
+            t.msg_stats()?.insert(id, &stats.to_bytes()[..])?;
+        }
+        Ok(())
+    }
+}
+
+fn push_expiry_key(expires_at: u64, seq: u64, id: MessageId) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&expires_at.to_be_bytes());
+    key[8..16].copy_from_slice(&seq.to_be_bytes());
+    key[16..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn be_u64_at(raw: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(raw.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// What one transaction changes besides its tables.
+struct TxnEffects<'a> {
+    queued: QueueTxn<'a>,
+    stats: StatsCache,
+    events: Vec<StoreEvent>,
+    rows_delta: i64,
+}
+
+impl PartitionStore {
+    /// Applies `ops` in one transaction committed with `durability`; with `lsn`, records
+    /// that the transaction holds the write-ahead log record `lsn`.
+    pub fn apply(
+        &self,
+        ops: &[&WriteOp],
+        durability: redb::Durability,
+        lsn: Option<u64>,
+        events: &mut Vec<StoreEvent>,
+    ) -> Result<(), StoreError> {
+        let counts = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fx = TxnEffects {
+            queued: QueueTxn::new(counts),
+            stats: StatsCache::default(),
+            events: Vec::new(),
+            rows_delta: 0,
+        };
+        let result = (|| -> Result<(), StoreError> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(durability)?;
+            {
+                let mut t = Tables::new(&txn);
+                if let Some(lsn) = lsn {
+                    let meta = t.meta()?;
+                    let before = meta.get(APPLIED_LSN)?.map_or(0, |v| v.value());
+                    assert!(lsn > before, "partition {}: log record {lsn} after {before}", self.partition);
+                    meta.insert(APPLIED_LSN, lsn)?;
+                }
+                for op in ops {
+                    self.apply_op(&mut t, &mut fx, op)?;
+                }
+                std::mem::take(&mut fx.stats).write_back(&mut t)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                events.append(&mut fx.events);
+                if fx.rows_delta != 0 {
+                    events.push(StoreEvent::PendingRows(fx.rows_delta));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                fx.queued.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_op(&self, t: &mut Tables<'_>, fx: &mut TxnEffects<'_>, op: &WriteOp) -> Result<(), StoreError> {
+        match op {
+            WriteOp::RegisterDevice { regid, record } => {
+                debug_assert_eq!(regid.partition(), self.partition);
+                t.devices()?.insert(&regid.0[..], &record.to_bytes()[..])?;
+            }
+            WriteOp::StorePush { envelope, seq, regids } => {
+                let mut body = Vec::with_capacity(8 + envelope.json.len());
+                body.extend_from_slice(&envelope.expires_at.to_le_bytes());
+                body.extend_from_slice(&envelope.json);
+                t.bodies()?.insert(envelope.id, &body[..])?;
+                let mut targets = Vec::with_capacity(12 * regids.len());
+                for regid in regids {
+                    debug_assert_eq!(regid.partition(), self.partition);
+                    if fx.queued.get(&regid.0) >= self.limits.max_pending_per_device {
+                        self.drop_oldest(t, fx, regid, envelope.app_id)?;
+                    }
+                    if t.pending()?.insert(&pending_key(regid, *seq)[..], envelope.id)?.is_none() {
+                        fx.rows_delta += 1;
+                        fx.queued.add(regid.0, 1);
+                    }
+                    targets.extend_from_slice(&regid.0);
+                }
+                t.push_expiry()?.insert(&push_expiry_key(envelope.expires_at, *seq, envelope.id)[..], &targets[..])?;
+                let mut counts = fx.stats.get(t, envelope.id)?.unwrap_or(MessageStats {
+                    app_id: envelope.app_id,
+                    expires_at: envelope.expires_at,
+                    ..MessageStats::default()
+                });
+                counts.targets += regids.len() as u64;
+                fx.stats.put(envelope.id, counts);
+            }
+            WriteOp::SetAlias { regid, alias } => {
+                t.aliases()?.insert(&suffixed_key(regid, alias)[..], ())?;
+            }
+            WriteOp::UnsetAlias { regid, alias } => {
+                t.aliases()?.remove(&suffixed_key(regid, alias)[..])?;
+            }
+            WriteOp::Subscribe { regid, topic, seq } => {
+                t.subscriptions()?.insert(&suffixed_key(regid, topic)[..], *seq)?;
+            }
+            WriteOp::Unsubscribe { regid, topic } => {
+                t.subscriptions()?.remove(&suffixed_key(regid, topic)[..])?;
+            }
+            WriteOp::StoreGroup { envelope, seq, filter, targets, .. } => {
+                let mut body = Vec::with_capacity(8 + envelope.json.len());
+                body.extend_from_slice(&envelope.expires_at.to_le_bytes());
+                body.extend_from_slice(&envelope.json);
+                t.bodies()?.insert(envelope.id, &body[..])?;
+                t.group()?.insert(*seq, &encode_group(envelope, filter)[..])?;
+                let expiry = t.expiry()?;
+                expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_BODY, &envelope.id.to_be_bytes())[..], ())?;
+                expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_GROUP, &seq.to_be_bytes())[..], ())?;
+                let mut counts = fx.stats.get(t, envelope.id)?.unwrap_or(MessageStats {
+                    app_id: envelope.app_id,
+                    expires_at: envelope.expires_at,
+                    ..MessageStats::default()
+                });
+                counts.targets += targets;
+                fx.stats.put(envelope.id, counts);
+            }
+            WriteOp::GroupCursor { regid, seq } => {
+                let cursors = t.cursors()?;
+                let current = cursors.get(&regid.0[..])?.map_or(0, |v| v.value());
+                if *seq > current {
+                    cursors.insert(&regid.0[..], *seq)?;
+                }
+            }
+            WriteOp::GroupDelivered { id, .. } => {
+                if let Some(mut counts) = fx.stats.get(t, *id)? {
+                    counts.delivered += 1;
+                    fx.stats.put(*id, counts);
+                }
+            }
+            WriteOp::DayStats { app_id, day, stats, .. } => {
+                t.day_stats()?.insert(&day_stats_key(*app_id, *day)[..], &stats.to_bytes()[..])?;
+            }
+            WriteOp::Quiet { regid, hours } => match hours {
+                Some(hours) => {
+                    t.quiet()?.insert(&regid.0[..], &hours.to_bytes()[..])?;
+                }
+                None => {
+                    t.quiet()?.remove(&regid.0[..])?;
+                }
+            },
+            WriteOp::ActiveDay { regid, day } => {
+                t.active_days()?.insert(&regid.0[..], *day)?;
+            }
+            WriteOp::Clicked { regid, id, .. } => {
+                let mut key = regid.0.to_vec();
+                key.extend_from_slice(&id.to_be_bytes());
+                if t.clicks()?.insert(&key[..], ())?.is_some() {
+                    return Ok(()); // this device's click was counted already
+                }
+                if let Some(mut counts) = fx.stats.get(t, *id)? {
+                    counts.clicked += 1;
+                    fx.stats.put(*id, counts);
+                    fx.events.push(StoreEvent::Clicked { app_id: counts.app_id, regid: *regid, id: *id });
+                }
+            }
+            WriteOp::Acked { regid, seq, id } => {
+                if t.pending()?.remove(&pending_key(regid, *seq)[..])?.is_none() {
+                    return Ok(()); // a duplicate PUBACK: counted once
+                }
+                fx.rows_delta -= 1;
+                fx.queued.add(regid.0, -1);
+                let Some(mut counts) = fx.stats.get(t, *id)? else {
+                    return Ok(());
+                };
+                counts.delivered += 1;
+                fx.stats.put(*id, counts);
+                if counts.delivered >= counts.targets {
+                    // Delivered everywhere in this partition: nothing is left to expire.
+                    t.bodies()?.remove(*id)?;
+                    t.push_expiry()?.remove(&push_expiry_key(counts.expires_at, *seq, *id)[..])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A full queue: the oldest message of `regid` goes, and is counted.
+    fn drop_oldest(
+        &self,
+        t: &mut Tables<'_>,
+        fx: &mut TxnEffects<'_>,
+        regid: &RegId,
+        app_id: AppId,
+    ) -> Result<(), StoreError> {
+        let (start, end) = (pending_key(regid, 0), pending_key(regid, u64::MAX));
+        let pending = t.pending()?;
+        let oldest = pending.range(&start[..]..=&end[..])?.next().transpose()?.map(|(k, _)| k.value().to_vec());
+        if let Some(oldest) = oldest {
+            pending.remove(&oldest[..])?;
+            fx.rows_delta -= 1;
+            fx.queued.add(regid.0, -1);
+            fx.events.push(StoreEvent::Dropped { app_id });
+        }
+        Ok(())
+    }
+
+    /// Removes what expired at or before `now_s`, at most `limit` expiry rows; answers what
+    /// it removed that statistics count, and whether more may be left.
+    pub fn expire(&self, now_s: u64, limit: usize, events: &mut Vec<StoreEvent>) -> Result<bool, StoreError> {
+        let counts = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fx = TxnEffects {
+            queued: QueueTxn::new(counts),
+            stats: StatsCache::default(),
+            events: Vec::new(),
+            rows_delta: 0,
+        };
+        let result = (|| -> Result<bool, StoreError> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(redb::Durability::None)?;
+            let more = {
+                let mut t = Tables::new(&txn);
+                let mut expired_by_app: BTreeMap<AppId, u64> = BTreeMap::new();
+                let (pushes, more) = Self::expire_pushes(&mut t, &mut fx, now_s, limit, &mut expired_by_app)?;
+                let more = more || Self::expire_groups(&mut t, now_s, limit - pushes, &mut expired_by_app)?;
+                fx.events.extend(
+                    expired_by_app
+                        .into_iter()
+                        .filter(|&(_, n)| n > 0)
+                        .map(|(app_id, count)| StoreEvent::Expired { app_id, count }),
+                );
+                more
+            };
+            txn.commit()?;
+            Ok(more)
+        })();
+        match result {
+            Ok(more) => {
+                if fx.rows_delta != 0 {
+                    events.push(StoreEvent::PendingRows(fx.rows_delta));
+                }
+                events.append(&mut fx.events);
+                Ok(more)
+            }
+            Err(e) => {
+                fx.queued.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the pending rows and bodies of pushes due by `now_s`, at most `limit` pushes;
+    /// answers how many it took and whether more are due.
+    fn expire_pushes(
+        t: &mut Tables<'_>,
+        fx: &mut TxnEffects<'_>,
+        now_s: u64,
+        limit: usize,
+        expired_by_app: &mut BTreeMap<AppId, u64>,
+    ) -> Result<(usize, bool), StoreError> {
+        let end = push_expiry_key(now_s, u64::MAX, u64::MAX);
+        let mut due = Vec::new();
+        let mut more = false;
+        for row in t.push_expiry()?.range(&[][..]..=&end[..])? {
+            if due.len() >= limit {
+                more = true;
+                break;
+            }
+            let (key, targets) = row?;
+            due.push((key.value().to_vec(), targets.value().to_vec()));
+        }
+        for (key, targets) in &due {
+            t.push_expiry()?.remove(&key[..])?;
+            let (Some(seq), Some(id)) = (be_u64_at(key, 8), be_u64_at(key, 16)) else { continue };
+            let app_id = t.msg_stats()?.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())).map(|s| s.app_id);
+            t.bodies()?.remove(id)?;
+            for regid in targets.chunks_exact(12) {
+                let regid = RegId(regid.try_into().expect("chunks of 12 bytes"));
+                if t.pending()?.remove(&pending_key(&regid, seq)[..])?.is_some() {
+                    fx.rows_delta -= 1;
+                    fx.queued.add(regid.0, -1);
+                    if let Some(app_id) = app_id {
+                        *expired_by_app.entry(app_id).or_default() += 1;
+                    }
+                }
+            }
+        }
+        Ok((due.len(), more))
+    }
+
+    /// Removes group messages and their bodies due by `now_s`, at most `limit` index rows;
+    /// answers whether more are due.
+    fn expire_groups(
+        t: &mut Tables<'_>,
+        now_s: u64,
+        limit: usize,
+        expired_by_app: &mut BTreeMap<AppId, u64>,
+    ) -> Result<bool, StoreError> {
+        let end = expiry_key(now_s, u8::MAX, &[0xff; 20]);
+        let mut due = Vec::new();
+        let mut more = false;
+        for row in t.expiry()?.range(&[][..]..=&end[..])? {
+            if due.len() >= limit {
+                more = true;
+                break;
+            }
+            due.push(row?.0.value().to_vec());
+        }
+        for key in due {
+            t.expiry()?.remove(&key[..])?;
+            let (Some(&kind), Some(raw)) = (key.get(8), key.get(9..17)) else { continue };
+            let Ok(raw) = <[u8; 8]>::try_from(raw) else { continue };
+            match kind {
+                EXPIRY_BODY => {
+                    t.bodies()?.remove(u64::from_be_bytes(raw))?;
+                }
+                EXPIRY_GROUP => {
+                    let removed = t.group()?.remove(u64::from_be_bytes(raw))?.and_then(|e| decode_group(e.value()));
+                    let Some((id, _, _, _)) = removed else { continue };
+                    let stats = t.msg_stats()?.get(id)?.and_then(|v| MessageStats::from_bytes(v.value()));
+                    if let Some(s) = stats {
+                        *expired_by_app.entry(s.app_id).or_default() += s.targets.saturating_sub(s.delivered);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(more)
+    }
+}
