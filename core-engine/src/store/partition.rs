@@ -634,6 +634,32 @@ mod tests {
     }
 
     #[test]
+    fn a_push_acknowledged_in_its_own_commit_writes_no_rows() {
+        let dir = temp_dir("settled");
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let (a, b) = (RegId::generate(3), RegId::generate(3));
+        let push = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
+        let acked = WriteOp::Acked { regid: a, seq: 1, id: 10 };
+        let mut events = Vec::new();
+        store.apply(&[&push, &acked, &acked], redb::Durability::None, None, &mut events).unwrap();
+        assert_eq!(events, vec![StoreEvent::PendingRows(1)], "only b's row");
+        assert_eq!(store.pending_rows(), 1);
+        assert!(store.pending_for(&a, 0, 50, 10).unwrap().is_empty());
+        assert_eq!(store.pending_for(&b, 0, 50, 10).unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), vec![10]);
+        let counts = store.message_stats(9, 10).unwrap().unwrap();
+        assert_eq!((counts.targets, counts.delivered), (2, 1), "the duplicate ack counted once");
+        // b's ack in a later commit finishes the message: its body and expiry row go.
+        let acked_b = WriteOp::Acked { regid: b, seq: 1, id: 10 };
+        store.apply(&[&acked_b], redb::Durability::None, None, &mut Vec::new()).unwrap();
+        assert_eq!(store.message_stats(9, 10).unwrap().map(|s| s.delivered), Some(2));
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(PUSH_EXPIRY).unwrap()).unwrap(), 0);
+        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(BODIES).unwrap()).unwrap(), 0);
+        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(PENDING).unwrap()).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn expired_messages_are_removed_and_counted() {
         let dir = temp_dir("expire");
         let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();

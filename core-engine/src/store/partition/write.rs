@@ -3,8 +3,9 @@
 //! Kept cheap per row: a table is opened only when an op first needs it (a commit touches a
 //! few of the fifteen, and opening and closing one costs about what writing a row does), a
 //! message's counts are read and written once per transaction however many acks it gets,
-//! each push keeps one expiry row per partition (not one per target), and the length of each
-//! device's queue lives in memory (rebuilt from the pending table at open), not in a table.
+//! a push acknowledged within the same transaction writes no pending row, body or expiry
+//! row at all, each push keeps one expiry row per partition (not one per target), and the
+//! length of each device's queue lives in memory (rebuilt from the pending table at open).
 
 use super::{
     day_stats_key, decode_group, encode_group, expiry_key, pending_key, suffixed_key, MessageStats, PartitionStore,
@@ -13,7 +14,7 @@ use super::{
 };
 use crate::ids::{AppId, MessageId, RegId};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::MutexGuard;
 
 /// How many messages wait for each device that has any, and in all.
@@ -170,6 +171,44 @@ struct TxnEffects<'a> {
     stats: StatsCache,
     events: Vec<StoreEvent>,
     rows_delta: i64,
+    /// (device, seq) of pushes acknowledged later in the same transaction: their pending
+    /// rows are neither written nor removed.
+    settled: HashSet<([u8; 12], u64)>,
+    /// Messages whose every target in this transaction was settled: no body was written.
+    bodiless: HashSet<MessageId>,
+}
+
+impl<'a> TxnEffects<'a> {
+    fn new(counts: MutexGuard<'a, QueueCounts>, ops: &[&WriteOp]) -> Self {
+        TxnEffects {
+            queued: QueueTxn::new(counts),
+            stats: StatsCache::default(),
+            events: Vec::new(),
+            rows_delta: 0,
+            settled: settled_in(ops),
+            bodiless: HashSet::new(),
+        }
+    }
+}
+
+/// The pushes in `ops` that a later op of `ops` acknowledges. A device on loopback or a
+/// good network acknowledges within a commit window, so most pushes never reach a table.
+fn settled_in(ops: &[&WriteOp]) -> HashSet<([u8; 12], u64)> {
+    let mut settled = HashSet::new();
+    if !ops.iter().any(|op| matches!(op, WriteOp::Acked { .. })) {
+        return settled;
+    }
+    let mut pushed = HashSet::new();
+    for op in ops {
+        match op {
+            WriteOp::StorePush { seq, regids, .. } => pushed.extend(regids.iter().map(|r| (r.0, *seq))),
+            WriteOp::Acked { regid, seq, .. } if pushed.remove(&(regid.0, *seq)) => {
+                settled.insert((regid.0, *seq));
+            }
+            _ => {}
+        }
+    }
+    settled
 }
 
 impl PartitionStore {
@@ -183,12 +222,7 @@ impl PartitionStore {
         events: &mut Vec<StoreEvent>,
     ) -> Result<(), StoreError> {
         let counts = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut fx = TxnEffects {
-            queued: QueueTxn::new(counts),
-            stats: StatsCache::default(),
-            events: Vec::new(),
-            rows_delta: 0,
-        };
+        let mut fx = TxnEffects::new(counts, ops);
         let result = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)?;
@@ -230,13 +264,12 @@ impl PartitionStore {
                 t.devices()?.insert(&regid.0[..], &record.to_bytes()[..])?;
             }
             WriteOp::StorePush { envelope, seq, regids } => {
-                let mut body = Vec::with_capacity(8 + envelope.json.len());
-                body.extend_from_slice(&envelope.expires_at.to_le_bytes());
-                body.extend_from_slice(&envelope.json);
-                t.bodies()?.insert(envelope.id, &body[..])?;
                 let mut targets = Vec::with_capacity(12 * regids.len());
                 for regid in regids {
                     debug_assert_eq!(regid.partition(), self.partition);
+                    if fx.settled.contains(&(regid.0, *seq)) {
+                        continue;
+                    }
                     if fx.queued.get(&regid.0) >= self.limits.max_pending_per_device {
                         self.drop_oldest(t, fx, regid, envelope.app_id)?;
                     }
@@ -246,7 +279,16 @@ impl PartitionStore {
                     }
                     targets.extend_from_slice(&regid.0);
                 }
-                t.push_expiry()?.insert(&push_expiry_key(envelope.expires_at, *seq, envelope.id)[..], &targets[..])?;
+                if targets.is_empty() {
+                    fx.bodiless.insert(envelope.id);
+                } else {
+                    let mut body = Vec::with_capacity(8 + envelope.json.len());
+                    body.extend_from_slice(&envelope.expires_at.to_le_bytes());
+                    body.extend_from_slice(&envelope.json);
+                    t.bodies()?.insert(envelope.id, &body[..])?;
+                    let key = push_expiry_key(envelope.expires_at, *seq, envelope.id);
+                    t.push_expiry()?.insert(&key[..], &targets[..])?;
+                }
                 let mut counts = fx.stats.get(t, envelope.id)?.unwrap_or(MessageStats {
                     app_id: envelope.app_id,
                     expires_at: envelope.expires_at,
@@ -324,17 +366,20 @@ impl PartitionStore {
                 }
             }
             WriteOp::Acked { regid, seq, id } => {
-                if t.pending()?.remove(&pending_key(regid, *seq)[..])?.is_none() {
-                    return Ok(()); // a duplicate PUBACK: counted once
+                let settled = fx.settled.remove(&(regid.0, *seq));
+                if !settled {
+                    if t.pending()?.remove(&pending_key(regid, *seq)[..])?.is_none() {
+                        return Ok(()); // a duplicate PUBACK: counted once
+                    }
+                    fx.rows_delta -= 1;
+                    fx.queued.add(regid.0, -1);
                 }
-                fx.rows_delta -= 1;
-                fx.queued.add(regid.0, -1);
                 let Some(mut counts) = fx.stats.get(t, *id)? else {
                     return Ok(());
                 };
                 counts.delivered += 1;
                 fx.stats.put(*id, counts);
-                if counts.delivered >= counts.targets {
+                if counts.delivered >= counts.targets && !fx.bodiless.contains(id) {
                     // Delivered everywhere in this partition: nothing is left to expire.
                     t.bodies()?.remove(*id)?;
                     t.push_expiry()?.remove(&push_expiry_key(counts.expires_at, *seq, *id)[..])?;
@@ -368,12 +413,7 @@ impl PartitionStore {
     /// it removed that statistics count, and whether more may be left.
     pub fn expire(&self, now_s: u64, limit: usize, events: &mut Vec<StoreEvent>) -> Result<bool, StoreError> {
         let counts = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut fx = TxnEffects {
-            queued: QueueTxn::new(counts),
-            stats: StatsCache::default(),
-            events: Vec::new(),
-            rows_delta: 0,
-        };
+        let mut fx = TxnEffects::new(counts, &[]);
         let result = (|| -> Result<bool, StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(redb::Durability::None)?;
