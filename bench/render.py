@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-LABEL = {"pushnode": "Pushnode", "mosquitto": "mosquitto", "nats-server": "nats-server",
+LABEL = {"pushnode": "Pushnode", "pushnode-cap": "Pushnode at the peers' cap", "mosquitto": "mosquitto", "nats-server": "nats-server",
          "rumqttd": "rumqttd", "bare": "ceiling (bench bare-server)"}
 
 # (column header, scenario, extractor, kind) kind: "bytes", "rate", "ms", "count"
@@ -158,12 +158,12 @@ def render(out_dir):
                 f"† peers are capped at {n:,} connections: a process may hold at most "
                 f"{meta.get('fd_limit', 20000):,} file descriptors on this machine (hard limit), "
                 f"while Pushnode's io_uring direct descriptors are not counted against it")
-        ver = "5 (HTTP push)" if t == "pushnode" else str(meta.get("mqtt_version", {}).get(t, "?"))
+        ver = "5 (HTTP push)" if t.startswith("pushnode") else str(meta.get("mqtt_version", {}).get(t, "?"))
         row = [LABEL.get(t, t), ver, ctext]
         for col in columns:
             v, mark = value(t, col)
             cell = fmt(v, col[3]) or ("n/a" if mark else "-")
-            if t != "pushnode" and v is not None:
+            if not t.startswith("pushnode") and v is not None:
                 cell += ratio(ours.get(col[0]), v)
             row.append(cell + mark)
         churn = docs.get((t, "churn"))

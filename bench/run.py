@@ -49,7 +49,9 @@ LOADGEN_GRACE_S = 60
 FD_LIMIT = 20_000
 PEER_CAP = 19_000
 
-ALL_TARGETS = ["pushnode", "mosquitto", "nats-server", "rumqttd", "bare"]
+ALL_TARGETS = ["pushnode", "pushnode-cap", "mosquitto", "nats-server", "rumqttd", "bare"]
+# Pushnode again at the peers' cap, so rates and latencies compare at equal scale too.
+PEERS_AND_PUSHNODE = [t for t in ALL_TARGETS if t != "pushnode-cap"]
 ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "churn", "idle-tls"]
 # Bench scenarios that run a loadgen scenario of another name, over TLS.
 TLS_SCENARIOS = {"idle-tls": "idle"}
@@ -64,7 +66,7 @@ PROFILES = {
         churn_per_s=50, churn_rate=500, churn_s=3, timeout_s=30, straggler_s=3,
     ),
     "quick": dict(
-        connections=10_000, peer_cap=10_000, targets=ALL_TARGETS,
+        connections=10_000, peer_cap=10_000, targets=PEERS_AND_PUSHNODE,
         scenarios=["connect", "idle", "fanout", "unicast", "churn", "idle-tls"],
         idle_hold_s=3, fanout_messages=10, fanout_interval_ms=200,
         unicast_rate=20_000, unicast_s=5, unicast_batch=100,
@@ -83,7 +85,7 @@ PROFILES = {
 MQTT_VERSION = {"mosquitto": 5, "nats-server": 3, "rumqttd": 5, "bare": 5}
 
 # Scenarios only some targets run, and why the others do not.
-ONLY_FOR = {"churn": ({"pushnode"}, "churn checks Pushnode's no-loss guarantee across "
+ONLY_FOR = {"churn": ({"pushnode", "pushnode-cap"}, "churn checks Pushnode's no-loss guarantee across "
                       "reconnects; loadgen runs it against --target pushnode only (plain MQTT "
                       "clients use clean sessions, where loss is by design)"),
             "idle-tls": ({"pushnode", "mosquitto"}, "the bench sets up an MQTT TLS listener "
@@ -315,7 +317,7 @@ def start_bare(n, logs_dir, tag):
     return mqtt_target("bare", proc, port, tmp, logf)
 
 
-STARTERS = {"pushnode": start_pushnode, "mosquitto": start_mosquitto,
+STARTERS = {"pushnode": start_pushnode, "pushnode-cap": start_pushnode, "mosquitto": start_mosquitto,
             "nats-server": start_nats, "rumqttd": start_rumqttd, "bare": start_bare}
 
 
@@ -374,7 +376,7 @@ def loadgen_argv(scenario, srv, n, p, json_path):
     elif scenario == "unicast":
         argv += ["--connections", str(n), "--rate", str(p["unicast_rate"]),
                  "--duration-secs", str(p["unicast_s"])]
-        if srv.name == "pushnode":
+        if srv.name.startswith("pushnode"):
             argv += ["--batch", str(p["unicast_batch"])]
     elif scenario == "churn":
         argv += ["--connections", str(n), "--churn-per-sec", str(p["churn_per_s"]),
@@ -464,7 +466,7 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
             tag = f"{target}-{scenario}"
             json_path = os.path.join(out, f"{tag}.json")
             run = {"target": target, "scenario": scenario, "connections": n,
-                   "capped": target != "pushnode" and n < p["connections"]}
+                   "capped": not target.startswith("pushnode") and n < p["connections"]}
             if scenario in ONLY_FOR and target not in ONLY_FOR[scenario][0]:
                 run["skipped"] = "not run: " + ONLY_FOR[scenario][1]
             elif TLS_SCENARIOS.get(scenario, scenario) not in offered:
