@@ -30,6 +30,7 @@ pub struct EngineConfig {
     pub recv_buffer_bytes: u32,
     pub max_packet_bytes: usize,
     pub durability: Durability,
+    /// redb page cache of all partitions together; each gets `store_cache_bytes / partitions`.
     pub store_cache_bytes: usize,
     pub submission_queue_entries: u32,
     pub completion_queue_entries: u32,
@@ -207,9 +208,12 @@ impl Node {
             receivers.push(rx);
         }
         let mut stores: Vec<Vec<Arc<PartitionStore>>> = vec![Vec::new(); config.shards];
+        // One node-wide budget: a node with many partitions (one per 16k connections) would
+        // otherwise hold a full cache in each.
+        let cache_bytes = config.store_cache_bytes / usize::from(partitions);
         for p in 0..partitions {
             let limits = crate::store::StoreLimits { max_pending_per_device: config.max_pending_per_device };
-            let store = PartitionStore::open(&config.data_dir, p, config.store_cache_bytes, limits)?;
+            let store = PartitionStore::open(&config.data_dir, p, cache_bytes, limits)?;
             stores[usize::from(p) % config.shards].push(Arc::new(store));
         }
         let wal_paths: Vec<_> = (0..config.shards).map(|i| crate::store::wal::paths_of(&config.data_dir, i)).collect();
