@@ -564,6 +564,12 @@ mod tests {
 
     const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 2 };
 
+    /// Rows in one of the store's tables.
+    fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(store: &PartitionStore, table: TableDefinition<K, V>) -> u64 {
+        let txn = store.db.begin_read().unwrap();
+        redb::ReadableTableMetadata::len(&txn.open_table(table).unwrap()).unwrap()
+    }
+
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("pushnode-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -624,9 +630,7 @@ mod tests {
         let acked = WriteOp::Acked { regid: a, seq: 1, id: 10 };
         store.apply(&[&push], redb::Durability::None, None, &mut Vec::new()).unwrap();
         store.apply(&[&acked], redb::Durability::None, None, &mut Vec::new()).unwrap();
-        let txn = store.db.begin_read().unwrap();
-        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(PUSH_EXPIRY).unwrap()).unwrap(), 0);
-        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(BODIES).unwrap()).unwrap(), 0);
+        assert_eq!((rows(&store, PUSH_EXPIRY), rows(&store, BODIES)), (0, 0));
         let mut events = Vec::new();
         assert!(!store.expire(100, 100, &mut events).unwrap());
         assert!(events.is_empty());
@@ -652,10 +656,7 @@ mod tests {
         let acked_b = WriteOp::Acked { regid: b, seq: 1, id: 10 };
         store.apply(&[&acked_b], redb::Durability::None, None, &mut Vec::new()).unwrap();
         assert_eq!(store.message_stats(9, 10).unwrap().map(|s| s.delivered), Some(2));
-        let txn = store.db.begin_read().unwrap();
-        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(PUSH_EXPIRY).unwrap()).unwrap(), 0);
-        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(BODIES).unwrap()).unwrap(), 0);
-        assert_eq!(redb::ReadableTableMetadata::len(&txn.open_table(PENDING).unwrap()).unwrap(), 0);
+        assert_eq!((rows(&store, PUSH_EXPIRY), rows(&store, BODIES), rows(&store, PENDING)), (0, 0, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
