@@ -565,7 +565,10 @@ mod tests {
     const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 2 };
 
     /// Rows in one of the store's tables.
-    fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(store: &PartitionStore, table: TableDefinition<K, V>) -> u64 {
+    fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+        store: &PartitionStore,
+        table: TableDefinition<K, V>,
+    ) -> u64 {
         let txn = store.db.begin_read().unwrap();
         redb::ReadableTableMetadata::len(&txn.open_table(table).unwrap()).unwrap()
     }
