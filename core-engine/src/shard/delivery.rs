@@ -302,7 +302,6 @@ impl Shard {
             return;
         }
         let seq = self.seq.next(Self::now_unix_ms());
-        let sent_regids = targets.clone();
         let mut by_partition: BTreeMap<u16, Vec<RegId>> = BTreeMap::new();
         for regid in &targets {
             by_partition.entry(regid.partition()).or_default().push(*regid);
@@ -311,8 +310,18 @@ impl Shard {
             .into_values()
             .map(|regids| WriteOp::StorePush { envelope: envelope.clone(), seq, regids })
             .collect();
+        // Out now to online devices; any acknowledgement is handled after this returns, so
+        // its job reaches the writer after the push's.
+        let now = Self::now_unix_s();
+        for regid in &targets {
+            let unstored = self.unstored.entry(*regid).or_default();
+            unstored.pushes += 1;
+            let overtakes = unstored.unsent > 0 || self.unstored_groups > 0;
+            if overtakes || !self.deliver_live(regid, &envelope, seq, false, INBOX_TOPIC, now) {
+                self.unstored.get_mut(regid).expect("inserted above").unsent += 1;
+            }
+        }
         let inbox = self.shared.inboxes[self.index].clone();
-        let sent_envelope = envelope.clone();
         self.writer.submit(StoreJob {
             ops,
             done: Some(Box::new(move |result| {
@@ -320,15 +329,6 @@ impl Shard {
                 inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
         });
-        let now = Self::now_unix_s();
-        for regid in &sent_regids {
-            let unstored = self.unstored.entry(*regid).or_default();
-            unstored.pushes += 1;
-            let overtakes = unstored.unsent > 0 || self.unstored_groups > 0;
-            if overtakes || !self.deliver_live(regid, &sent_envelope, seq, false, INBOX_TOPIC, now) {
-                self.unstored.get_mut(regid).expect("inserted above").unsent += 1;
-            }
-        }
     }
 
     /// Keeps a group message once for this shard, counting its targets here.
