@@ -211,14 +211,17 @@ impl SourcePorts {
 }
 
 /// Opens a TCP connection to `addr` from the next free port of `ports`: ports in use
-/// (bind fails with "address in use", e.g. a TIME_WAIT left by an earlier run) or whose
-/// 4-tuple is taken are skipped, up to one pass over the range. Other errors fail at
+/// (bind fails with "address in use") or whose 4-tuple is taken are skipped, up to one pass over the range. Other errors fail at
 /// once. Not bounded in time by itself: wrap it in a timeout.
 pub async fn tcp_connect_from(addr: SocketAddr, ports: &SourcePorts) -> Result<TcpStream, ClientError> {
     for _ in 0..ports.len() {
         let port = ports.take();
         let socket =
             if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(io_err("socket"))?;
+        // A port an earlier run left in TIME_WAIT (it set this too) binds again: without it,
+        // every run after the first walked past the previous run's ports one failed bind at
+        // a time, and a target's connect rate depended on which ran before it.
+        socket.set_reuseaddr(true).map_err(io_err("socket"))?;
         match socket.bind(SocketAddr::new(ports.ip, port)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
