@@ -185,7 +185,8 @@ def render(out_dir):
             f"{p.get('fanout_messages')} QoS 1 messages to every subscriber of one topic, "
             f"{p.get('fanout_interval_ms')} ms apart; unicast sends open-loop at "
             f"{p.get('unicast_rate'):,}/s for {p.get('unicast_s')} s to random devices "
-            f"(latency from the scheduled send time); churn reconnects {p.get('churn_per_s'):,} "
+            f"(latency from the scheduled send time; Pushnode: {p.get('unicast_batch')} RegIDs "
+            f"per HTTP request); churn reconnects {p.get('churn_per_s'):,} "
             f"clients/s for {p.get('churn_s')} s while {p.get('churn_rate'):,} pushes/s flow.")
     if "idle-tls" in ran:
         lines.append("idle-tls is idle over MQTT-over-TLS (TLS 1.3 unless a side refuses it; "

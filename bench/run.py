@@ -69,14 +69,14 @@ PROFILES = {
         connections=10_000, peer_cap=10_000, targets=PEERS_AND_PUSHNODE,
         scenarios=["connect", "idle", "fanout", "unicast", "churn", "idle-tls"],
         idle_hold_s=3, fanout_messages=10, fanout_interval_ms=200,
-        unicast_rate=20_000, unicast_s=5, unicast_batch=100,
+        unicast_rate=20_000, unicast_s=5, unicast_batch=10,
         churn_per_s=500, churn_rate=5_000, churn_s=5, timeout_s=60, straggler_s=5,
     ),
     "full": dict(
         connections=100_000, peer_cap=PEER_CAP, targets=ALL_TARGETS,
         scenarios=["connect", "idle", "fanout", "unicast", "churn"],
         idle_hold_s=15, fanout_messages=10, fanout_interval_ms=1000,
-        unicast_rate=20_000, unicast_s=30, unicast_batch=100,
+        unicast_rate=20_000, unicast_s=30, unicast_batch=10,
         churn_per_s=2_000, churn_rate=20_000, churn_s=30, timeout_s=600, straggler_s=15,
     ),
 }
