@@ -387,12 +387,15 @@ def loadgen_argv(scenario, srv, n, p, json_path):
 
 
 def run_loadgen(argv, logs_dir, tag, limit_s):
-    """Runs loadgen in its own process group; kills that group if it overruns."""
+    """Runs loadgen in its own process group; kills that group if it overruns. Not its own
+    session: with the kernel's autogroup scheduling (on by default) a new session is a new
+    scheduling group, and the two groups then split the cores evenly under load, which
+    capped every server under test at one core while loadgen was busy."""
     with open(os.path.join(logs_dir, f"{tag}.loadgen.log"), "w") as logf:
         logf.write("$ " + " ".join(argv) + "\n")
         logf.flush()
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, process_group=0)
         try:
             return proc.wait(limit_s), False
         except subprocess.TimeoutExpired:
