@@ -75,7 +75,7 @@ PROFILES = {
     "full": dict(
         connections=100_000, peer_cap=PEER_CAP, targets=ALL_TARGETS,
         scenarios=["connect", "idle", "fanout", "unicast", "churn"],
-        idle_hold_s=15, fanout_messages=10, fanout_interval_ms=1000,
+        idle_hold_s=15, fanout_messages=10, fanout_interval_ms=0,
         unicast_rate=20_000, unicast_s=30, unicast_batch=10, connect_repeats=3,
         churn_per_s=2_000, churn_rate=20_000, churn_s=30, timeout_s=600, straggler_s=15,
     ),
@@ -226,8 +226,8 @@ def start_pushnode(n, logs_dir, tag, tls=None):
         if shards > 2 * (os.cpu_count() or 1):
             # Many more shards than cores (one per 16k connections): each shard's receive
             # buffer ring is shared by its connections, so a smaller one per shard keeps the
-            # node's total (shards x recv_buffers x 4 KiB) near what a few shards use.
-            f.write("recv_buffers = 256\n")
+            # node's total (shards x recv_buffers x 512 B) near what a few shards use.
+            f.write("recv_buffers = 2048\n")
     data = os.path.join(tmp, "data")
     argv = [os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
             "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",

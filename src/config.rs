@@ -31,9 +31,12 @@ pub struct Config {
     pub partitions: u16,
     /// Connections one shard can hold (its io_uring fixed-file table).
     pub max_connections_per_shard: u32,
-    /// Receive buffers per shard, a power of two, shared by all its connections.
+    /// Receive buffers per shard, a power of two, shared by all its connections. Each
+    /// packet that arrives takes one until the shard has read it: when a burst finds none
+    /// left, the receives it hit stop and are armed again one submission each, so many
+    /// small buffers beat few large ones (device traffic is acknowledgements and pings).
     pub recv_buffers: u16,
-    /// Bytes per receive buffer.
+    /// Bytes per receive buffer; a larger packet fills several.
     pub recv_buffer_bytes: u32,
     /// Largest MQTT packet a device may send, in bytes.
     pub max_packet_bytes: usize,
@@ -91,8 +94,8 @@ impl Default for Config {
             shards: 0,
             partitions: 16,
             max_connections_per_shard: 16_384,
-            recv_buffers: 1024,
-            recv_buffer_bytes: 4096,
+            recv_buffers: 8192,
+            recv_buffer_bytes: 512,
             max_packet_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             durability: Durability::Fsync,

@@ -452,7 +452,8 @@ impl Shard {
         conn.session.push(push, seq <= device.last_sent, expiry_s(envelope.expires_at, now), topic, &envelope.json);
         conn.cursor = seq;
         device.last_sent = device.last_sent.max(seq);
-        self.flush(key);
+        // Called only while the inbox drains, which flushes at its end.
+        self.flush_after_drain.push(key);
         true
     }
 }

@@ -186,6 +186,10 @@ pub struct Shard {
     /// Group messages sent to the writer and not committed yet: no push goes out before
     /// its commit while one is, so it cannot overtake a group message a device is due.
     unstored_groups: u32,
+    /// Connections given pushes while the inbox drains, flushed once it is empty: several
+    /// messages for one device (a burst of topic messages committed together) go out in
+    /// one send, not one each.
+    flush_after_drain: Vec<u32>,
 }
 
 /// A device's pushes on their way into the store. A push goes out to an online device at
@@ -332,6 +336,7 @@ impl Shard {
             unsynced_acks: HashMap::new(),
             unstored: HashMap::new(),
             unstored_groups: 0,
+            flush_after_drain: Vec::new(),
             stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,
@@ -827,6 +832,12 @@ impl Shard {
         while let Ok(msg) = self.inbox_rx.try_recv() {
             self.on_message(msg);
         }
+        let keys = std::mem::take(&mut self.flush_after_drain);
+        for &key in &keys {
+            self.flush(key); // a repeat finds the send in flight and returns
+        }
+        self.flush_after_drain = keys;
+        self.flush_after_drain.clear();
     }
 
     fn begin_shutdown(&mut self) {
