@@ -68,7 +68,7 @@ PROFILES = {
     "quick": dict(
         connections=10_000, peer_cap=10_000, targets=PEERS_AND_PUSHNODE,
         scenarios=["connect", "idle", "fanout", "unicast", "churn", "idle-tls"],
-        idle_hold_s=3, fanout_messages=10, fanout_interval_ms=200,
+        idle_hold_s=3, fanout_messages=10, fanout_interval_ms=0,
         unicast_rate=20_000, unicast_s=5, unicast_batch=10, connect_repeats=3,
         churn_per_s=500, churn_rate=5_000, churn_s=5, timeout_s=60, straggler_s=5,
     ),

@@ -11,7 +11,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; DUR=$2; RATE=$3; SECS=$4; N=$5; TAG=$6
 D=$(mktemp -d /tmp/fsb-XXXX)
 MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000))
-printf "partitions = ${PARTS:-16}\n" > $D/p.toml
+printf "partitions = ${PARTS:-16}\n${CFG:-}" > $D/p.toml
 $BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability $DUR --shards 2 --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
 PID=$!
 [ -n "${PERF:-}" ] && (sleep 6; perf record -F 299 --call-graph dwarf,16384 -p $PID -o /tmp/perf-$TAG.data -- sleep 5 >/dev/null 2>&1 &)
