@@ -452,7 +452,7 @@ impl Shard {
         conn.session.push(push, seq <= device.last_sent, expiry_s(envelope.expires_at, now), topic, &envelope.json);
         conn.cursor = seq;
         device.last_sent = device.last_sent.max(seq);
-        // Called only while the inbox drains, which flushes at its end.
+        debug_assert!(self.draining, "live deliveries come from inbox messages, flushed when the drain ends");
         self.flush_after_drain.push(key);
         true
     }

@@ -190,6 +190,8 @@ pub struct Shard {
     /// messages for one device (a burst of topic messages committed together) go out in
     /// one send, not one each.
     flush_after_drain: Vec<u32>,
+    /// The inbox is draining (what `flush_after_drain` relies on).
+    draining: bool,
 }
 
 /// A device's pushes on their way into the store. A push goes out to an online device at
@@ -337,6 +339,7 @@ impl Shard {
             unstored: HashMap::new(),
             unstored_groups: 0,
             flush_after_drain: Vec::new(),
+            draining: false,
             stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,
@@ -829,9 +832,12 @@ impl Shard {
     }
 
     fn drain_inbox(&mut self) {
+        debug_assert!(!self.draining, "the inbox drains from the event loop only, never from within a drain");
+        self.draining = true;
         while let Ok(msg) = self.inbox_rx.try_recv() {
             self.on_message(msg);
         }
+        self.draining = false;
         let keys = std::mem::take(&mut self.flush_after_drain);
         for &key in &keys {
             self.flush(key); // a repeat finds the send in flight and returns
