@@ -211,8 +211,9 @@ impl SourcePorts {
 }
 
 /// Opens a TCP connection to `addr` from the next free port of `ports`: ports in use
-/// (bind fails with "address in use") or whose 4-tuple is taken are skipped, up to one pass over the range. Other errors fail at
-/// once. Not bounded in time by itself: wrap it in a timeout.
+/// (bind fails with "address in use") or whose 4-tuple is taken are skipped, up to one
+/// pass over the range. Other errors fail at once. Not bounded in time by itself: wrap it
+/// in a timeout.
 pub async fn tcp_connect_from(addr: SocketAddr, ports: &SourcePorts) -> Result<TcpStream, ClientError> {
     for _ in 0..ports.len() {
         let port = ports.take();
