@@ -499,7 +499,7 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
                 continue
             repeats = p.get("connect_repeats", 1) if scenario == "connect" else 1
             if repeats > 1:
-                measure_median(srv, run, target, scenario, n, p, logs, json_path, repeats, tls)
+                measure_connect_median(srv, run, target, n, p, logs, json_path, repeats)
             else:
                 measure_once(srv, run, target, tag, scenario, n, p, logs, json_path)
             runs.append(run)
@@ -528,17 +528,17 @@ def measure_once(srv, run, target, tag, scenario, n, p, logs, json_path):
         + ("" if run["server_alive_after"] else " (server had died)"))
 
 
-def measure_median(srv, run, target, scenario, n, p, logs, json_path, repeats, tls):
-    """`repeats` runs, each on a fresh server (`srv` is the first); keeps the run with the
-    median rate as `json_path` and `run`, and every run's rate in `run["repeat_rates"]`.
+def measure_connect_median(srv, run, target, n, p, logs, json_path, repeats):
+    """`repeats` connect runs, each on a fresh server (`srv` is the first); keeps the run with
+    the median rate as `json_path` and `run`, and every run's rate in `run["repeat_rates"]`.
     A connect run lasts a second or two, too short for one to stand for a noisy machine."""
+    scenario = "connect"
     tag = f"{target}-{scenario}"
     tries = []
     for i in range(repeats):
         if i > 0:
             try:
-                srv = STARTERS[target](n, logs, f"{tag}.{i}",
-                                                **({"tls": tls["files"]} if scenario in TLS_SCENARIOS else {}))
+                srv = STARTERS[target](n, logs, f"{tag}.{i}")
             except (RuntimeError, OSError, KeyError, ValueError,
                     subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
                 log(f"{tag}: repeat {i}: could not start: {e}")
