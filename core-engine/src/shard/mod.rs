@@ -590,7 +590,7 @@ impl Shard {
         let more = cqueue::more(flags);
         let Some(key) = self.conn_for(user_data) else {
             if let Some(bid) = cqueue::buffer_select(flags) {
-                self.bufs.recycle(bid);
+                self.bufs.release(bid, result.max(0) as usize, cqueue::buffer_more(flags));
             }
             return;
         };
@@ -617,7 +617,7 @@ impl Shard {
                     }
                 }
             }
-            self.bufs.recycle(bid);
+            self.bufs.release(bid, result as usize, cqueue::buffer_more(flags));
             if tls_failed {
                 self.close_conn(key, CloseReason::Malformed(crate::session::reason::MALFORMED_PACKET));
             } else {

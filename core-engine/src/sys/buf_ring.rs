@@ -1,5 +1,8 @@
 //! A provided-buffer ring: a pool of receive buffers the kernel picks from when data
-//! arrives, so an idle connection holds no read buffer of its own.
+//! arrives, so an idle connection holds no read buffer of its own. Where the kernel can
+//! (6.12+, `IOU_PBUF_RING_INC`), buffers are consumed incrementally: receives fill a buffer
+//! one after another, so a burst of small packets (acknowledgements from thousands of
+//! devices) shares a few buffers instead of taking one each and running the ring dry.
 
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
@@ -27,7 +30,14 @@ pub struct BufRing {
     buf_size: u32,
     tail: u16,
     pub bgid: u16,
+    /// Registered with `IOU_PBUF_RING_INC`.
+    incremental: bool,
+    /// Per buffer, the bytes of it already handed out (incremental mode only).
+    consumed: Vec<u32>,
 }
+
+/// `IOU_PBUF_RING_INC` (the io-uring crate keeps its constants private).
+const IOU_PBUF_RING_INC: u16 = 2;
 
 impl BufRing {
     /// Allocates `entries` buffers of `buf_size` bytes and registers them as group `bgid`.
@@ -48,11 +58,26 @@ impl BufRing {
         if ring.is_null() || buffers.is_null() {
             return Err(BufRingError::OutOfMemory { bytes: ring_bytes + buffer_bytes });
         }
-        let mut this = BufRing { ring, ring_layout, buffers, buffers_layout, entries, buf_size, tail: 0, bgid };
+        let mut this = BufRing {
+            ring,
+            ring_layout,
+            buffers,
+            buffers_layout,
+            entries,
+            buf_size,
+            tail: 0,
+            bgid,
+            incremental: true,
+            consumed: vec![0; usize::from(entries)],
+        };
         // SAFETY: the ring memory is page-aligned, `entries` long, and lives until drop,
         // which happens after the io_uring instance that uses it (the shard drops the ring first).
-        unsafe { submitter.register_buf_ring_with_flags(ring as u64, entries, bgid, 0) }
-            .map_err(|source| BufRingError::Register { source, ring_bytes })?;
+        let register = |flags| unsafe { submitter.register_buf_ring_with_flags(ring as u64, entries, bgid, flags) };
+        if register(IOU_PBUF_RING_INC).is_err() {
+            // An older kernel: whole buffers per receive.
+            this.incremental = false;
+            register(0).map_err(|source| BufRingError::Register { source, ring_bytes })?;
+        }
         for bid in 0..entries {
             this.push(bid);
         }
@@ -80,16 +105,33 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    /// The first `len` bytes the kernel wrote into buffer `bid`.
+    /// The `len` bytes a receive just wrote into buffer `bid` (after what earlier receives
+    /// wrote there, in incremental mode).
     pub fn get(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < self.entries && len <= self.buf_size as usize, "buffer {bid}/{len} out of range");
-        // SAFETY: bounds checked above; the kernel handed this buffer to us and will not
-        // touch it until we give it back with `recycle`.
-        unsafe { std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * self.buf_size as usize), len) }
+        let start = if self.incremental { self.consumed[usize::from(bid)] as usize } else { 0 };
+        assert!(
+            bid < self.entries && start + len <= self.buf_size as usize,
+            "buffer {bid} at {start}+{len} out of range"
+        );
+        // SAFETY: bounds checked above; the kernel wrote these bytes and does not write
+        // them again until the buffer is given back with `release`.
+        unsafe {
+            std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * self.buf_size as usize + start), len)
+        }
     }
 
-    /// Gives buffer `bid` back to the kernel.
-    pub fn recycle(&mut self, bid: u16) {
+    /// Done with the `len` bytes a receive wrote into `bid`. `buffer_more` is the
+    /// completion's `IORING_CQE_F_BUF_MORE`: the kernel still fills the rest of this buffer,
+    /// so it stays with the kernel; otherwise it goes back to the ring.
+    pub fn release(&mut self, bid: u16, len: usize, buffer_more: bool) {
+        if self.incremental && buffer_more {
+            let consumed = &mut self.consumed[usize::from(bid)];
+            *consumed += len as u32;
+            assert!(*consumed <= self.buf_size, "buffer {bid} consumed past its end");
+            return;
+        }
+        debug_assert!(!buffer_more, "a whole-buffer ring never keeps a buffer");
+        self.consumed[usize::from(bid)] = 0;
         self.push(bid);
         self.publish();
     }
