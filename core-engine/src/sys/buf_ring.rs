@@ -115,9 +115,7 @@ impl BufRing {
         );
         // SAFETY: bounds checked above; the kernel wrote these bytes and does not write
         // them again until the buffer is given back with `release`.
-        unsafe {
-            std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * self.buf_size as usize + start), len)
-        }
+        unsafe { std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * self.buf_size as usize + start), len) }
     }
 
     /// Done with the `len` bytes a receive wrote into `bid`. `buffer_more` is the
