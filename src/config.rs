@@ -31,10 +31,10 @@ pub struct Config {
     pub partitions: u16,
     /// Connections one shard can hold (its io_uring fixed-file table).
     pub max_connections_per_shard: u32,
-    /// Receive buffers per shard, a power of two, shared by all its connections. Each
-    /// packet that arrives takes one until the shard has read it: when a burst finds none
-    /// left, the receives it hit stop and are armed again one submission each, so many
-    /// small buffers beat few large ones (device traffic is acknowledgements and pings).
+    /// Receive buffers per shard, a power of two, shared by all its connections. Filled
+    /// incrementally where the kernel can (6.12+); elsewhere each packet takes a whole one
+    /// until the shard has read it, and when a burst finds none left the receives it hit
+    /// are armed again one submission each, so many small buffers beat few large ones.
     pub recv_buffers: u16,
     /// Bytes per receive buffer; a larger packet fills several.
     pub recv_buffer_bytes: u32,

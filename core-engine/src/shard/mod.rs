@@ -838,12 +838,9 @@ impl Shard {
             self.on_message(msg);
         }
         self.draining = false;
-        let keys = std::mem::take(&mut self.flush_after_drain);
-        for &key in &keys {
+        while let Some(key) = self.flush_after_drain.pop() {
             self.flush(key); // a repeat finds the send in flight and returns
         }
-        self.flush_after_drain = keys;
-        self.flush_after_drain.clear();
     }
 
     fn begin_shutdown(&mut self) {
