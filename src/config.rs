@@ -8,6 +8,10 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// The kernel's largest io_uring submission queue (`IORING_MAX_ENTRIES`); a completion
+/// queue may be twice that.
+const MAX_SQ: u32 = 32_768;
+
 /// Every setting; defaults are the embedded single-node setup.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +42,13 @@ pub struct Config {
     pub recv_buffers: u16,
     /// Bytes per receive buffer; a larger packet fills several.
     pub recv_buffer_bytes: u32,
+    /// Submission queue entries of each shard's ring, a power of two; a shard submits
+    /// whenever it fills. The queue is mapped into the process: 64 bytes an entry.
+    pub submission_queue_entries: u32,
+    /// Completion queue entries of each shard's ring, a power of two, at least
+    /// `submission_queue_entries`; completions beyond it wait in the kernel (slower, none
+    /// lost). Mapped into the process: 16 bytes an entry.
+    pub completion_queue_entries: u32,
     /// Largest MQTT packet a device may send, in bytes.
     pub max_packet_bytes: usize,
     /// Largest HTTP request body, in bytes.
@@ -96,6 +107,8 @@ impl Default for Config {
             max_connections_per_shard: 16_384,
             recv_buffers: 8192,
             recv_buffer_bytes: 512,
+            submission_queue_entries: 4096,
+            completion_queue_entries: 16_384,
             max_packet_bytes: 64 * 1024,
             max_body_bytes: 1024 * 1024,
             durability: Durability::Fsync,
@@ -142,6 +155,20 @@ impl Config {
         if self.recv_buffer_bytes < 256 {
             bail!("recv_buffer_bytes must be at least 256, got {}", self.recv_buffer_bytes);
         }
+        if !self.submission_queue_entries.is_power_of_two() || !(8..=MAX_SQ).contains(&self.submission_queue_entries) {
+            bail!(
+                "submission_queue_entries must be a power of two in 8..={MAX_SQ}, got {}",
+                self.submission_queue_entries
+            );
+        }
+        let cq = self.completion_queue_entries;
+        if !cq.is_power_of_two() || !(self.submission_queue_entries..=2 * MAX_SQ).contains(&cq) {
+            bail!(
+                "completion_queue_entries must be a power of two from submission_queue_entries ({}) to {}, got {cq}",
+                self.submission_queue_entries,
+                2 * MAX_SQ
+            );
+        }
         if self.max_connections_per_shard == 0 {
             bail!("max_connections_per_shard must be at least 1");
         }
@@ -180,8 +207,8 @@ impl Config {
             max_packet_bytes: self.max_packet_bytes,
             durability: self.durability,
             store_cache_bytes: self.store_cache_bytes,
-            submission_queue_entries: 4096,
-            completion_queue_entries: 16384,
+            submission_queue_entries: self.submission_queue_entries,
+            completion_queue_entries: self.completion_queue_entries,
             listen_backlog: 4096,
             max_aliases_per_device: self.max_aliases_per_device,
             max_topics_per_device: self.max_topics_per_device,
@@ -224,6 +251,17 @@ mod tests {
         assert!(with(2_000_000, 10).engine().is_err());
         let engine = with(5, 10).engine().unwrap();
         assert_eq!((engine.connect_rate_per_ip, engine.connect_burst_per_ip), (5, 10));
+    }
+
+    #[test]
+    fn ring_sizes_are_checked() {
+        let with = |sq, cq| Config { submission_queue_entries: sq, completion_queue_entries: cq, ..Config::default() };
+        let engine = with(1024, 4096).engine().unwrap();
+        assert_eq!((engine.submission_queue_entries, engine.completion_queue_entries), (1024, 4096));
+        assert!(with(1000, 4096).engine().is_err(), "not a power of two");
+        assert!(with(1024, 512).engine().is_err(), "completions fewer than submissions");
+        assert!(with(65_536, 65_536).engine().is_err(), "beyond the kernel's limit");
+        assert!(with(4, 8).engine().is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! shard's indexes and the store.
 
 use super::inbox::{ControlError, TopicPart};
-use super::Shard;
+use super::{append, remove_where, Shard};
 use crate::ids::{AppId, RegId};
 use crate::proto::{QoS, Subscribe, Unsubscribe};
 use crate::push::valid_name;
@@ -30,7 +30,7 @@ impl Shard {
         let (id, _) = self.topics.join(app_id, topic, regid);
         let seq = self.seq.next(Self::now_unix_ms());
         let device = self.devices.get_mut(&regid).expect("checked above");
-        device.extras_mut().topics.push((id, seq));
+        append(&mut device.extras_mut().topics, (id, seq));
         self.writer
             .submit(StoreJob { ops: vec![WriteOp::Subscribe { regid, topic: topic.to_owned(), seq }], done: None });
         Ok(true)
@@ -42,9 +42,7 @@ impl Shard {
         let app_id = device.record.app_id;
         let Some(id) = self.topics.id(app_id, topic) else { return false };
         let Some(extras) = device.extras.as_mut() else { return false };
-        let before = extras.topics.len();
-        extras.topics.retain(|&(t, _)| t != id);
-        if extras.topics.len() == before {
+        if !remove_where(&mut extras.topics, |&(t, _)| t == id) {
             return false;
         }
         if self.topics.leave(id, &regid) {
@@ -72,12 +70,12 @@ impl Shard {
                 if device.aliases().len() >= max {
                     return Err(ControlError::QuotaExceeded(format!("a device has at most {max} aliases")));
                 }
-                device.extras_mut().aliases.push(alias.into());
+                append(&mut device.extras_mut().aliases, alias.into());
                 self.aliases.add(app_id, alias, regid);
                 WriteOp::SetAlias { regid, alias: alias.to_owned() }
             }
             (false, true) => {
-                device.extras_mut().aliases.retain(|a| &**a != alias);
+                remove_where(&mut device.extras_mut().aliases, |a| &**a == alias);
                 self.aliases.remove(app_id, alias, &regid);
                 WriteOp::UnsetAlias { regid, alias: alias.to_owned() }
             }
