@@ -14,7 +14,7 @@ MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000))
 printf "partitions = ${PARTS:-16}\n${CFG:-}" > $D/p.toml
 $BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability $DUR --shards 2 --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
 PID=$!
-[ -n "${PERF:-}" ] && (sleep 6; perf record -F 299 --call-graph dwarf,16384 -p $PID -o /tmp/perf-$TAG.data -- sleep 5 >/dev/null 2>&1 &)
+[ -n "${PERF:-}" ] && (sleep 6; perf record ${PERFOPTS:--F 299 --call-graph dwarf,16384} -p $PID -o /tmp/perf-$TAG.data -- sleep 5 >/dev/null 2>&1 &)
 for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/healthz >/dev/null && break; sleep 0.2; done
 $ROOT/target/release/loadgen unicast --mqtt 127.0.0.1:$MQ --http http://127.0.0.1:$HP --admin-token-file $D/data/admin.token \
   --connections $N --rate $RATE --duration-secs $SECS --batch ${BATCH:-100} ${WORKERS:+--workers $WORKERS} --straggler-secs 10 --timeout-secs 200 --json /tmp/fsb-$TAG.json > $D/loadgen.out 2>&1

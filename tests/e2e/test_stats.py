@@ -439,6 +439,42 @@ def test_day_boundary_across_restart(make_node, tmp_path):
     ], users
 
 
+# A message's counts answer status queries for 28 days from its send (7 days' scheduling
+# plus the 14-day TTL plus a week); then the store forgets them (STATS_KEPT_SECS).
+STATS_KEPT_SECS = (7 + 14 + 7) * 86_400
+
+
+def test_message_status_is_forgotten_after_28_days(make_node, tmp_path):
+    path = config(tmp_path, "clock.toml", "clock_offset_secs = 0\n")
+    node = make_node(extra_args=("--config", str(path)))
+    app = node.create_app()
+    regid, token = node.register(app)
+    dev = node.device(app, regid, token)
+    dev.connect()
+    old = node.send(app, [regid])["id"]
+    node.wait_delivered(app, old, 1)
+    click(dev, old)
+    wait_until(lambda: node.status(app, old).json().get("clicked") == 1, 5, what="the click counted")
+    node.close_clients()
+    node.stop()
+
+    path.write_text(f"clock_offset_secs = {STATS_KEPT_SECS + 60}\n")
+    node.start()
+    dev = node.device(app, regid, token)
+    dev.connect()
+    new = node.send(app, [regid])["id"]
+    node.wait_delivered(app, new, 1)
+    # The store's expiry sweep runs every 10 s.
+    wait_until(lambda: node.status(app, old).status_code == 404, 30, interval=0.5, what="old status gone")
+    assert node.status(app, old).json()["code"] == "not_found"
+    # A click on the forgotten message counts nothing; the new message is untouched.
+    click(dev, old)
+    click(dev, new)
+    wait_until(lambda: node.status(app, new).json().get("clicked") == 1, 5, what="the new click counted")
+    assert node.status(app, new).json()["delivered"] == 1
+    assert node.status(app, old).status_code == 404
+
+
 # ------------------------------------------------------------------------------------
 # /metrics
 # ------------------------------------------------------------------------------------

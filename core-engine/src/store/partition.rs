@@ -20,8 +20,18 @@ const SUBSCRIPTIONS: TableDefinition<&[u8], u64> = TableDefinition::new("subscri
 const GROUP: TableDefinition<u64, &[u8]> = TableDefinition::new("group");
 /// regid -> highest group seq the device acknowledged (or the seq it registered at).
 const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
-/// message id -> (app id, targets, delivered) in this partition.
+/// message id -> (app id, targets, delivered) in this partition; kept [`STATS_KEPT_SECS`].
 const MSG_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("msg_stats");
+
+/// How long a message's counts answer status queries, from its id's time: a week past the
+/// latest it can expire (sent as late as it may be scheduled, with the longest TTL).
+pub const STATS_KEPT_SECS: u64 = crate::api::MAX_SCHEDULE_AHEAD_SECS + crate::push::MAX_TTL_SECS + 7 * 24 * 3600;
+
+/// The first message id whose counts are still kept at `now_s` (ids begin with their
+/// creation time in milliseconds, see `MessageIdSource`).
+fn first_kept_stats_id(now_s: u64) -> MessageId {
+    (now_s.saturating_sub(STATS_KEPT_SECS).saturating_mul(1000)) << 20
+}
 /// app (BE) ++ day (BE) -> DayStats: a shard's daily counts, in its group partition.
 const DAY_STATS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("day_stats");
 /// regid -> the last day (since the epoch) the device connected.
@@ -77,8 +87,11 @@ pub struct StoreLimits {
     pub max_pending_per_device: u32,
 }
 
-/// regid ++ message id -> (): clicks already counted, so a device counts once per message.
-const CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks");
+/// message id (BE) ++ regid -> (): clicks already counted, so a device counts once per
+/// message; forgotten with the message's counts. (It replaced "clicks", keyed regid first,
+/// which nothing could sweep: `open` drops that table.)
+const CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks_by_message");
+const OLD_CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks");
 
 /// What a partition knows about one message: its app, and its counts here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -326,6 +339,7 @@ impl PartitionStore {
         txn.open_table(BODIES)?;
         txn.open_table(MSG_STATS)?;
         txn.open_table(CLICKS)?;
+        txn.delete_table(OLD_CLICKS)?;
         txn.open_table(EXPIRY)?;
         txn.open_table(PUSH_EXPIRY)?;
         txn.open_table(DAY_STATS)?;
@@ -685,6 +699,39 @@ mod tests {
         assert_eq!(store.pending_for(&a, 0, 0, 10).unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), vec![11]);
         // The expired message's body is gone; its counts stay for status queries.
         assert_eq!(store.message_stats(9, 10).unwrap().map(|s| s.delivered), Some(1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn counts_and_clicks_are_forgotten_once_kept_long_enough() {
+        let dir = temp_dir("forget");
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let a = RegId::generate(3);
+        let now_s = 2_000_000_000;
+        let id_at = |unix_s: u64| (unix_s * 1000) << 20;
+        let (old, kept) = (id_at(now_s - STATS_KEPT_SECS - 1), id_at(now_s - STATS_KEPT_SECS + 1));
+        let click = |id| WriteOp::Clicked { partition: 3, regid: a, id };
+        for (seq, id) in [(1, old), (2, kept)] {
+            let push = WriteOp::StorePush { envelope: envelope(id, now_s - 86_400), seq, regids: vec![a] };
+            let acked = WriteOp::Acked { regid: a, seq, id };
+            store.apply(&[&push, &acked], redb::Durability::None, None, &mut Vec::new()).unwrap();
+            store.apply(&[&click(id)], redb::Durability::None, None, &mut Vec::new()).unwrap();
+        }
+        assert_eq!((rows(&store, MSG_STATS), rows(&store, CLICKS)), (2, 2));
+        assert!(!store.expire(now_s, 100, &mut Vec::new()).unwrap());
+        assert_eq!(store.message_stats(9, old).unwrap(), None, "older than STATS_KEPT_SECS");
+        assert_eq!(store.message_stats(9, kept).unwrap().map(|s| (s.delivered, s.clicked)), Some((1, 1)));
+        assert_eq!(rows(&store, CLICKS), 1);
+        // A late click on the forgotten message counts nothing and leaves no row.
+        store.apply(&[&click(old)], redb::Durability::None, None, &mut Vec::new()).unwrap();
+        assert_eq!((rows(&store, MSG_STATS), rows(&store, CLICKS)), (1, 1));
+        // A sweep with a small limit says more are due.
+        let newer = id_at(now_s);
+        let push = WriteOp::StorePush { envelope: envelope(newer, now_s + 60), seq: 3, regids: vec![a] };
+        store.apply(&[&push], redb::Durability::None, None, &mut Vec::new()).unwrap();
+        assert!(store.expire(now_s + STATS_KEPT_SECS + 60, 1, &mut Vec::new()).unwrap());
+        assert!(!store.expire(now_s + STATS_KEPT_SECS + 60, 1, &mut Vec::new()).unwrap());
+        assert_eq!((rows(&store, MSG_STATS), rows(&store, CLICKS)), (0, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -354,16 +354,17 @@ impl PartitionStore {
                 t.active_days()?.insert(&regid.0[..], *day)?;
             }
             WriteOp::Clicked { regid, id, .. } => {
-                let mut key = regid.0.to_vec();
-                key.extend_from_slice(&id.to_be_bytes());
+                let Some(mut counts) = fx.stats.get(t, *id)? else {
+                    return Ok(()); // an unknown message, or one whose counts are forgotten
+                };
+                let mut key = id.to_be_bytes().to_vec();
+                key.extend_from_slice(&regid.0);
                 if t.clicks()?.insert(&key[..], ())?.is_some() {
                     return Ok(()); // this device's click was counted already
                 }
-                if let Some(mut counts) = fx.stats.get(t, *id)? {
-                    counts.clicked += 1;
-                    fx.stats.put(*id, counts);
-                    fx.events.push(StoreEvent::Clicked { app_id: counts.app_id, regid: *regid, id: *id });
-                }
+                counts.clicked += 1;
+                fx.stats.put(*id, counts);
+                fx.events.push(StoreEvent::Clicked { app_id: counts.app_id, regid: *regid, id: *id });
             }
             WriteOp::Acked { regid, seq, id } => {
                 let settled = fx.settled.remove(&(regid.0, *seq));
@@ -422,6 +423,7 @@ impl PartitionStore {
                 let mut expired_by_app: BTreeMap<AppId, u64> = BTreeMap::new();
                 let (pushes, more) = Self::expire_pushes(&mut t, &mut fx, now_s, limit, &mut expired_by_app)?;
                 let more = more || Self::expire_groups(&mut t, now_s, limit - pushes, &mut expired_by_app)?;
+                let more = more || Self::forget_stats(&mut t, now_s, limit)?;
                 fx.events.extend(
                     expired_by_app
                         .into_iter()
@@ -485,6 +487,38 @@ impl PartitionStore {
             }
         }
         Ok((due.len(), more))
+    }
+
+    /// Removes the counts and click rows of messages older than [`super::STATS_KEPT_SECS`],
+    /// at most `limit` of each; answers whether more are due.
+    fn forget_stats(t: &mut Tables<'_>, now_s: u64, limit: usize) -> Result<bool, StoreError> {
+        let first_kept = super::first_kept_stats_id(now_s);
+        let mut due = Vec::new();
+        let mut more = false;
+        for row in t.msg_stats()?.range(..first_kept)? {
+            if due.len() >= limit {
+                more = true;
+                break;
+            }
+            due.push(row?.0.value());
+        }
+        for id in due {
+            debug_assert!(id < first_kept);
+            t.msg_stats()?.remove(id)?;
+        }
+        let end = first_kept.to_be_bytes();
+        let mut clicks = Vec::new();
+        for row in t.clicks()?.range(..&end[..])? {
+            if clicks.len() >= limit {
+                more = true;
+                break;
+            }
+            clicks.push(row?.0.value().to_vec());
+        }
+        for key in clicks {
+            t.clicks()?.remove(&key[..])?;
+        }
+        Ok(more)
     }
 
     /// Removes group messages and their bodies due by `now_s`, at most `limit` index rows;
