@@ -93,11 +93,13 @@ def connected_note(doc, want):
     if not doc:
         return None
     got = doc.get("connected")
+    retried = doc.get("connect_retries") or 0
+    again = f"; {retried:,} first attempts timed out and were tried again" if retried else ""
     if got is None or want is None or got >= want:
-        return None
+        return f"all {got:,} connected{again}" if retried and got is not None else None
     failed = doc.get("failed") or {}
     reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(failed.items())) or "no reason given"
-    return f"only {got:,} of {want:,} connected ({reasons})"
+    return f"only {got:,} of {want:,} connected ({reasons}){again}"
 
 
 def render(out_dir):

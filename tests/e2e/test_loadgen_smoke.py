@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -240,3 +241,96 @@ def test_connect_and_idle_tls_against_an_mqtt_broker(mosquitto_tls, tls_files, t
     r = run_loadgen(None, tmp_path, "idle", "--connections", "50", "--hold-secs", "1", *tls,
                     mqtt=mosquitto_tls)
     assert_connected(r, 50)
+
+
+class FirstTryDroppingBroker:
+    """A minimal MQTT 3.1.1 broker that closes each client's first connection right after
+    its CONNECT (as an overloaded server's accept queue or a broken link would) and serves
+    later ones: CONNACK, SUBACK, then holds them until the client leaves."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.seen: set[bytes] = set()
+        self.dropped = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read_packet(conn) -> tuple[int, bytes]:
+        first = conn.recv(1)
+        if not first:
+            raise ConnectionError("closed")
+        length, shift = 0, 0
+        while True:
+            b = conn.recv(1)[0]
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        body = b""
+        while len(body) < length:
+            chunk = conn.recv(length - len(body))
+            if not chunk:
+                raise ConnectionError("closed")
+            body += chunk
+        return first[0], body
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                kind, body = self._read_packet(conn)
+                assert kind >> 4 == 1, kind  # CONNECT
+                name_len = int.from_bytes(body[0:2], "big")
+                pos = 2 + name_len + 1 + 1 + 2  # protocol name, level, flags, keep-alive
+                id_len = int.from_bytes(body[pos:pos + 2], "big")
+                client_id = body[pos + 2:pos + 2 + id_len]
+                with self.lock:
+                    first_try = client_id not in self.seen
+                    self.seen.add(client_id)
+                    self.dropped += first_try
+                if first_try:
+                    return
+                conn.sendall(bytes([0x20, 2, 0, 0]))
+                kind, body = self._read_packet(conn)
+                assert kind >> 4 == 8, kind  # SUBSCRIBE
+                conn.sendall(bytes([0x90, 3]) + body[0:2] + bytes([1]))
+                while True:
+                    kind, _ = self._read_packet(conn)
+                    if kind >> 4 == 12:  # PINGREQ
+                        conn.sendall(bytes([0xD0, 0]))
+            except (ConnectionError, OSError):
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+def test_hold_scenarios_retry_a_first_connection_that_breaks(tmp_path):
+    broker = FirstTryDroppingBroker()
+    try:
+        r = run_loadgen(None, tmp_path, "idle", "--target", "mqtt", "--mqtt-version", "3",
+                        "--connections", "20", "--hold-secs", "1", mqtt=broker.addr)
+        assert_connected(r, 20)
+        assert r["connect_retries"] == 20 and broker.dropped == 20, (r, broker.dropped)
+        # `connect` measures single attempts: every client's first (and only) try fails.
+        broker.seen.clear()
+        out = tmp_path / "connect.json"
+        proc = subprocess.run(
+            [str(LOADGEN_BIN), "connect", "--target", "mqtt", "--mqtt-version", "3", "--mqtt", broker.addr,
+             "--connections", "5", "--timeout-secs", "30", "--json", str(out)],
+            capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        report = json.loads(out.read_text())
+        assert report["connected"] == 0 and "connect_retries" not in report, (proc.stdout, report)
+    finally:
+        broker.close()

@@ -28,6 +28,10 @@ use super::tally::Tally;
 /// Reconnect attempts after a churn disconnect or a lost connection.
 const RECONNECT_ATTEMPTS: u32 = 20;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// Further attempts at a first connection that timed out or broke, when the scenario holds
+/// its connections (`DeviceCfg::retry_first_connect`), as a device's client would.
+const FIRST_CONNECT_RETRIES: u32 = 3;
+const FIRST_CONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Which topic a client subscribes to.
 #[derive(Debug, Clone)]
@@ -55,6 +59,9 @@ pub struct DeviceCfg {
     pub worker: u32,
     /// For MQTT 3.1.1 pushnode devices, which register over HTTP.
     pub http: Option<HttpClient>,
+    /// Try a first connection again after a timeout or a broken socket (scenarios that
+    /// hold connections; `connect` measures single attempts).
+    pub retry_first_connect: bool,
 }
 
 impl DeviceCfg {
@@ -88,7 +95,18 @@ pub async fn run_device(
     permit: OwnedSemaphorePermit,
     churn: Option<Rc<Notify>>,
 ) {
-    let established = Box::pin(establish(&cfg, &ports, idx, None, &tally)).await;
+    let mut established = Box::pin(establish(&cfg, &ports, idx, None, &tally)).await;
+    let mut retries = 0;
+    while let Err(e) = &established {
+        let transient = matches!(e, ClientError::Timeout(_) | ClientError::Io { .. } | ClientError::Closed);
+        if !cfg.retry_first_connect || !transient || retries == FIRST_CONNECT_RETRIES {
+            break;
+        }
+        retries += 1;
+        tally.borrow_mut().connect_retries += 1;
+        sleep(FIRST_CONNECT_PAUSE).await;
+        established = Box::pin(establish(&cfg, &ports, idx, None, &tally)).await;
+    }
     drop(permit);
     let (mut conn, reg) = match established {
         Ok(ok) => ok,

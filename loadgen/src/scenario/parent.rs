@@ -381,6 +381,7 @@ fn build_report(
         failed: total.failed.clone(),
         elapsed_s: connect_s,
         connect_rate_per_s: Some(rate(total.connected, connect_s)),
+        connect_retries: (total.connect_retries > 0).then_some(total.connect_retries),
         loadgen: LoadgenCost {
             cpu_s: own_cpu + children_cpu.max(total.cpu_s),
             max_rss_bytes: own_hwm + total.max_rss_bytes,

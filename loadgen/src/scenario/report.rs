@@ -28,6 +28,8 @@ pub struct WorkerReport {
     pub duplicates: u64,
     /// Device reconnects done (churn).
     pub reconnects: u64,
+    /// First connections tried again after a timeout or a broken socket.
+    pub connect_retries: u64,
     pub cpu_s: f64,
     pub max_rss_bytes: u64,
     pub rss_before_connect: u64,
@@ -63,6 +65,7 @@ pub fn sum_reports(reports: &[WorkerReport]) -> Result<(WorkerReport, LatencyHis
         total.lost += r.lost;
         total.duplicates += r.duplicates;
         total.reconnects += r.reconnects;
+        total.connect_retries += r.connect_retries;
         total.cpu_s += r.cpu_s;
         total.max_rss_bytes += r.max_rss_bytes;
         total.rss_before_connect += r.rss_before_connect;
@@ -121,6 +124,10 @@ pub struct Report {
     pub duplicates: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnects: Option<u64>,
+    /// First connections that timed out or broke and were tried again (counted in
+    /// `connected` if a retry succeeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_retries: Option<u64>,
     pub loadgen: LoadgenCost,
 }
 
@@ -154,6 +161,9 @@ impl Report {
         );
         if let Some(r) = self.connect_rate_per_s {
             s += &format!("connect+subscribe rate: {r:.0}/s\n");
+        }
+        if let Some(n) = self.connect_retries {
+            s += &format!("first connections tried again after a timeout: {n}\n");
         }
         if let (Some(b), Some(a)) = (self.server_rss_before, self.server_rss_after) {
             s += &format!(

@@ -34,6 +34,8 @@ pub struct Tally {
     pub received_ids: HashSet<(u32, Box<str>)>,
     pub duplicates: u64,
     pub reconnects: u64,
+    /// First connections tried again after a timeout or a broken socket.
+    pub connect_retries: u64,
     pub send_start_us: u64,
     pub send_end_us: u64,
     pub lost: u64,

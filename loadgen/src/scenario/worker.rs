@@ -134,6 +134,7 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
         sub_qos,
         worker: plan.worker,
         http: http.clone(),
+        retry_first_connect: !matches!(plan.load, Load::Connect),
     });
     let ports = plan
         .source_ips
@@ -203,6 +204,7 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
         lost: t.lost,
         duplicates: t.duplicates,
         reconnects: t.reconnects,
+        connect_retries: t.connect_retries,
         cpu_s: cpu_seconds().0,
         max_rss_bytes: own_rss().1,
         rss_before_connect: rss_before,
