@@ -54,10 +54,12 @@ def test_topic_expressions(node, app):
     _, _, x = _online(node, app, topics=["a"])
     _, _, y = _online(node, app, topics=["a", "b"])
     _, _, z = _online(node, app, topics=["b"])
+    # Each target gets the message on the first topic of the expression it is in.
     cases = [
-        ({"topics": ["a", "b"], "op": "union"}, {"x", "y", "z"}),
-        ({"topics": ["a", "b"], "op": "intersection"}, {"y"}),
-        ({"topics": ["a", "b"], "op": "difference"}, {"x"}),
+        ({"topics": ["a", "b"], "op": "union"}, {"x": "topic/a", "y": "topic/a", "z": "topic/b"}),
+        ({"topics": ["b", "a"], "op": "union"}, {"x": "topic/a", "y": "topic/b", "z": "topic/b"}),
+        ({"topics": ["a", "b"], "op": "intersection"}, {"y": "topic/a"}),
+        ({"topics": ["a", "b"], "op": "difference"}, {"x": "topic/a"}),
     ]
     devices = {"x": x, "y": y, "z": z}
     seen = {name: 0 for name in devices}
@@ -69,6 +71,7 @@ def test_topic_expressions(node, app):
                 seen[name] += 1
                 msgs = dev.wait_messages(seen[name])
                 assert msgs[-1]["payload"]["id"] == res["id"], (target, name, msgs[-1])
+                assert msgs[-1]["topic"] == expected[name], (target, name, msgs[-1])
         for name, dev in devices.items():
             dev.expect_no_more(seen[name], wait=0.3)
 

@@ -44,17 +44,23 @@ pub enum GroupFilter {
 }
 
 impl GroupFilter {
+    /// The topics of the expression; none for a broadcast.
+    pub fn topics(&self) -> &[String] {
+        match self {
+            GroupFilter::All => &[],
+            GroupFilter::Topics { topics, .. } => topics,
+        }
+    }
+
     /// Whether a device with these topic memberships is a target. `member(i)` answers for
-    /// `topics[i]`.
-    pub fn matches(&self, mut member: impl FnMut(&str) -> bool) -> bool {
+    /// `topics()[i]`.
+    pub fn matches(&self, mut member: impl FnMut(usize) -> bool) -> bool {
         match self {
             GroupFilter::All => true,
             GroupFilter::Topics { topics, op } => match op {
-                TopicOp::Union => topics.iter().any(|t| member(t)),
-                TopicOp::Intersection => topics.iter().all(|t| member(t)),
-                TopicOp::Difference => {
-                    topics.first().is_some_and(|t| member(t)) && !topics[1..].iter().any(|t| member(t))
-                }
+                TopicOp::Union => (0..topics.len()).any(member),
+                TopicOp::Intersection => (0..topics.len()).all(member),
+                TopicOp::Difference => !topics.is_empty() && member(0) && !(1..topics.len()).any(member),
             },
         }
     }
@@ -167,8 +173,8 @@ mod tests {
     #[test]
     fn group_filters_combine_topics() {
         let expr = |op| GroupFilter::Topics { topics: vec!["a".into(), "b".into()], op };
-        let only_a = |t: &str| t == "a";
-        let both = |_: &str| true;
+        let only_a = |i: usize| i == 0;
+        let both = |_: usize| true;
         assert!(expr(TopicOp::Union).matches(only_a));
         assert!(!expr(TopicOp::Intersection).matches(only_a));
         assert!(expr(TopicOp::Intersection).matches(both));

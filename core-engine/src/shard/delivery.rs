@@ -4,25 +4,44 @@
 
 use super::inbox::{AfterStore, PushPart, Reply, ShardMsg};
 use super::{Device, Shard};
-use crate::ids::RegId;
-use crate::push::{Envelope, GroupFilter};
+use crate::ids::{AppId, RegId};
+use crate::push::{Envelope, GroupFilter, TopicOp};
 use crate::session::{PushRef, INBOX_TOPIC, TOPIC_PREFIX};
 use crate::store::{GroupMessage, PendingMessage, StoreError, StoreJob, WriteOp};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Most messages read from the store at once for one device, per stream.
 const PENDING_BATCH: usize = 64;
 
-/// The topic a group message reaches a device on: the first topic of the expression the
-/// device is in, or the inbox for a broadcast.
-fn group_topic(filter: &GroupFilter, member: impl Fn(&str) -> bool) -> String {
-    match filter {
-        GroupFilter::All => INBOX_TOPIC.to_owned(),
-        GroupFilter::Topics { topics, .. } => {
-            let name = topics.iter().find(|t| member(t)).or(topics.first()).map_or("", |t| t.as_str());
-            format!("{TOPIC_PREFIX}{name}")
+/// A group message's topics resolved to this shard's topic ids once per message, not once
+/// per target device.
+struct ResolvedFilter<'a> {
+    filter: &'a GroupFilter,
+    /// The id here of each of `filter.topics()`, if that topic has members here.
+    ids: Vec<Option<u32>>,
+    /// The topic every target gets the message on, where it does not depend on the device:
+    /// the inbox for a broadcast, else the first topic, unless the expression is a union of
+    /// several (a target is in the first topic of any other).
+    fixed_topic: Option<String>,
+}
+
+impl ResolvedFilter<'_> {
+    fn member(&self, device: &Device, seq: u64) -> bool {
+        self.filter.matches(|i| self.ids[i].is_some_and(|id| device.joined_before(id, seq)))
+    }
+
+    /// The topic a target gets the message on: the first topic of the expression it is
+    /// in, or the inbox for a broadcast.
+    fn topic_for(&self, device: &Device, seq: u64) -> Cow<'_, str> {
+        if let Some(topic) = &self.fixed_topic {
+            return Cow::Borrowed(topic);
         }
+        let topics = self.filter.topics();
+        let first_in = (0..topics.len()).find(|&i| self.ids[i].is_some_and(|id| device.joined_before(id, seq)));
+        let name = first_in.or((!topics.is_empty()).then_some(0)).map_or("", |i| topics[i].as_str());
+        Cow::Owned(format!("{TOPIC_PREFIX}{name}"))
     }
 }
 
@@ -48,28 +67,42 @@ impl Next {
 impl Shard {
     /// Whether `device` is a target of a group message sent at `seq`.
     fn group_member(&self, device: &Device, filter: &GroupFilter, seq: u64) -> bool {
-        filter
-            .matches(|name| self.topics.id(device.record.app_id, name).is_some_and(|id| device.joined_before(id, seq)))
+        let topics = filter.topics();
+        filter.matches(|i| {
+            self.topics.id(device.record.app_id, &topics[i]).is_some_and(|id| device.joined_before(id, seq))
+        })
+    }
+
+    fn resolve<'a>(&self, app_id: AppId, filter: &'a GroupFilter) -> ResolvedFilter<'a> {
+        let ids = filter.topics().iter().map(|t| self.topics.id(app_id, t)).collect();
+        let fixed_topic = match filter {
+            GroupFilter::All => Some(INBOX_TOPIC.to_owned()),
+            GroupFilter::Topics { topics, op } if topics.len() == 1 || *op != TopicOp::Union => {
+                topics.first().map(|t| format!("{TOPIC_PREFIX}{t}"))
+            }
+            GroupFilter::Topics { .. } => None,
+        };
+        ResolvedFilter { filter, ids, fixed_topic }
     }
 
     /// The devices of this shard a group message sent at `seq` is for.
-    fn group_targets(&self, app_id: crate::ids::AppId, filter: &GroupFilter, seq: u64) -> Vec<RegId> {
+    fn group_targets(&self, app_id: AppId, resolved: &ResolvedFilter<'_>, seq: u64) -> Vec<RegId> {
         let selected = |regid: &RegId| {
-            self.devices.get(regid).is_some_and(|d| d.record.app_id == app_id && self.group_member(d, filter, seq))
+            self.devices.get(regid).is_some_and(|d| d.record.app_id == app_id && resolved.member(d, seq))
         };
-        match filter {
+        match resolved.filter {
             GroupFilter::All => {
                 self.devices.iter().filter(|(_, d)| d.record.app_id == app_id).map(|(r, _)| *r).collect()
             }
-            GroupFilter::Topics { topics, .. } => {
+            GroupFilter::Topics { .. } => {
+                // A device in several of the topics is listed once.
+                let several = resolved.ids.iter().flatten().count() > 1;
                 let mut seen = std::collections::HashSet::new();
                 let mut out = Vec::new();
-                for topic in topics {
-                    let Some(members) = self.topics.id(app_id, topic).and_then(|id| self.topics.get(id)) else {
-                        continue;
-                    };
-                    for regid in &members.members {
-                        if seen.insert(*regid) && selected(regid) {
+                for &id in resolved.ids.iter().flatten() {
+                    let Some(topic) = self.topics.get(id) else { continue };
+                    for regid in &topic.members {
+                        if (!several || seen.insert(*regid)) && selected(regid) {
                             out.push(*regid);
                         }
                     }
@@ -168,9 +201,7 @@ impl Shard {
                 .iter()
                 .map(|n| match n {
                     Next::Own(_) => INBOX_TOPIC.to_owned(),
-                    Next::Group(m) => group_topic(&m.filter, |name| {
-                        self.topics.id(app_id, name).is_some_and(|id| device.joined_before(id, m.seq))
-                    }),
+                    Next::Group(m) => self.resolve(app_id, &m.filter).topic_for(device, m.seq).into_owned(),
                 })
                 .collect();
             let device = self.devices.get_mut(&regid).expect("checked above");
@@ -333,7 +364,8 @@ impl Shard {
 
     /// Keeps a group message once for this shard, counting its targets here.
     fn store_group(&mut self, envelope: Arc<Envelope>, filter: Arc<GroupFilter>, reply: Reply<PushPart>) {
-        let targets = self.group_targets(envelope.app_id, &filter, u64::MAX).len() as u64;
+        let targets =
+            self.group_targets(envelope.app_id, &self.resolve(envelope.app_id, &filter), u64::MAX).len() as u64;
         if targets == 0 && matches!(*filter, GroupFilter::Topics { .. }) {
             // No member here now: nobody here can catch up on it later either.
             let _ = reply.send(Ok(PushPart::default()));
@@ -395,14 +427,13 @@ impl Shard {
                 }
                 self.count_accepted(envelope.app_id, targets, true);
                 let now = Self::now_unix_s();
-                for regid in self.group_targets(envelope.app_id, &filter, seq) {
+                let resolved = self.resolve(envelope.app_id, &filter);
+                for regid in self.group_targets(envelope.app_id, &resolved, seq) {
                     let Some(device) = self.devices.get(&regid) else { continue };
                     if device.conn.is_none() {
                         continue;
                     }
-                    let topic = group_topic(&filter, |name| {
-                        self.topics.id(envelope.app_id, name).is_some_and(|id| device.joined_before(id, seq))
-                    });
+                    let topic = resolved.topic_for(device, seq);
                     self.deliver_live(&regid, &envelope, seq, true, &topic, now);
                 }
                 let _ = reply.send(Ok(PushPart { targets, ..PushPart::default() }));

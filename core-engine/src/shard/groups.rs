@@ -13,16 +13,18 @@ pub(super) struct Topic {
     pub members: HashSet<RegId>,
 }
 
-/// Topics by (app, name), each with its members on this shard.
+/// Topics by app and name, each with its members on this shard.
 #[derive(Debug, Default)]
 pub(super) struct TopicIndex {
-    by_name: HashMap<(AppId, Box<str>), u32>,
+    /// Keyed app first so a lookup by `&str` allocates nothing (a fan-out looks up its
+    /// topics for every member).
+    by_name: HashMap<AppId, HashMap<Box<str>, u32>>,
     topics: Slab<Topic>,
 }
 
 impl TopicIndex {
     pub fn id(&self, app_id: AppId, name: &str) -> Option<u32> {
-        self.by_name.get(&(app_id, Box::from(name))).copied()
+        self.by_name.get(&app_id)?.get(name).copied()
     }
 
     pub fn get(&self, id: u32) -> Option<&Topic> {
@@ -31,12 +33,11 @@ impl TopicIndex {
 
     /// Adds `regid` to the topic, creating it; answers the topic id and whether it is new here.
     pub fn join(&mut self, app_id: AppId, name: &str, regid: RegId) -> (u32, bool) {
-        let key = (app_id, Box::from(name));
-        let (id, created) = match self.by_name.get(&key) {
-            Some(&id) => (id, false),
+        let (id, created) = match self.id(app_id, name) {
+            Some(id) => (id, false),
             None => {
-                let id = self.topics.insert(Topic { app_id, name: key.1.clone(), members: HashSet::new() }) as u32;
-                self.by_name.insert(key, id);
+                let id = self.topics.insert(Topic { app_id, name: name.into(), members: HashSet::new() }) as u32;
+                self.by_name.entry(app_id).or_default().insert(name.into(), id);
                 (id, true)
             }
         };
@@ -52,7 +53,12 @@ impl TopicIndex {
             return false;
         }
         let topic = self.topics.remove(id as usize);
-        self.by_name.remove(&(topic.app_id, topic.name));
+        if let Some(names) = self.by_name.get_mut(&topic.app_id) {
+            names.remove(&topic.name);
+            if names.is_empty() {
+                self.by_name.remove(&topic.app_id);
+            }
+        }
         true
     }
 }
