@@ -15,6 +15,9 @@ pub const INBOX_TOPIC: &str = "inbox";
 pub const MAX_INFLIGHT: u16 = 64;
 /// Seconds a new connection has to send CONNECT.
 pub const CONNECT_TIMEOUT_S: u32 = 10;
+/// Seconds the node may take to answer a CONNECT (a registration's commit, a token check)
+/// before it refuses it as busy: meanwhile the device waits on the node, it is not silent.
+pub const ANSWER_TIMEOUT_S: u32 = 60;
 
 /// MQTT 5 reason codes the node sends.
 pub mod reason {
@@ -26,6 +29,7 @@ pub mod reason {
     pub const BAD_CREDENTIALS: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_BUSY: u8 = 0x89;
     pub const CLIENT_ID_INVALID: u8 = 0x85;
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
@@ -500,14 +504,28 @@ impl Session {
     }
 
     /// Whether the session outlived its deadline: CONNECT within [`CONNECT_TIMEOUT_S`],
-    /// then a packet at least every 1.5 x keep-alive.
+    /// the node's answer within [`ANSWER_TIMEOUT_S`], then a packet at least every 1.5 x
+    /// keep-alive.
     pub fn is_timed_out(&self, now_s: u32) -> bool {
         let silent = now_s.saturating_sub(self.last_rx_s);
         match self.phase {
-            Phase::AwaitConnect | Phase::Authenticating => silent > CONNECT_TIMEOUT_S,
+            Phase::AwaitConnect => silent > CONNECT_TIMEOUT_S,
+            Phase::Authenticating => silent > ANSWER_TIMEOUT_S,
             Phase::Connected => self.keep_alive_s > 0 && silent > u32::from(self.keep_alive_s) * 3 / 2,
             Phase::Closed => false,
         }
+    }
+
+    /// Ends a session that [`Session::is_timed_out`]: one still waiting for its CONNACK is
+    /// refused as busy (0x89; 3.1.1: 3) so its device tries again, as no DISCONNECT may
+    /// come before a CONNACK; any other gets DISCONNECT 0x8D (MQTT 5).
+    pub fn time_out(&mut self) {
+        if self.phase == Phase::Authenticating {
+            self.refuse(reason::SERVER_BUSY, reason::V311_SERVER_UNAVAILABLE);
+        } else {
+            self.close(reason::KEEP_ALIVE_TIMEOUT);
+        }
+        debug_assert_eq!(self.phase, Phase::Closed);
     }
 
     /// Closes the session from the node's side with an MQTT 5 reason.

@@ -239,6 +239,29 @@ fn timeouts() {
     assert!(!session.is_timed_out(30));
 }
 
+#[test]
+fn a_connect_the_node_cannot_answer_in_time_is_refused_as_busy() {
+    for (version, code) in [(Version::V5, reason::SERVER_BUSY), (Version::V311, reason::V311_SERVER_UNAVAILABLE)] {
+        let mut session = Session::new(0);
+        let mut events = Vec::new();
+        session.handle_bytes(5, &connect(version, None), LIMITS, &mut events);
+        assert!(matches!(events.as_slice(), [Event::Connect(_)]));
+        assert!(!session.is_timed_out(5 + CONNECT_TIMEOUT_S + 1), "the device waits on the node");
+        assert!(session.is_timed_out(5 + ANSWER_TIMEOUT_S + 1));
+        session.time_out();
+        let packets = output(&mut session, version);
+        assert!(
+            matches!(packets.as_slice(), [Packet::Connack(Connack { code: c, .. })] if *c == code),
+            "{version:?}: {packets:?}"
+        );
+        assert!(!session.is_timed_out(1000), "closed");
+    }
+    let mut session = connected(Version::V5, None);
+    session.time_out();
+    let packets = output(&mut session, Version::V5);
+    assert!(matches!(packets.as_slice(), [Packet::Disconnect(d)] if d.code == reason::KEEP_ALIVE_TIMEOUT));
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;

@@ -822,7 +822,7 @@ impl Shard {
             .map(|(k, _)| k as u32)
             .collect();
         for key in expired {
-            self.conns[key as usize].session.close(crate::session::reason::KEEP_ALIVE_TIMEOUT);
+            self.conns[key as usize].session.time_out();
             self.close_conn(key, CloseReason::Timeout);
         }
         let stalled: Vec<u32> = self

@@ -28,7 +28,8 @@ use super::tally::Tally;
 /// Reconnect attempts after a churn disconnect or a lost connection.
 const RECONNECT_ATTEMPTS: u32 = 20;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
-/// Further attempts at a first connection that timed out or broke, when the scenario holds
+/// Further attempts at a first connection that timed out, broke or was disconnected by the
+/// server before it was up, when the scenario holds
 /// its connections (`DeviceCfg::retry_first_connect`), as a device's client would.
 const FIRST_CONNECT_RETRIES: u32 = 3;
 const FIRST_CONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -98,7 +99,10 @@ pub async fn run_device(
     let mut established = Box::pin(establish(&cfg, &ports, idx, None, &tally)).await;
     let mut retries = 0;
     while let Err(e) = &established {
-        let transient = matches!(e, ClientError::Timeout(_) | ClientError::Io { .. } | ClientError::Closed);
+        let transient = matches!(
+            e,
+            ClientError::Timeout(_) | ClientError::Io { .. } | ClientError::Closed | ClientError::Disconnected { .. }
+        );
         if !cfg.retry_first_connect || !transient || retries == FIRST_CONNECT_RETRIES {
             break;
         }
