@@ -68,7 +68,7 @@ pub async fn load(w: &Rc<Worker>, churn_per_sec: f64, rate: f64, duration_secs: 
         tokio::task::spawn_local(async move { churn_devices(&w, churn_per_sec, duration).await })
     };
     let expected: Expected = Rc::new(RefCell::new(Vec::new()));
-    open_loop::send(w, rate, duration_secs, 1, 1, Some(expected.clone())).await;
+    open_loop::send(w, rate, duration_secs, 1, 1, open_loop::Followed::Tracked(expected.clone())).await;
     churner.abort();
     let until = (Instant::now() + Duration::from_secs(w.plan.straggler_secs)).min(w.deadline);
     wait_for(until, || w.tally.borrow().count_lost(&expected.borrow()) == 0).await;

@@ -63,6 +63,9 @@ pub struct DeviceCfg {
     /// Try a first connection again after a timeout or a broken socket (scenarios that
     /// hold connections; `connect` measures single attempts).
     pub retry_first_connect: bool,
+    /// The signal (`churn`) means disconnect and stay away (`unicast --offline`), not
+    /// reconnect.
+    pub leave_when_signalled: bool,
 }
 
 impl DeviceCfg {
@@ -128,6 +131,10 @@ pub async fn run_device(
         match hold(&mut conn, idx, &cfg, &tally, churn.as_deref()).await {
             HoldEnd::Churn => {
                 let _ = Box::pin(conn.disconnect()).await;
+                if cfg.leave_when_signalled {
+                    tally.borrow_mut().left += 1;
+                    return;
+                }
             }
             HoldEnd::Lost(e) => {
                 tally.borrow_mut().count_failure(format!("lost: {}", e.reason_label()));

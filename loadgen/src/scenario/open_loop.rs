@@ -47,9 +47,19 @@ impl Rng {
 /// (device index, message id) pairs the server accepted.
 pub type Expected = Rc<RefCell<Vec<(u32, Box<str>)>>>;
 
+/// How an accepted send is followed up.
+#[derive(Clone)]
+pub enum Followed {
+    /// Its deliveries are counted as they arrive.
+    Delivered,
+    /// Also every accepted (device, message id) is recorded, to count losses (churn).
+    Tracked(Expected),
+    /// The targets are offline: the HTTP answer counts as the delivery (pushnode).
+    Answered,
+}
+
 /// Sends `rate` messages/s for `duration_secs` to random live devices of this worker.
-/// With `expected`, every accepted (device, message id) is recorded (pushnode).
-pub async fn send(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos: u8, expected: Option<Expected>) {
+pub async fn send(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos: u8, followed: Followed) {
     let targets: Vec<(u32, Box<str>)> = {
         let t = w.tally.borrow();
         t.live.iter().filter_map(|&i| t.addresses.get(i as usize).and_then(|a| a.clone()).map(|a| (i, a))).collect()
@@ -62,7 +72,7 @@ pub async fn send(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos
     match w.plan.target {
         Target::Pushnode => {
             let batch = batch.clamp(1, 100);
-            send_http(w, rate / f64::from(batch), duration, batch, &targets, &mut rng, expected).await
+            send_http(w, rate / f64::from(batch), duration, batch, &targets, &mut rng, followed).await
         }
         Target::Mqtt => send_mqtt(w, rate, duration, qos, &targets, &mut rng).await,
     }
@@ -75,7 +85,7 @@ async fn send_http(
     batch: u32,
     targets: &[(u32, Box<str>)],
     rng: &mut Rng,
-    expected: Option<Expected>,
+    followed: Followed,
 ) {
     let (Some(http), Some(app)) = (&w.http, &w.plan.app) else {
         return;
@@ -103,7 +113,7 @@ async fn send_http(
             let Some(slot) = sender.slot().await else {
                 return;
             };
-            let (sender, tally, expected) = (sender.clone(), w.tally.clone(), expected.clone());
+            let (sender, tally, followed) = (sender.clone(), w.tally.clone(), followed.clone());
             let limit = w.time_left();
             tokio::task::spawn_local(async move {
                 let outcome = sender.post(&body, limit).await;
@@ -117,11 +127,17 @@ async fn send_http(
                         if !o.invalid.is_empty() {
                             t.count_failure("send: invalid regid".into());
                         }
-                        if let (Some(exp), Some(id)) = (&expected, &o.id) {
-                            let mut exp = exp.borrow_mut();
-                            for (idx, _) in accepted {
-                                exp.push((*idx, id.clone().into_boxed_str()));
+                        match (&followed, &o.id) {
+                            (Followed::Tracked(exp), Some(id)) => {
+                                let mut exp = exp.borrow_mut();
+                                for (idx, _) in accepted {
+                                    exp.push((*idx, id.clone().into_boxed_str()));
+                                }
                             }
+                            (Followed::Answered, _) => {
+                                t.on_answered(accepted.len() as u64, scheduled_us, unix_micros());
+                            }
+                            _ => {}
                         }
                     }
                     Err(reason) => t.count_failure(format!("send: {reason}")),

@@ -145,8 +145,8 @@ fn tls_plan(common: &CommonArgs, load: &Load) -> anyhow::Result<Option<TlsPlan>>
 fn share_of_load(load: &Load, workers: u32) -> Load {
     let w = f64::from(workers.max(1));
     match load.clone() {
-        Load::Unicast { rate, duration_secs, batch, qos } => {
-            Load::Unicast { rate: rate / w, duration_secs, batch, qos }
+        Load::Unicast { rate, duration_secs, batch, qos, offline } => {
+            Load::Unicast { rate: rate / w, duration_secs, batch, qos, offline }
         }
         Load::Churn { churn_per_sec, rate, duration_secs } => {
             Load::Churn { churn_per_sec: churn_per_sec / w, rate: rate / w, duration_secs }

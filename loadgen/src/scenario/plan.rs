@@ -37,8 +37,9 @@ pub enum Load {
     Idle,
     /// One topic, every connection subscribed; the publishing worker sends `messages`.
     Fanout { messages: u32, qos: u8, interval_ms: u64 },
-    /// Open-loop sends to random connected devices.
-    Unicast { rate: f64, duration_secs: f64, batch: u32, qos: u8 },
+    /// Open-loop sends to random connected devices; `offline`: the devices disconnect
+    /// first and the latency is the HTTP answer's.
+    Unicast { rate: f64, duration_secs: f64, batch: u32, qos: u8, offline: bool },
     /// Unicast at `rate` while `churn_per_sec` devices reconnect per second.
     Churn { churn_per_sec: f64, rate: f64, duration_secs: f64 },
 }
@@ -49,7 +50,8 @@ impl Load {
             Load::Connect => "connect",
             Load::Idle => "idle",
             Load::Fanout { .. } => "fanout",
-            Load::Unicast { .. } => "unicast",
+            Load::Unicast { offline: false, .. } => "unicast",
+            Load::Unicast { offline: true, .. } => "unicast-offline",
             Load::Churn { .. } => "churn",
         }
     }

@@ -36,6 +36,8 @@ pub struct Tally {
     pub reconnects: u64,
     /// First connections tried again after a timeout or a broken socket.
     pub connect_retries: u64,
+    /// Devices that disconnected for good when told to (`unicast --offline`).
+    pub left: u64,
     pub send_start_us: u64,
     pub send_end_us: u64,
     pub lost: u64,
@@ -113,6 +115,14 @@ impl Tally {
             Some(sent) => self.latency.record(recv_us.saturating_sub(sent)),
             None => self.unparsed += 1,
         }
+    }
+
+    /// An HTTP send to offline devices answered at `answer_us`: its latency is the
+    /// answer's, and it counts as delivered (stored) for every accepted target.
+    pub fn on_answered(&mut self, accepted: u64, send_us: u64, answer_us: u64) {
+        self.latency.record(answer_us.saturating_sub(send_us));
+        self.deliveries += accepted;
+        self.last_delivery_us = self.last_delivery_us.max(answer_us);
     }
 
     pub fn note_send(&mut self, accepted: u64, send_us: u64) {

@@ -2,6 +2,9 @@
 //! for T seconds, latency from each message's scheduled send time (no coordinated
 //! omission); then wait (bounded) for late deliveries and report the achieved rate
 //! and latency percentiles. Every worker sends R / workers to its own devices.
+//! `--offline` (pushnode): the devices disconnect once registered and connected, and the
+//! sends measure the HTTP frontend and the store alone: "deliveries" are stored targets
+//! and the latency is from the scheduled send time to the HTTP answer.
 
 use std::rc::Rc;
 
@@ -35,9 +38,17 @@ pub struct UnicastArgs {
     /// Connects started per second; 0 = as fast as possible.
     #[arg(long, default_value = "0", value_parser = parse_rate_or_zero)]
     pub connect_rate: f64,
+    /// Devices disconnect before the sends (pushnode): measures the HTTP frontend and
+    /// the store without deliveries; latency is the HTTP answer's.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 pub fn run(args: UnicastArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !args.offline || args.common.target == super::options::Target::Pushnode,
+        "--offline measures pushnode's HTTP API: it needs --target pushnode"
+    );
     parent::run(
         args.common,
         Spec {
@@ -48,6 +59,7 @@ pub fn run(args: UnicastArgs) -> anyhow::Result<()> {
                 duration_secs: args.duration_secs as f64,
                 batch: args.batch,
                 qos: args.qos,
+                offline: args.offline,
             },
             idle: None,
         },
@@ -56,8 +68,20 @@ pub fn run(args: UnicastArgs) -> anyhow::Result<()> {
 
 /// Worker side: send, then wait for every accepted message to arrive (bounded by
 /// `--straggler-secs` and the deadline).
-pub async fn load(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos: u8) {
-    open_loop::send(w, rate, duration_secs, batch, qos, None).await;
+pub async fn load(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos: u8, offline: bool) {
+    if offline {
+        for signal in &w.churn {
+            signal.notify_one();
+        }
+        let until = (Instant::now() + std::time::Duration::from_secs(10)).min(w.deadline);
+        wait_for(until, || {
+            let t = w.tally.borrow();
+            t.left >= t.connected
+        })
+        .await;
+    }
+    let followed = if offline { open_loop::Followed::Answered } else { open_loop::Followed::Delivered };
+    open_loop::send(w, rate, duration_secs, batch, qos, followed).await;
     let until = (Instant::now() + std::time::Duration::from_secs(w.plan.straggler_secs)).min(w.deadline);
     wait_for(until, || {
         let t = w.tally.borrow();

@@ -135,6 +135,7 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
         worker: plan.worker,
         http: http.clone(),
         retry_first_connect: !matches!(plan.load, Load::Connect),
+        leave_when_signalled: matches!(plan.load, Load::Unicast { offline: true, .. }),
     });
     let ports = plan
         .source_ips
@@ -144,7 +145,9 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
     anyhow::ensure!(!ports.is_empty(), "no source address");
     let n = plan.connections;
     let churn_on = matches!(plan.load, Load::Churn { .. });
-    let churn_signals = if churn_on { (0..n).map(|_| Rc::new(Notify::new())).collect() } else { Vec::new() };
+    let offline = matches!(plan.load, Load::Unicast { offline: true, .. });
+    let churn_signals =
+        if churn_on || offline { (0..n).map(|_| Rc::new(Notify::new())).collect() } else { Vec::new() };
     let mut tally = Tally::new(n);
     tally.track_ids = churn_on;
     let w = Rc::new(Worker {
@@ -183,7 +186,9 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
     match w.plan.load.clone() {
         Load::Connect | Load::Idle => {}
         Load::Fanout { messages, qos, interval_ms } => fanout::load(&w, messages, qos, interval_ms).await,
-        Load::Unicast { rate, duration_secs, batch, qos } => unicast::load(&w, rate, duration_secs, batch, qos).await,
+        Load::Unicast { rate, duration_secs, batch, qos, offline } => {
+            unicast::load(&w, rate, duration_secs, batch, qos, offline).await
+        }
         Load::Churn { churn_per_sec, rate, duration_secs } => churn::load(&w, churn_per_sec, rate, duration_secs).await,
     }
 
