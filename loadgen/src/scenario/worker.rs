@@ -146,8 +146,7 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
     let n = plan.connections;
     let churn_on = matches!(plan.load, Load::Churn { .. });
     let offline = matches!(plan.load, Load::Unicast { offline: true, .. });
-    let churn_signals =
-        if churn_on || offline { (0..n).map(|_| Rc::new(Notify::new())).collect() } else { Vec::new() };
+    let churn_signals = if churn_on || offline { (0..n).map(|_| Rc::new(Notify::new())).collect() } else { Vec::new() };
     let mut tally = Tally::new(n);
     tally.track_ids = churn_on;
     let w = Rc::new(Worker {
