@@ -161,6 +161,23 @@ fn push_expiry_key(expires_at: u64, seq: u64, id: MessageId) -> [u8; 24] {
     key
 }
 
+/// The keys (made owned by `owned`) of the first `limit` rows of `rows`, and whether a row
+/// follows them: a sweep takes a bounded bite and says if it should come back.
+fn keys_up_to<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+    rows: redb::Range<'_, K, V>,
+    limit: usize,
+    owned: impl Fn(&redb::AccessGuard<'_, K>) -> T,
+) -> Result<(Vec<T>, bool), StoreError> {
+    let mut keys = Vec::new();
+    for row in rows {
+        if keys.len() >= limit {
+            return Ok((keys, true));
+        }
+        keys.push(owned(&row?.0));
+    }
+    Ok((keys, false))
+}
+
 fn be_u64_at(raw: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(raw.get(at..at + 8)?.try_into().ok()?))
 }
@@ -493,32 +510,17 @@ impl PartitionStore {
     /// at most `limit` of each; answers whether more are due.
     fn forget_stats(t: &mut Tables<'_>, now_s: u64, limit: usize) -> Result<bool, StoreError> {
         let first_kept = super::first_kept_stats_id(now_s);
-        let mut due = Vec::new();
-        let mut more = false;
-        for row in t.msg_stats()?.range(..first_kept)? {
-            if due.len() >= limit {
-                more = true;
-                break;
-            }
-            due.push(row?.0.value());
-        }
+        let (due, more_stats) = keys_up_to(t.msg_stats()?.range(..first_kept)?, limit, |k| k.value())?;
         for id in due {
             debug_assert!(id < first_kept);
             t.msg_stats()?.remove(id)?;
         }
         let end = first_kept.to_be_bytes();
-        let mut clicks = Vec::new();
-        for row in t.clicks()?.range(..&end[..])? {
-            if clicks.len() >= limit {
-                more = true;
-                break;
-            }
-            clicks.push(row?.0.value().to_vec());
-        }
+        let (clicks, more_clicks) = keys_up_to(t.clicks()?.range(..&end[..])?, limit, |k| k.value().to_vec())?;
         for key in clicks {
             t.clicks()?.remove(&key[..])?;
         }
-        Ok(more)
+        Ok(more_stats || more_clicks)
     }
 
     /// Removes group messages and their bodies due by `now_s`, at most `limit` index rows;
@@ -530,15 +532,7 @@ impl PartitionStore {
         expired_by_app: &mut BTreeMap<AppId, u64>,
     ) -> Result<bool, StoreError> {
         let end = expiry_key(now_s, u8::MAX, &[0xff; 20]);
-        let mut due = Vec::new();
-        let mut more = false;
-        for row in t.expiry()?.range(&[][..]..=&end[..])? {
-            if due.len() >= limit {
-                more = true;
-                break;
-            }
-            due.push(row?.0.value().to_vec());
-        }
+        let (due, more) = keys_up_to(t.expiry()?.range(&[][..]..=&end[..])?, limit, |k| k.value().to_vec())?;
         for key in due {
             t.expiry()?.remove(&key[..])?;
             let (Some(&kind), Some(raw)) = (key.get(8), key.get(9..17)) else { continue };
