@@ -91,7 +91,7 @@ async fn churn_devices(w: &Rc<Worker>, per_sec: f64, duration: Duration) {
             return;
         }
         let idx = live[rng.below(live.len())];
-        if let Some(signal) = w.churn.get(idx as usize) {
+        if let Some(signal) = w.signals.get(idx as usize) {
             signal.notify_one();
         }
     }

@@ -29,8 +29,8 @@ use super::tally::Tally;
 const RECONNECT_ATTEMPTS: u32 = 20;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// Further attempts at a first connection that timed out, broke or was disconnected by the
-/// server before it was up, when the scenario holds
-/// its connections (`DeviceCfg::retry_first_connect`), as a device's client would.
+/// server before it was up, when the scenario holds its connections
+/// (`DeviceCfg::retry_first_connect`), as a device's client would.
 const FIRST_CONNECT_RETRIES: u32 = 3;
 const FIRST_CONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -60,8 +60,9 @@ pub struct DeviceCfg {
     pub worker: u32,
     /// For MQTT 3.1.1 pushnode devices, which register over HTTP.
     pub http: Option<HttpClient>,
-    /// Try a first connection again after a timeout or a broken socket (scenarios that
-    /// hold connections; `connect` measures single attempts).
+    /// Try a first connection again after a timeout, a broken socket or a DISCONNECT
+    /// before it was up (scenarios that hold connections; `connect` measures single
+    /// attempts).
     pub retry_first_connect: bool,
     /// The signal (`churn`) means disconnect and stay away (`unicast --offline`), not
     /// reconnect.

@@ -28,7 +28,8 @@ pub struct WorkerReport {
     pub duplicates: u64,
     /// Device reconnects done (churn).
     pub reconnects: u64,
-    /// First connections tried again after a timeout or a broken socket.
+    /// First connections tried again after a timeout, a broken socket or an early
+    /// DISCONNECT.
     pub connect_retries: u64,
     pub cpu_s: f64,
     pub max_rss_bytes: u64,
@@ -124,8 +125,8 @@ pub struct Report {
     pub duplicates: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnects: Option<u64>,
-    /// First connections that timed out or broke and were tried again (counted in
-    /// `connected` if a retry succeeded).
+    /// First connections that timed out, broke or were disconnected early and were tried
+    /// again (counted in `connected` if a retry succeeded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_retries: Option<u64>,
     pub loadgen: LoadgenCost,

@@ -34,7 +34,8 @@ pub struct Tally {
     pub received_ids: HashSet<(u32, Box<str>)>,
     pub duplicates: u64,
     pub reconnects: u64,
-    /// First connections tried again after a timeout or a broken socket.
+    /// First connections tried again after a timeout, a broken socket or an early
+    /// DISCONNECT.
     pub connect_retries: u64,
     /// Devices that disconnected for good when told to (`unicast --offline`).
     pub left: u64,

@@ -70,7 +70,7 @@ pub fn run(args: UnicastArgs) -> anyhow::Result<()> {
 /// `--straggler-secs` and the deadline).
 pub async fn load(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos: u8, offline: bool) {
     if offline {
-        for signal in &w.churn {
+        for signal in &w.signals {
             signal.notify_one();
         }
         let until = (Instant::now() + std::time::Duration::from_secs(10)).min(w.deadline);

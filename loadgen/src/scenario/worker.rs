@@ -40,8 +40,9 @@ pub struct Worker {
     pub cfg: Rc<DeviceCfg>,
     pub server: SocketAddr,
     pub ports: Vec<Rc<SourcePorts>>,
-    /// One per connection with churn on, else empty.
-    pub churn: Vec<Rc<Notify>>,
+    /// One per connection with churn on (disconnect and come back) or with `unicast
+    /// --offline` (disconnect and stay away), else empty.
+    pub signals: Vec<Rc<Notify>>,
     pub http: Option<HttpClient>,
     pub deadline: Instant,
 }
@@ -146,19 +147,10 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
     let n = plan.connections;
     let churn_on = matches!(plan.load, Load::Churn { .. });
     let offline = matches!(plan.load, Load::Unicast { offline: true, .. });
-    let churn_signals = if churn_on || offline { (0..n).map(|_| Rc::new(Notify::new())).collect() } else { Vec::new() };
+    let signals = if churn_on || offline { (0..n).map(|_| Rc::new(Notify::new())).collect() } else { Vec::new() };
     let mut tally = Tally::new(n);
     tally.track_ids = churn_on;
-    let w = Rc::new(Worker {
-        plan,
-        tally: Rc::new(RefCell::new(tally)),
-        cfg,
-        server,
-        ports,
-        churn: churn_signals,
-        http,
-        deadline,
-    });
+    let w = Rc::new(Worker { plan, tally: Rc::new(RefCell::new(tally)), cfg, server, ports, signals, http, deadline });
 
     // Progress lines until the process ends.
     let progress_tally = w.tally.clone();
@@ -247,7 +239,7 @@ async fn connect_all(w: &Rc<Worker>) {
                     w.ports_for(i),
                     w.tally.clone(),
                     permit,
-                    w.churn.get(i as usize).cloned(),
+                    w.signals.get(i as usize).cloned(),
                 ));
             }
         })
