@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from conftest import LOADGEN_BIN, NO_CONNECT_LIMIT, free_port
+from mqttraw import Closed, RawClient, packet
 from test_tls import _make_ca
 
 RUN_TIMEOUT = 90  # seconds, per loadgen run (loadgen's own bound is 60)
@@ -286,30 +287,11 @@ class FirstTryDroppingBroker:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _read_packet(conn) -> tuple[int, bytes]:
-        first = conn.recv(1)
-        if not first:
-            raise ConnectionError("closed")
-        length, shift = 0, 0
-        while True:
-            b = conn.recv(1)[0]
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        body = b""
-        while len(body) < length:
-            chunk = conn.recv(length - len(body))
-            if not chunk:
-                raise ConnectionError("closed")
-            body += chunk
-        return first[0], body
-
     def _serve(self, conn):
+        peer = RawClient("", 0, version=4, sock=conn)
         with conn:
             try:
-                kind, body = self._read_packet(conn)
+                kind, body = peer.read_packet(timeout=30)
                 assert kind >> 4 == 1, kind  # CONNECT
                 name_len = int.from_bytes(body[0:2], "big")
                 pos = 2 + name_len + 1 + 1 + 2  # protocol name, level, flags, keep-alive
@@ -321,15 +303,15 @@ class FirstTryDroppingBroker:
                     self.dropped += first_try
                 if first_try:
                     return
-                conn.sendall(bytes([0x20, 2, 0, 0]))
-                kind, body = self._read_packet(conn)
+                peer.send(packet(0x20, bytes([0, 0])))  # CONNACK accepted
+                kind, body = peer.read_packet(timeout=30)
                 assert kind >> 4 == 8, kind  # SUBSCRIBE
-                conn.sendall(bytes([0x90, 3]) + body[0:2] + bytes([1]))
+                peer.send(packet(0x90, body[0:2] + bytes([1])))  # SUBACK QoS 1
                 while True:
-                    kind, _ = self._read_packet(conn)
+                    kind, _ = peer.read_packet(timeout=60)
                     if kind >> 4 == 12:  # PINGREQ
-                        conn.sendall(bytes([0xD0, 0]))
-            except (ConnectionError, OSError):
+                        peer.send(packet(0xD0, b""))  # PINGRESP
+            except (Closed, TimeoutError, OSError):
                 return
 
     def close(self):
