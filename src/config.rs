@@ -178,6 +178,11 @@ impl Config {
         if self.max_pending_per_device == 0 {
             bail!("max_pending_per_device must be at least 1");
         }
+        let listens = [Some(self.mqtt_listen), Some(self.http_listen), self.mqtt_tls_listen, self.https_listen];
+        let listens: Vec<SocketAddr> = listens.into_iter().flatten().collect();
+        if let Some(twice) = listens.iter().enumerate().find_map(|(i, a)| listens[i + 1..].contains(a).then_some(a)) {
+            bail!("{twice} is given to two listeners: mqtt_listen, http_listen, mqtt_tls_listen and https_listen must differ");
+        }
         if (self.mqtt_tls_listen.is_some() || self.https_listen.is_some())
             && (self.tls_cert.is_none() || self.tls_key.is_none())
         {
@@ -262,6 +267,16 @@ mod tests {
         assert!(with(1024, 512).engine().is_err(), "completions fewer than submissions");
         assert!(with(65_536, 65_536).engine().is_err(), "beyond the kernel's limit");
         assert!(with(4, 8).engine().is_err());
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let shared = Config { mqtt_listen: addr, http_listen: addr, ..Config::default() };
+        assert!(shared.engine().unwrap_err().to_string().contains("127.0.0.1:9000"));
+        let tls = Config { mqtt_tls_listen: Some(Config::default().http_listen), ..Config::default() };
+        assert!(tls.engine().unwrap_err().to_string().contains("two listeners"));
+        assert!(Config::default().engine().is_ok());
     }
 
     #[test]

@@ -44,9 +44,22 @@ NO_CONNECT_LIMIT = ("--connect-rate-per-ip", "0")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` different free ports: each is held while the next is picked (picked one after
+    another, the kernel may hand out the same port twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
@@ -84,8 +97,7 @@ class Node:
         self.log_path = self.workdir / "node.log"
         self.shards = shards
         self.extra_args = list(extra_args)
-        self.mqtt_port = free_port()
-        self.http_port = free_port()
+        self.mqtt_port, self.http_port = free_ports(2)
         self.proc: subprocess.Popen | None = None
         self.admin_token: str | None = None
         self.last_exit: int | None = None

@@ -13,7 +13,7 @@ import requests
 
 import mqttraw
 
-from conftest import free_port
+from conftest import free_ports
 
 
 def _make_ca(tmp_path):
@@ -36,7 +36,7 @@ def _make_ca(tmp_path):
 @pytest.fixture
 def tls_node(make_node, tmp_path):
     ca, crt, key = _make_ca(tmp_path)
-    mqtts, https = free_port(), free_port()
+    mqtts, https = free_ports(2)
     node = make_node(extra_args=(
         "--mqtt-tls-listen", f"127.0.0.1:{mqtts}", "--https-listen", f"127.0.0.1:{https}",
         "--tls-cert", str(crt), "--tls-key", str(key),
