@@ -13,6 +13,7 @@ pub mod fanout;
 pub mod histogram;
 pub mod hold;
 pub mod idle;
+pub mod keepalive;
 pub mod lean_conn;
 pub mod open_loop;
 pub mod options;

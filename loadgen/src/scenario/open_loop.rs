@@ -90,7 +90,13 @@ async fn send_http(
     let (Some(http), Some(app)) = (&w.http, &w.plan.app) else {
         return;
     };
-    let sender = HttpSender::new(http.clone(), &app.app_secret, w.plan.http_concurrency);
+    let sender = match HttpSender::new(http, &app.app_secret, w.plan.http_concurrency) {
+        Ok(sender) => sender,
+        Err(e) => {
+            w.tally.borrow_mut().count_failure(format!("send: {e}"));
+            return;
+        }
+    };
     let schedule = Schedule::new(request_rate, duration);
     let start = Instant::now();
     let start_us = unix_micros();

@@ -19,6 +19,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
+use super::keepalive::KeepAlivePoster;
+
 /// What `POST /v1/messages` answered.
 #[derive(Debug, Default)]
 pub struct SendOutcome {
@@ -31,20 +33,26 @@ pub struct SendOutcome {
 /// Posts messages to a pushnode node with at most `concurrency` requests in flight.
 #[derive(Clone)]
 pub struct HttpSender {
-    http: HttpClient,
-    auth: Rc<str>,
+    poster: KeepAlivePoster,
     slots: Arc<Semaphore>,
     concurrency: u32,
 }
 
+/// The part of `POST /v1/messages`'s answer the senders read.
+#[derive(serde::Deserialize)]
+struct SendAnswer {
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    invalid: Vec<String>,
+}
+
 impl HttpSender {
-    pub fn new(http: HttpClient, secret: &str, concurrency: u32) -> Self {
-        HttpSender {
-            http,
-            auth: format!("key={secret}").into(),
+    pub fn new(http: &HttpClient, secret: &str, concurrency: u32) -> Result<Self, String> {
+        Ok(HttpSender {
+            poster: KeepAlivePoster::new(http.base(), "/v1/messages", &format!("key={secret}"))?,
             slots: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
-        }
+        })
     }
 
     /// Waits for a free request slot.
@@ -60,23 +68,16 @@ impl HttpSender {
     /// One `POST /v1/messages` with `body`; `Err` is a reason label.
     pub async fn post(&self, body: &serde_json::Value, limit: Duration) -> Result<SendOutcome, String> {
         let bytes = serde_json::to_vec(body).map_err(|e| format!("encode: {e}"))?;
-        let resp = self
-            .http
-            .request_within(hyper::Method::POST, "/v1/messages", Some(&self.auth), Some(bytes), limit)
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| e.reason_label())?;
-        let v: serde_json::Value = resp.json().map_err(|_| "bad answer".to_string())?;
-        let id = v.get("id").map(|id| match id {
-            serde_json::Value::String(s) => s.clone(),
+        let answer = self.poster.post(&bytes, limit).await.map_err(|e| e.label())?;
+        if !(200..300).contains(&answer.status) {
+            return Err(format!("http {}", answer.status));
+        }
+        let v: SendAnswer = serde_json::from_slice(&answer.body).map_err(|_| "bad answer".to_string())?;
+        let id = v.id.map(|id| match id {
+            serde_json::Value::String(s) => s,
             other => other.to_string(),
         });
-        let invalid = v
-            .get("invalid")
-            .and_then(|i| i.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
-        Ok(SendOutcome { id, invalid })
+        Ok(SendOutcome { id, invalid: v.invalid })
     }
 }
 
