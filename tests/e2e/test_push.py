@@ -1,8 +1,11 @@
 """Push delivery: online, offline, across restarts, receipts, re-sends with DUP."""
 
+import concurrent.futures
 import time
 
 import pytest
+
+import mqttraw
 
 
 def _check_envelope(env: dict, msg_id, sent: dict, ttl: int, t0: float, t1: float):
@@ -208,3 +211,35 @@ def test_invalid_and_foreign_regids(node, app):
     dev_a = node.device(app, ra, ta, version=4)
     dev_a.connect()
     assert dev_a.wait_messages(1)[0]["payload"]["title"] == "mixed"
+
+
+def test_a_push_acked_then_reconnected_before_its_commit_is_not_sent_again(make_node):
+    """A push goes out before its commit. A device that acknowledges it, disconnects and
+    connects again before that commit completes must not get it again on the new
+    connection (it used to, with DUP: the commit's completion sent it to whatever
+    connection the device had then). fsync durability makes the commit the slow side of
+    the race; the test runs it many times over."""
+    node = make_node(extra_args=("--durability", "fsync"))
+    app = node.create_app()
+    regid, token = node.register(app)
+    raw = node.raw(version=5)
+    assert raw.connect(regid, app["app_id"], token, clean=False)["rc"] == 0
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    raced, again = 0, []
+    for i in range(40):
+        answer = pool.submit(node.send, app, [regid], title=f"race{i}")
+        pub = raw.read_publish(timeout=10)
+        raw.send(mqttraw.puback_packet(pub["pid"]) + mqttraw.packet(0xE0, b"\x00\x00"))
+        raw.close()
+        raw = node.raw(version=5)
+        assert raw.connect(regid, app["app_id"], token, clean=False)["rc"] == 0
+        raced += not answer.done()
+        msg_id = answer.result(timeout=10)["id"]
+        assert pub["payload"]["id"] == msg_id, pub
+        try:
+            again.append(raw.read_publish(timeout=0.3))
+        except TimeoutError:
+            pass
+    pool.shutdown()
+    assert raced > 0, "every commit completed before the device was back: the race was not run"
+    assert not again, f"{len(again)} acknowledged pushes sent again ({raced} of 40 reconnects raced the commit): {again[:3]}"

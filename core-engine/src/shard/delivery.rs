@@ -455,6 +455,11 @@ impl Shard {
         if unstored.pushes == 0 {
             self.unstored.remove(regid);
         }
+        // Sent before its commit and already acknowledged (on a connection the device has
+        // since replaced: the new one's cursor is behind it): not again.
+        if self.unsynced_acks.get(regid).is_some_and(|acked| acked.contains(&seq)) {
+            return;
+        }
         self.deliver_live(regid, envelope, seq, false, INBOX_TOPIC, now);
     }
 

@@ -2,7 +2,7 @@
 //! devices, and moving a connection to its device's home shard.
 
 use super::inbox::{AfterStore, ShardMsg};
-use super::{token, Device, Shard};
+use super::{token, Device, Shard, Takeover};
 use crate::ids::{hash_eq, random_secret, secret_hash, AppId, RegId};
 use crate::proto::{Connect, Properties, Version};
 use crate::session::{reason, CloseReason, Session};
@@ -52,12 +52,34 @@ impl Shard {
         if !token_ok(device) {
             return self.refuse(key, reason::BAD_CREDENTIALS, reason::V311_BAD_CREDENTIALS);
         }
-        if let Some(old) = device.conn.filter(|&old| old != key) {
+        let takeover =
+            Takeover { key, gen: self.conns[key as usize].gen, regid, session_present: !connect.clean_start };
+        if device.conn.is_some_and(|old| old != key) {
+            // The device's old connection may have sent more than this shard has read: a
+            // client that acknowledges a push, disconnects and connects again wrote the
+            // PUBACK before this CONNECT, but its receive completion can still wait as task
+            // work while this CONNECT (or its handoff, posted straight into the ring) is
+            // here. The takeover waits one pass through the kernel, which runs that work
+            // first, so a push the device acknowledged is not sent to it again.
+            self.takeovers.push(takeover);
+            return;
+        }
+        self.take_over(takeover);
+    }
+
+    /// Closes the device's old connection if it still has one, and attaches the new one.
+    pub(super) fn take_over(&mut self, t: Takeover) {
+        let alive = self.conns.get(t.key as usize).is_some_and(|c| c.gen == t.gen && !c.closing);
+        if !alive {
+            return;
+        }
+        if let Some(old) = self.devices.get(&t.regid).and_then(|d| d.conn).filter(|&old| old != t.key) {
             self.conns[old as usize].session.close(reason::SESSION_TAKEN_OVER);
             self.close_conn(old, CloseReason::Server);
             self.flush(old);
         }
-        self.attach(key, regid, !connect.clean_start, Properties::default());
+        self.attach(t.key, t.regid, t.session_present, Properties::default());
+        self.flush(t.key);
     }
 
     /// Binds a connection to its device, answers CONNACK and starts delivery.

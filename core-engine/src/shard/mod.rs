@@ -157,6 +157,15 @@ struct Conn {
     tls: Option<Box<rustls::ServerConnection>>,
 }
 
+/// A connection whose CONNECT authenticated for a device that has a live connection.
+#[derive(Clone, Copy, Debug)]
+struct Takeover {
+    key: u32,
+    gen: u32,
+    regid: RegId,
+    session_present: bool,
+}
+
 /// An accept the shard keeps armed on a listener.
 struct AcceptOp {
     listener: usize,
@@ -192,6 +201,9 @@ pub struct Shard {
     started: Instant,
     now_s: u32,
     handoffs: HashMap<u64, HandoffRecord>,
+    /// Connections waiting to take their device over from a live connection until the ring
+    /// has been entered once more (`device.rs`, `connect_device`).
+    takeovers: Vec<Takeover>,
     next_gen: u32,
     /// The accepts on the listeners: one multishot each, or, with the connect rate limit
     /// on, [`ACCEPTS_PER_LISTENER`] single-shot ones each. Indexed by the token's value.
@@ -255,6 +267,7 @@ impl Shard {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .setup_cqsize(cfg.completion_queue_entries)
             .build(cfg.submission_queue_entries)
             .map_err(|source| EngineError::Ring { what: "creating the io_uring instance", source })?;
@@ -376,6 +389,7 @@ impl Shard {
             started: Instant::now(),
             now_s: 0,
             handoffs: HashMap::new(),
+            takeovers: Vec::new(),
             next_gen: 0,
             accepts,
             tls_scratch: vec![0; 16 * 1024].into_boxed_slice(),
@@ -397,7 +411,13 @@ impl Shard {
         self.arm_tick();
         let mut completions: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         loop {
-            if let Err(e) = self.ring.submit_and_wait(1) {
+            // Takeovers deferred by the last pass complete after this one's completions:
+            // entering the ring runs pending task work (the task-run flag makes the crate ask
+            // for it even when not waiting), so what the old connections had received is read
+            // first. No waiting while a takeover is due.
+            let takeovers = std::mem::take(&mut self.takeovers);
+            let want = usize::from(takeovers.is_empty());
+            if let Err(e) = self.ring.submit_and_wait(want) {
                 if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                     tracing::error!(shard = self.index, error = %e, "io_uring_enter failed");
                     break;
@@ -407,6 +427,9 @@ impl Shard {
             completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
             for &(user_data, result, flags) in &completions {
                 self.complete(user_data, result, flags);
+            }
+            for takeover in takeovers {
+                self.take_over(takeover);
             }
             if let Some(since) = self.stopping {
                 if self.conns.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
