@@ -141,6 +141,9 @@ def render(out_dir):
                  f"{m.get('nproc', '?')} cores ({m.get('cpu', '?')}), kernel {m.get('kernel', '?')}, "
                  f"{(m.get('mem_total_kib') or 0) / 1048576:.1f} GiB RAM, git {meta.get('versions', {}).get('git', '?')}; "
                  f"run took {meta.get('elapsed_s', '?')} s.")
+    sysctl = m.get("sysctl") or {}
+    if sysctl:
+        lines.append("Host: " + ", ".join(f"`{k}` = {v}" for k, v in sorted(sysctl.items())) + ".")
     lines.append("")
     head = ["target", "MQTT", "connections"] + [c[0] for c in columns] + ["churn lost / dup"]
     lines.append("| " + " | ".join(head) + " |")

@@ -444,6 +444,15 @@ def machine_info():
             info["mem_total_kib"] = int(f.readline().split()[1])
     except (OSError, ValueError):
         pass
+    # The sysctls that decide how many loopback sockets behave (scripts/tune-host raises
+    # them): untuned, 1M connections run in TCP memory pressure and overflow SYN backlogs.
+    info["sysctl"] = {}
+    for name in ("net.ipv4.tcp_mem", "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"):
+        try:
+            with open("/proc/sys/" + name.replace(".", "/")) as f:
+                info["sysctl"][name] = " ".join(f.read().split())
+        except OSError:
+            pass
     try:
         import resource
         info["nofile"] = list(resource.getrlimit(resource.RLIMIT_NOFILE))
