@@ -444,8 +444,9 @@ def machine_info():
             info["mem_total_kib"] = int(f.readline().split()[1])
     except (OSError, ValueError):
         pass
-    # The sysctls that decide how many loopback sockets behave (scripts/tune-host raises
-    # them): untuned, 1M connections run in TCP memory pressure and overflow SYN backlogs.
+    # The sysctls that shape many loopback sockets (scripts/tune-host raises them), so a
+    # table says whether its host was tuned: at 1M, larger SYN backlogs let a connect storm
+    # queue past loadgen's handshake timeout instead of retrying SYNs (BENCHMARKS.md).
     info["sysctl"] = {}
     for name in ("net.ipv4.tcp_mem", "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"):
         try:
