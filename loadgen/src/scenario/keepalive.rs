@@ -185,4 +185,72 @@ mod tests {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
     }
+
+    /// A server on loopback that answers each request on a connection with the number of
+    /// connections it has accepted so far, and closes after `close_after` answers.
+    async fn counting_server(close_after: usize) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::task::spawn_local(async move {
+            let mut accepted = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                accepted += 1;
+                let conn = accepted;
+                tokio::task::spawn_local(async move {
+                    let mut buf = Vec::new();
+                    for answered in 1..=close_after {
+                        // Each test request is one small write: read until its body's end.
+                        while !buf.ends_with(b"{}") {
+                            if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        buf.clear();
+                        let close = if answered == close_after { "connection: close\r\n" } else { "" };
+                        let body = conn.to_string();
+                        let answer = format!("HTTP/1.1 200 OK\r\n{close}content-length: {}\r\n\r\n{body}", body.len());
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn connections_are_reused_until_the_server_closes_them() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let addr = counting_server(2).await;
+            let poster = KeepAlivePoster::new(&format!("http://{addr}"), "/v1/messages", "key=k").unwrap();
+            let mut served_by = Vec::new();
+            for _ in 0..5 {
+                let answer = poster.post(b"{}", Duration::from_secs(5)).await.unwrap();
+                assert_eq!(answer.status, 200);
+                served_by.push(String::from_utf8(answer.body).unwrap());
+            }
+            // Two answers a connection, the second saying close: a new one every two.
+            assert_eq!(served_by, ["1", "1", "2", "2", "3"]);
+        });
+    }
+
+    #[test]
+    fn silent_and_closing_servers_are_errors_in_time() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // Never accepted: the kernel completes the handshake, nobody answers.
+            let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let poster = KeepAlivePoster::new(&format!("http://{}", silent.local_addr().unwrap()), "/", "k").unwrap();
+            let e = poster.post(b"{}", Duration::from_millis(200)).await.unwrap_err();
+            assert!(matches!(e, PostError::Timeout), "{e}");
+            // Accepted and closed at once, without an answer.
+            let closing = counting_server(0).await;
+            let poster = KeepAlivePoster::new(&format!("http://{closing}"), "/", "k").unwrap();
+            let e = poster.post(b"{}", Duration::from_secs(5)).await.unwrap_err();
+            assert_eq!(e.label(), "request error", "{e}");
+            assert!(KeepAlivePoster::new("https://127.0.0.1:1", "/", "k").is_err());
+        });
+    }
 }
