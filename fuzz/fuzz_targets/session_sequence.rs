@@ -29,7 +29,8 @@ use core_engine::proto::{
     Subscribe, SubscribeFilter, Unsubscribe, Version,
 };
 use core_engine::session::{
-    reason, CloseReason, Event, PushRef, Session, SessionLimits, CONNECT_TIMEOUT_S, INBOX_TOPIC,
+    reason, CloseReason, Event, PushRef, Session, SessionLimits, ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S,
+    INBOX_TOPIC,
 };
 use libfuzzer_sys::fuzz_target;
 use std::collections::{HashMap, VecDeque};
@@ -602,8 +603,11 @@ fuzz_target!(|input: Input| {
                 let silent = h.m.now.saturating_sub(h.m.last_rx);
                 match h.m.phase {
                     Phase::Closed => assert!(!t, "a closed session timed out"),
-                    Phase::AwaitConnect | Phase::Authenticating => {
+                    Phase::AwaitConnect => {
                         assert_eq!(t, silent > CONNECT_TIMEOUT_S, "CONNECT deadline, silent {silent}s")
+                    }
+                    Phase::Authenticating => {
+                        assert_eq!(t, silent > ANSWER_TIMEOUT_S, "answer deadline, silent {silent}s")
                     }
                     Phase::Connected => {
                         let limit = u32::from(h.m.keep_alive) * 3 / 2;
