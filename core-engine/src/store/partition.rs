@@ -6,11 +6,16 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
+mod pending_index;
 mod write;
 
 const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
-/// (regid, seq) -> message id: the device's queue, in its home shard's order.
-const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
+/// (seq, regid) -> message id: every device's queue, in its home shard's order; a device's
+/// rows are found through [`pending_index`].
+const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending_by_seq");
+/// (regid, seq) -> message id: the pending table before it was keyed by seq; `open` moves
+/// its rows into [`PENDING`] and drops it.
+const OLD_PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// regid ++ alias -> (): a device's aliases.
 const ALIASES: TableDefinition<&[u8], ()> = TableDefinition::new("aliases");
@@ -289,9 +294,37 @@ pub enum WriteOp {
 
 fn pending_key(regid: &RegId, seq: u64) -> [u8; 20] {
     let mut key = [0u8; 20];
-    key[..12].copy_from_slice(&regid.0);
-    key[12..].copy_from_slice(&seq.to_be_bytes());
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&regid.0);
     key
+}
+
+/// Moves the rows of a pending table keyed RegID first (before "pending_by_seq") into
+/// [`PENDING`], and drops it.
+fn move_old_pending(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let moved = {
+        let old = txn.open_table(OLD_PENDING)?;
+        let mut pending = txn.open_table(PENDING)?;
+        let mut moved = 0u64;
+        for row in old.iter()? {
+            let (key, id) = row?;
+            let raw = key.value();
+            let (Some(regid), Some(seq)) = (
+                raw.get(..12).and_then(|r| <[u8; 12]>::try_from(r).ok()),
+                raw.get(12..20).and_then(|s| <[u8; 8]>::try_from(s).ok()),
+            ) else {
+                continue;
+            };
+            pending.insert(&pending_key(&RegId(regid), u64::from_be_bytes(seq))[..], id.value())?;
+            moved += 1;
+        }
+        moved
+    };
+    txn.delete_table(OLD_PENDING)?;
+    if moved > 0 {
+        tracing::info!(rows = moved, "pending rows moved to the table keyed by seq");
+    }
+    Ok(())
 }
 
 fn suffixed_key(regid: &RegId, name: &str) -> Vec<u8> {
@@ -323,9 +356,9 @@ pub struct PartitionStore {
     pub partition: u16,
     db: Database,
     limits: StoreLimits,
-    /// How many messages wait for each device that has any; kept by the writer's
-    /// transactions, read by the shard only for the pending gauge at start.
-    queued: std::sync::Mutex<write::QueueCounts>,
+    /// Which seqs wait for each device that has any; kept by the writer's transactions,
+    /// read by the shard to find a device's rows.
+    queued: std::sync::Mutex<pending_index::PendingIndex>,
 }
 
 impl PartitionStore {
@@ -336,6 +369,7 @@ impl PartitionStore {
         let txn = db.begin_write()?;
         txn.open_table(DEVICES)?;
         txn.open_table(PENDING)?;
+        move_old_pending(&txn)?;
         txn.open_table(BODIES)?;
         txn.open_table(MSG_STATS)?;
         txn.open_table(CLICKS)?;
@@ -351,7 +385,7 @@ impl PartitionStore {
         txn.open_table(GROUP_CURSORS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        let queued = write::QueueCounts::load(&db)?;
+        let queued = pending_index::PendingIndex::load(&db)?;
         Ok(PartitionStore { partition, db, limits, queued: std::sync::Mutex::new(queued) })
     }
 
@@ -379,16 +413,20 @@ impl PartitionStore {
         now_s: u64,
         limit: usize,
     ) -> Result<Vec<PendingMessage>, StoreError> {
+        // Seqs first, then the rows: a seq published after this read is found by the next one.
+        let seqs = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).after(
+            &regid.0,
+            after,
+            self.limits.max_pending_per_device as usize,
+        );
         let txn = self.db.begin_read()?;
         let pending = txn.open_table(PENDING)?;
         let bodies = txn.open_table(BODIES)?;
-        let start = pending_key(regid, after.saturating_add(1));
-        let end = pending_key(regid, u64::MAX);
         let mut out = Vec::new();
-        for row in pending.range(&start[..]..=&end[..])? {
-            let (k, v) = row?;
-            let seq = u64::from_be_bytes(k.value()[12..20].try_into().map_err(|_| StoreError("bad key".into()))?);
-            let id = v.value();
+        for seq in seqs {
+            let Some(id) = pending.get(&pending_key(regid, seq)[..])?.map(|v| v.value()) else {
+                continue; // acknowledged since the seqs were read
+            };
             let Some(body) = bodies.get(id)? else {
                 continue;
             };
@@ -635,6 +673,42 @@ mod tests {
             "a's queue was full after the reopen; b's was empty"
         );
         assert_eq!(store.pending_rows(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rows_of_the_table_keyed_by_device_move_to_the_one_keyed_by_seq() {
+        let dir = temp_dir("old-pending");
+        let (a, b) = (RegId::generate(3), RegId::generate(3));
+        {
+            let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+            let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
+            let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
+            store.apply(&[&p1, &p2], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
+            // Rewrite the rows as a node before "pending_by_seq" kept them: RegID, then seq.
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut old = txn.open_table(OLD_PENDING).unwrap();
+                for (regid, seq, id) in [(a, 1u64, 10u64), (b, 1, 10), (a, 2, 11)] {
+                    let mut key = regid.0.to_vec();
+                    key.extend_from_slice(&seq.to_be_bytes());
+                    old.insert(&key[..], id).unwrap();
+                }
+            }
+            txn.delete_table(PENDING).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        assert_eq!(store.pending_rows(), 3);
+        let ids =
+            |r: &RegId| store.pending_for(r, 0, 50, 10).unwrap().iter().map(|m| (m.seq, m.id)).collect::<Vec<_>>();
+        assert_eq!((ids(&a), ids(&b)), (vec![(1, 10), (2, 11)], vec![(1, 10)]));
+        assert_eq!(rows(&store, PENDING), 3);
+        let txn = store.db.begin_read().unwrap();
+        assert!(
+            matches!(txn.open_table(OLD_PENDING), Err(redb::TableError::TableDoesNotExist(_))),
+            "the old table is gone"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

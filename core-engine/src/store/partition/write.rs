@@ -7,82 +7,15 @@
 //! row at all, each push keeps one expiry row per partition (not one per target), and the
 //! length of each device's queue lives in memory (rebuilt from the pending table at open).
 
+use super::pending_index::PendingTxn;
 use super::{
     day_stats_key, decode_group, encode_group, expiry_key, pending_key, suffixed_key, MessageStats, PartitionStore,
     StoreError, StoreEvent, WriteOp, ACTIVE_DAYS, ALIASES, APPLIED_LSN, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY,
     EXPIRY_BODY, EXPIRY_GROUP, GROUP, GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, QUIET, SUBSCRIPTIONS,
 };
 use crate::ids::{AppId, MessageId, RegId};
-use redb::{Database, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::MutexGuard;
-
-/// How many messages wait for each device that has any, and in all.
-#[derive(Debug, Default)]
-pub(super) struct QueueCounts {
-    per_device: HashMap<[u8; 12], u32>,
-    total: u64,
-}
-
-impl QueueCounts {
-    /// Counts the rows of the partition's pending table.
-    pub(super) fn load(db: &Database) -> Result<Self, StoreError> {
-        let txn = db.begin_read()?;
-        let pending = txn.open_table(PENDING)?;
-        let mut counts = QueueCounts::default();
-        for row in pending.iter()? {
-            let (key, _) = row?;
-            if let Some(regid) = key.value().get(..12).and_then(|r| <[u8; 12]>::try_from(r).ok()) {
-                counts.set(regid, counts.get(&regid) + 1);
-            }
-        }
-        Ok(counts)
-    }
-
-    pub(super) fn total(&self) -> u64 {
-        self.total
-    }
-
-    fn get(&self, regid: &[u8; 12]) -> u32 {
-        self.per_device.get(regid).copied().unwrap_or(0)
-    }
-
-    fn set(&mut self, regid: [u8; 12], queued: u32) {
-        let before = if queued == 0 { self.per_device.remove(&regid) } else { self.per_device.insert(regid, queued) };
-        self.total = self.total + u64::from(queued) - u64::from(before.unwrap_or(0));
-        debug_assert_eq!(self.total, self.per_device.values().map(|&n| u64::from(n)).sum::<u64>());
-    }
-}
-
-/// The queue lengths as one transaction changes them; the first length of each device it
-/// touches is kept, so a transaction that fails leaves the counts as they were.
-struct QueueTxn<'a> {
-    counts: MutexGuard<'a, QueueCounts>,
-    before: HashMap<[u8; 12], u32>,
-}
-
-impl<'a> QueueTxn<'a> {
-    fn new(counts: MutexGuard<'a, QueueCounts>) -> Self {
-        QueueTxn { counts, before: HashMap::new() }
-    }
-
-    fn get(&self, regid: &[u8; 12]) -> u32 {
-        self.counts.get(regid)
-    }
-
-    fn add(&mut self, regid: [u8; 12], delta: i64) {
-        let now = self.counts.get(&regid);
-        self.before.entry(regid).or_insert(now);
-        let next = u32::try_from((i64::from(now) + delta).max(0)).unwrap_or(u32::MAX);
-        self.counts.set(regid, next);
-    }
-
-    fn rollback(mut self) {
-        for (regid, queued) in std::mem::take(&mut self.before) {
-            self.counts.set(regid, queued);
-        }
-    }
-}
 
 macro_rules! lazy_tables {
     ($($name:ident: $def:ident => <$k:ty, $v:ty>,)*) => {
@@ -184,7 +117,7 @@ fn be_u64_at(raw: &[u8], at: usize) -> Option<u64> {
 
 /// What one transaction changes besides its tables.
 struct TxnEffects<'a> {
-    queued: QueueTxn<'a>,
+    pending: PendingTxn<'a>,
     stats: StatsCache,
     events: Vec<StoreEvent>,
     rows_delta: i64,
@@ -196,9 +129,9 @@ struct TxnEffects<'a> {
 }
 
 impl<'a> TxnEffects<'a> {
-    fn new(counts: MutexGuard<'a, QueueCounts>, ops: &[&WriteOp]) -> Self {
+    fn new(pending: PendingTxn<'a>, ops: &[&WriteOp]) -> Self {
         TxnEffects {
-            queued: QueueTxn::new(counts),
+            pending,
             stats: StatsCache::default(),
             events: Vec::new(),
             rows_delta: 0,
@@ -238,8 +171,7 @@ impl PartitionStore {
         lsn: Option<u64>,
         events: &mut Vec<StoreEvent>,
     ) -> Result<(), StoreError> {
-        let counts = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut fx = TxnEffects::new(counts, ops);
+        let mut fx = TxnEffects::new(PendingTxn::new(&self.queued), ops);
         let result = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)?;
@@ -261,16 +193,14 @@ impl PartitionStore {
         })();
         match result {
             Ok(()) => {
+                fx.pending.publish();
                 events.append(&mut fx.events);
                 if fx.rows_delta != 0 {
                     events.push(StoreEvent::PendingRows(fx.rows_delta));
                 }
                 Ok(())
             }
-            Err(e) => {
-                fx.queued.rollback();
-                Err(e)
-            }
+            Err(e) => Err(e), // the index changes are dropped unpublished
         }
     }
 
@@ -287,12 +217,13 @@ impl PartitionStore {
                     if fx.settled.contains(&(regid.0, *seq)) {
                         continue;
                     }
-                    if fx.queued.get(&regid.0) >= self.limits.max_pending_per_device {
+                    if fx.pending.len(regid.0) >= self.limits.max_pending_per_device as usize {
                         self.drop_oldest(t, fx, regid, envelope.app_id)?;
                     }
-                    if t.pending()?.insert(&pending_key(regid, *seq)[..], envelope.id)?.is_none() {
+                    if fx.pending.insert(regid.0, *seq) {
+                        let before = t.pending()?.insert(&pending_key(regid, *seq)[..], envelope.id)?;
+                        assert!(before.is_none(), "a pending row the index did not know: seq {seq}");
                         fx.rows_delta += 1;
-                        fx.queued.add(regid.0, 1);
                     }
                     targets.extend_from_slice(&regid.0);
                 }
@@ -386,11 +317,12 @@ impl PartitionStore {
             WriteOp::Acked { regid, seq, id } => {
                 let settled = fx.settled.remove(&(regid.0, *seq));
                 if !settled {
-                    if t.pending()?.remove(&pending_key(regid, *seq)[..])?.is_none() {
+                    if !fx.pending.remove(regid.0, *seq) {
                         return Ok(()); // a duplicate PUBACK: counted once
                     }
+                    let removed = t.pending()?.remove(&pending_key(regid, *seq)[..])?;
+                    assert!(removed.is_some(), "the index held seq {seq} without its pending row");
                     fx.rows_delta -= 1;
-                    fx.queued.add(regid.0, -1);
                 }
                 let Some(mut counts) = fx.stats.get(t, *id)? else {
                     return Ok(());
@@ -415,13 +347,11 @@ impl PartitionStore {
         regid: &RegId,
         app_id: AppId,
     ) -> Result<(), StoreError> {
-        let (start, end) = (pending_key(regid, 0), pending_key(regid, u64::MAX));
-        let pending = t.pending()?;
-        let oldest = pending.range(&start[..]..=&end[..])?.next().transpose()?.map(|(k, _)| k.value().to_vec());
-        if let Some(oldest) = oldest {
-            pending.remove(&oldest[..])?;
+        if let Some(oldest) = fx.pending.oldest(regid.0) {
+            fx.pending.remove(regid.0, oldest);
+            let removed = t.pending()?.remove(&pending_key(regid, oldest)[..])?;
+            assert!(removed.is_some(), "the index held seq {oldest} without its pending row");
             fx.rows_delta -= 1;
-            fx.queued.add(regid.0, -1);
             fx.events.push(StoreEvent::Dropped { app_id });
         }
         Ok(())
@@ -430,8 +360,7 @@ impl PartitionStore {
     /// Removes what expired at or before `now_s`, at most `limit` expiry rows; answers what
     /// it removed that statistics count, and whether more may be left.
     pub fn expire(&self, now_s: u64, limit: usize, events: &mut Vec<StoreEvent>) -> Result<bool, StoreError> {
-        let counts = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut fx = TxnEffects::new(counts, &[]);
+        let mut fx = TxnEffects::new(PendingTxn::new(&self.queued), &[]);
         let result = (|| -> Result<bool, StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(redb::Durability::None)?;
@@ -454,16 +383,14 @@ impl PartitionStore {
         })();
         match result {
             Ok(more) => {
+                fx.pending.publish();
                 if fx.rows_delta != 0 {
                     events.push(StoreEvent::PendingRows(fx.rows_delta));
                 }
                 events.append(&mut fx.events);
                 Ok(more)
             }
-            Err(e) => {
-                fx.queued.rollback();
-                Err(e)
-            }
+            Err(e) => Err(e), // the index changes are dropped unpublished
         }
     }
 
@@ -494,9 +421,10 @@ impl PartitionStore {
             t.bodies()?.remove(id)?;
             for regid in targets.chunks_exact(12) {
                 let regid = RegId(regid.try_into().expect("chunks of 12 bytes"));
-                if t.pending()?.remove(&pending_key(&regid, seq)[..])?.is_some() {
+                if fx.pending.remove(regid.0, seq) {
+                    let removed = t.pending()?.remove(&pending_key(&regid, seq)[..])?;
+                    assert!(removed.is_some(), "the index held seq {seq} without its pending row");
                     fx.rows_delta -= 1;
-                    fx.queued.add(regid.0, -1);
                     if let Some(app_id) = app_id {
                         *expired_by_app.entry(app_id).or_default() += 1;
                     }
