@@ -66,7 +66,14 @@ pub fn start(
             let (state, tls) = (state.clone(), tls.clone());
             let name = if tls.is_some() { format!("https-{index}") } else { format!("http-{index}") };
             std::thread::Builder::new().name(name).spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                // Work for the shards is queued as requests come and each shard is woken
+                // once before the runtime sleeps, not once per request (inbox.rs).
+                core_engine::shard::defer_wakes_on_this_thread();
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .on_thread_park(core_engine::shard::flush_deferred_wakes)
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         tracing::error!(error = %e, "starting the HTTP runtime failed");

@@ -8,7 +8,31 @@ use crate::store::StoreError;
 use crate::sys::EventFd;
 use crossbeam_channel::{Receiver, Sender};
 use futures_channel::oneshot;
+use std::cell::RefCell;
 use std::sync::Arc;
+
+thread_local! {
+    /// The shards this thread queued work for and has not woken yet, on a thread that
+    /// defers its wake-ups ([`defer_wakes_on_this_thread`]); `None` on any other thread.
+    static DEFERRED_WAKES: RefCell<Option<Vec<Arc<EventFd>>>> = const { RefCell::new(None) };
+}
+
+/// From now on, a [`ShardInbox::send`] from this thread wakes its shard only at the next
+/// [`flush_deferred_wakes`], once per shard however many messages it queued meanwhile. An
+/// HTTP thread does this and flushes whenever its runtime is about to sleep (tokio's
+/// `on_thread_park`): while it has requests to read it sends to the shards without a
+/// syscall each. Only for a thread that flushes before every wait.
+pub fn defer_wakes_on_this_thread() {
+    DEFERRED_WAKES.with(|d| d.borrow_mut().get_or_insert_with(Vec::new).clear());
+}
+
+/// Wakes every shard this thread queued work for since its last flush.
+pub fn flush_deferred_wakes() {
+    let owed = DEFERRED_WAKES.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
+    for wake in owed.into_iter().flatten() {
+        wake.wake();
+    }
+}
 
 /// A shard's part of a push: how many targets it stored the message for, which of its
 /// RegIDs were invalid, and (alias sends) which aliases it found.
@@ -118,7 +142,18 @@ impl ShardInbox {
     /// Queues `msg` and wakes the shard. False if the shard has stopped.
     pub fn send(&self, msg: ShardMsg) -> bool {
         let sent = self.tx.send(msg).is_ok();
-        self.wake.wake();
+        let deferred = DEFERRED_WAKES.with(|d| match d.borrow_mut().as_mut() {
+            Some(owed) => {
+                if !owed.iter().any(|w| Arc::ptr_eq(w, &self.wake)) {
+                    owed.push(self.wake.clone());
+                }
+                true
+            }
+            None => false,
+        });
+        if !deferred {
+            self.wake.wake();
+        }
         sent
     }
 

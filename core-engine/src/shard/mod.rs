@@ -14,7 +14,10 @@ mod inbox;
 mod tls_io;
 mod token;
 
-pub use inbox::{AfterStore, ControlError, PushPart, ShardInbox, ShardMsg, TopicPart};
+pub use inbox::{
+    defer_wakes_on_this_thread, flush_deferred_wakes, AfterStore, ControlError, PushPart, ShardInbox, ShardMsg,
+    TopicPart,
+};
 
 use crate::ids::{MessageIdSource, RegId};
 use crate::node::NodeShared;
