@@ -11,25 +11,39 @@ use futures_channel::oneshot;
 use std::cell::RefCell;
 use std::sync::Arc;
 
-thread_local! {
-    /// The shards this thread queued work for and has not woken yet, on a thread that
-    /// defers its wake-ups ([`defer_wakes_on_this_thread`]); `None` on any other thread.
-    static DEFERRED_WAKES: RefCell<Option<Vec<Arc<EventFd>>>> = const { RefCell::new(None) };
+/// Most messages a deferring thread queues before it wakes their shards anyway: a busy
+/// HTTP runtime may go on polling tasks for a while before it sleeps, and a shard must
+/// not wait for that.
+const DEFERRED_SENDS_MAX: usize = 8;
+
+/// The wake-ups a deferring thread owes: the shards it queued work for, and how many
+/// messages it queued since its last flush.
+#[derive(Default)]
+struct OwedWakes {
+    shards: Vec<Arc<EventFd>>,
+    sends: usize,
 }
 
-/// From now on, a [`ShardInbox::send`] from this thread wakes its shard only at the next
-/// [`flush_deferred_wakes`], once per shard however many messages it queued meanwhile. An
-/// HTTP thread does this and flushes whenever its runtime is about to sleep (tokio's
-/// `on_thread_park`): while it has requests to read it sends to the shards without a
-/// syscall each. Only for a thread that flushes before every wait.
+thread_local! {
+    /// What this thread owes, on a thread that defers its wake-ups
+    /// ([`defer_wakes_on_this_thread`]); `None` on any other thread.
+    static DEFERRED_WAKES: RefCell<Option<OwedWakes>> = const { RefCell::new(None) };
+}
+
+/// From now on, a [`ShardInbox::send`] from this thread wakes its shard at the next
+/// [`flush_deferred_wakes`] (or after [`DEFERRED_SENDS_MAX`] messages), once per shard
+/// however many messages it queued meanwhile. An HTTP thread does this and flushes
+/// whenever its runtime is about to sleep (tokio's `on_thread_park`): while it has requests
+/// to read it sends to the shards without a syscall each. Only for a thread that flushes
+/// before every wait.
 pub fn defer_wakes_on_this_thread() {
-    DEFERRED_WAKES.with(|d| d.borrow_mut().get_or_insert_with(Vec::new).clear());
+    DEFERRED_WAKES.with(|d| *d.borrow_mut() = Some(OwedWakes::default()));
 }
 
 /// Wakes every shard this thread queued work for since its last flush.
 pub fn flush_deferred_wakes() {
     let owed = DEFERRED_WAKES.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
-    for wake in owed.into_iter().flatten() {
+    for wake in owed.into_iter().flat_map(|o| o.shards) {
         wake.wake();
     }
 }
@@ -144,15 +158,18 @@ impl ShardInbox {
         let sent = self.tx.send(msg).is_ok();
         let deferred = DEFERRED_WAKES.with(|d| match d.borrow_mut().as_mut() {
             Some(owed) => {
-                if !owed.iter().any(|w| Arc::ptr_eq(w, &self.wake)) {
-                    owed.push(self.wake.clone());
+                if !owed.shards.iter().any(|w| Arc::ptr_eq(w, &self.wake)) {
+                    owed.shards.push(self.wake.clone());
                 }
-                true
+                owed.sends += 1;
+                Some(owed.sends >= DEFERRED_SENDS_MAX)
             }
-            None => false,
+            None => None,
         });
-        if !deferred {
-            self.wake.wake();
+        match deferred {
+            None => self.wake.wake(),
+            Some(true) => flush_deferred_wakes(),
+            Some(false) => {}
         }
         sent
     }
