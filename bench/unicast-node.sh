@@ -11,7 +11,9 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; DUR=$2; RATE=$3; SECS=$4; N=$5; TAG=$6
 D=$(mktemp -d /tmp/fsb-XXXX)
-MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000))
+# Random ports, drawn again while a socket already uses one.
+free() { ! ss -Htan "sport = :$1" | grep -q .; }
+until MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000)); free $MQ && free $HP; do :; done
 printf "partitions = ${PARTS:-16}\n${CFG:-}" > $D/p.toml
 $BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability $DUR --shards 2 --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
 PID=$!
