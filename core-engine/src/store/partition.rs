@@ -302,6 +302,10 @@ fn pending_key(regid: &RegId, seq: u64) -> [u8; 20] {
 /// Moves the rows of a pending table keyed RegID first (before "pending_by_seq") into
 /// [`PENDING`], and drops it.
 fn move_old_pending(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    use redb::TableHandle;
+    if !txn.list_tables()?.any(|t| t.name() == OLD_PENDING.name()) {
+        return Ok(());
+    }
     let moved = {
         let old = txn.open_table(OLD_PENDING)?;
         let mut pending = txn.open_table(PENDING)?;
