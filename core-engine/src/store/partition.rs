@@ -362,7 +362,7 @@ pub struct PartitionStore {
     limits: StoreLimits,
     /// Which seqs wait for each device that has any; kept by the writer's transactions,
     /// read by the shard to find a device's rows.
-    queued: std::sync::Mutex<pending_index::PendingIndex>,
+    pending_index: std::sync::Mutex<pending_index::PendingIndex>,
 }
 
 impl PartitionStore {
@@ -389,8 +389,8 @@ impl PartitionStore {
         txn.open_table(GROUP_CURSORS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        let queued = pending_index::PendingIndex::load(&db)?;
-        Ok(PartitionStore { partition, db, limits, queued: std::sync::Mutex::new(queued) })
+        let pending_index = std::sync::Mutex::new(pending_index::PendingIndex::load(&db)?);
+        Ok(PartitionStore { partition, db, limits, pending_index })
     }
 
     /// Every registered device of this partition.
@@ -418,7 +418,7 @@ impl PartitionStore {
         limit: usize,
     ) -> Result<Vec<PendingMessage>, StoreError> {
         // Seqs first, then the rows: a seq published after this read is found by the next one.
-        let seqs = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).after(
+        let seqs = self.pending_index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).after(
             &regid.0,
             after,
             self.limits.max_pending_per_device as usize,
@@ -517,7 +517,7 @@ impl PartitionStore {
 
     /// Rows waiting in this partition's pending queues.
     pub fn pending_rows(&self) -> u64 {
-        self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner).total()
+        self.pending_index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).total()
     }
 
     /// The newest write-ahead log record this partition holds (0: none).

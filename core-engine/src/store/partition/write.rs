@@ -4,8 +4,9 @@
 //! few of the fifteen, and opening and closing one costs about what writing a row does), a
 //! message's counts are read and written once per transaction however many acks it gets,
 //! a push acknowledged within the same transaction writes no pending row, body or expiry
-//! row at all, each push keeps one expiry row per partition (not one per target), and the
-//! length of each device's queue lives in memory (rebuilt from the pending table at open).
+//! row at all, each push keeps one expiry row per partition (not one per target), pending
+//! rows append in seq order, and each device's queue lives in memory (`pending_index.rs`;
+//! a failed transaction drops its changes to it unpublished).
 
 use super::pending_index::PendingTxn;
 use super::{
@@ -171,7 +172,7 @@ impl PartitionStore {
         lsn: Option<u64>,
         events: &mut Vec<StoreEvent>,
     ) -> Result<(), StoreError> {
-        let mut fx = TxnEffects::new(PendingTxn::new(&self.queued), ops);
+        let mut fx = TxnEffects::new(PendingTxn::new(&self.pending_index), ops);
         let result = (|| -> Result<(), StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)?;
@@ -191,17 +192,13 @@ impl PartitionStore {
             txn.commit()?;
             Ok(())
         })();
-        match result {
-            Ok(()) => {
-                fx.pending.publish();
-                events.append(&mut fx.events);
-                if fx.rows_delta != 0 {
-                    events.push(StoreEvent::PendingRows(fx.rows_delta));
-                }
-                Ok(())
-            }
-            Err(e) => Err(e), // the index changes are dropped unpublished
+        result?;
+        fx.pending.publish();
+        events.append(&mut fx.events);
+        if fx.rows_delta != 0 {
+            events.push(StoreEvent::PendingRows(fx.rows_delta));
         }
+        Ok(())
     }
 
     fn apply_op(&self, t: &mut Tables<'_>, fx: &mut TxnEffects<'_>, op: &WriteOp) -> Result<(), StoreError> {
@@ -360,7 +357,7 @@ impl PartitionStore {
     /// Removes what expired at or before `now_s`, at most `limit` expiry rows; answers what
     /// it removed that statistics count, and whether more may be left.
     pub fn expire(&self, now_s: u64, limit: usize, events: &mut Vec<StoreEvent>) -> Result<bool, StoreError> {
-        let mut fx = TxnEffects::new(PendingTxn::new(&self.queued), &[]);
+        let mut fx = TxnEffects::new(PendingTxn::new(&self.pending_index), &[]);
         let result = (|| -> Result<bool, StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(redb::Durability::None)?;
@@ -381,17 +378,13 @@ impl PartitionStore {
             txn.commit()?;
             Ok(more)
         })();
-        match result {
-            Ok(more) => {
-                fx.pending.publish();
-                if fx.rows_delta != 0 {
-                    events.push(StoreEvent::PendingRows(fx.rows_delta));
-                }
-                events.append(&mut fx.events);
-                Ok(more)
-            }
-            Err(e) => Err(e), // the index changes are dropped unpublished
+        let more = result?;
+        fx.pending.publish();
+        if fx.rows_delta != 0 {
+            events.push(StoreEvent::PendingRows(fx.rows_delta));
         }
+        events.append(&mut fx.events);
+        Ok(more)
     }
 
     /// Removes the pending rows and bodies of pushes due by `now_s`, at most `limit` pushes;
