@@ -1,11 +1,13 @@
-//! The HTTP/1.1 frontend for app servers and the admin: hyper on a current-thread tokio
-//! runtime per HTTP thread, each with its own SO_REUSEPORT listener. Handlers only parse,
-//! authenticate and route to the shards through [`NodeHandle`].
+//! The HTTP frontend for app servers and the admin (HTTP/1.1, and HTTP/2 where the client
+//! asks for it: `conn.rs`): hyper on a current-thread tokio runtime per HTTP thread, each
+//! with its own SO_REUSEPORT listener. Handlers only parse, authenticate and route to the
+//! shards through [`NodeHandle`].
 
 mod admin_routes;
 mod api_routes;
 mod auth;
 mod callbacks;
+mod conn;
 mod error;
 mod metrics;
 mod routes;
@@ -17,8 +19,6 @@ pub use auth::AuthState;
 pub use callbacks::Callbacks;
 
 use core_engine::NodeHandle;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +57,10 @@ pub fn start(
     callbacks::start(state.node.receipts(), state.callbacks.clone())?;
     let mut listeners = vec![(addr, None)];
     if let Some((https_addr, config)) = https {
-        listeners.push((https_addr, Some(tokio_rustls::TlsAcceptor::from(config))));
+        // HTTPS offers HTTP/2 by ALPN (the MQTT listener's config is left as it is).
+        let mut config = (*config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        listeners.push((https_addr, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))));
     }
     for index in 0..threads {
         for (addr, tls) in &listeners {
@@ -114,35 +117,19 @@ async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, state, idle_timeout).await,
+                None => conn::serve(stream, false, state, idle_timeout).await,
                 Some(acceptor) => {
                     // The handshake shares the idle timeout: a silent client is cut off.
                     match tokio::time::timeout(idle_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, state, idle_timeout).await,
+                        Ok(Ok(stream)) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            conn::serve(stream, h2, state, idle_timeout).await
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 }
             }
         });
-    }
-}
-
-async fn serve_connection<IO>(io: IO, state: Arc<HttpState>, idle_timeout: Duration)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req).await) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        // Also the keep-alive idle timeout (see `start`).
-        .header_read_timeout(idle_timeout)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "HTTP connection ended");
     }
 }

@@ -118,6 +118,16 @@ def test_unicast(node, tmp_path):
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"], lat
 
 
+def test_unicast_over_http2(node, tmp_path):
+    """`--http2-connections 2`: the sends share two HTTP/2 connections to the node."""
+    r = run_loadgen(node, tmp_path, "unicast", "--connections", "100", "--rate", "300",
+                    "--duration-secs", "2", "--http2-connections", "2", "--http-concurrency", "64")
+    assert_connected(r, 100)
+    assert r["messages_sent"] == 600, r
+    assert r["deliveries"] == 600, r
+    assert r["latency_us"]["count"] == 600, r
+
+
 def test_unicast_batched(node, tmp_path):
     r = run_loadgen(node, tmp_path, "unicast", "--connections", "100", "--rate", "200",
                     "--duration-secs", "2", "--batch", "10")

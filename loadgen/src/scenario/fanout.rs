@@ -79,7 +79,7 @@ async fn publish_all(w: &Rc<Worker>, messages: u32, qos: u8, interval: Duration)
             let (Some(http), Some(app)) = (&w.http, &w.plan.app) else {
                 return 0;
             };
-            let sender = match HttpSender::new(http, &app.app_secret, 1) {
+            let sender = match HttpSender::new(http, &app.app_secret, 1, 0) {
                 Ok(sender) => sender,
                 Err(e) => {
                     w.tally.borrow_mut().count_failure(format!("send: {e}"));

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest answer accepted (head and body).
-const MAX_ANSWER_BYTES: usize = 1 << 20;
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// A connection idle longer than this is closed rather than reused: the node closes idle
 /// connections after `http_idle_timeout_secs` (10 by default), and a request written on a
 /// connection it is closing would fail for nothing.
@@ -31,6 +31,8 @@ pub enum PostError {
     Io(#[from] std::io::Error),
     #[error("the node closed the connection before answering")]
     Closed,
+    #[error("HTTP/2: {0}")]
+    Http2(#[from] h2::Error),
     #[error("bad answer: {0}")]
     BadAnswer(String),
     #[error("no answer in time")]
@@ -43,7 +45,9 @@ impl PostError {
         match self {
             PostError::Timeout => "timeout".into(),
             PostError::BadAnswer(_) => "bad answer".into(),
-            PostError::Connect(_) | PostError::Io(_) | PostError::Closed => "request error".into(),
+            PostError::Connect(_) | PostError::Io(_) | PostError::Closed | PostError::Http2(_) => {
+                "request error".into()
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod common;
 pub mod connect;
 pub mod device;
 pub mod fanout;
+pub mod h2_poster;
 pub mod histogram;
 pub mod hold;
 pub mod idle;

@@ -90,7 +90,7 @@ async fn send_http(
     let (Some(http), Some(app)) = (&w.http, &w.plan.app) else {
         return;
     };
-    let sender = match HttpSender::new(http, &app.app_secret, w.plan.http_concurrency) {
+    let sender = match HttpSender::new(http, &app.app_secret, w.plan.http_concurrency, w.plan.http2_connections) {
         Ok(sender) => sender,
         Err(e) => {
             w.tally.borrow_mut().count_failure(format!("send: {e}"));

@@ -84,6 +84,11 @@ pub struct CommonArgs {
     /// HTTP requests in flight per worker (pushnode sends).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub http_concurrency: u32,
+    /// Send pushnode messages over this many HTTP/2 connections per worker (h2c, prior
+    /// knowledge), each carrying many requests at once; 0 = HTTP/1.1, one keep-alive
+    /// connection per request in flight.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000))]
+    pub http2_connections: u32,
     /// After the load, how long to wait for late deliveries, seconds.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub straggler_secs: u64,

@@ -96,6 +96,7 @@ pub fn run(common: CommonArgs, spec: Spec) -> anyhow::Result<()> {
             handshake_timeout_secs: common.handshake_timeout_secs,
             keep_alive: common.keep_alive,
             http_concurrency: common.http_concurrency,
+            http2_connections: common.http2_connections,
             straggler_secs: common.straggler_secs,
             deadline_unix_us: worker_deadline_us,
             publisher: w == 0,

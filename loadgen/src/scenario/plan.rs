@@ -81,6 +81,8 @@ pub struct WorkerPlan {
     pub handshake_timeout_secs: u64,
     pub keep_alive: u16,
     pub http_concurrency: u32,
+    /// HTTP/2 connections for the sends; 0 = HTTP/1.1 keep-alive.
+    pub http2_connections: u32,
     pub straggler_secs: u64,
     /// The worker must have reported by then (unix micros).
     pub deadline_unix_us: u64,

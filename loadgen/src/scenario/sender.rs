@@ -19,7 +19,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
-use super::keepalive::KeepAlivePoster;
+use super::h2_poster::H2Poster;
+use super::keepalive::{Answer, KeepAlivePoster, PostError};
 
 /// What `POST /v1/messages` answered.
 #[derive(Debug, Default)]
@@ -33,7 +34,7 @@ pub struct SendOutcome {
 /// Posts messages to a pushnode node with at most `concurrency` requests in flight.
 #[derive(Clone)]
 pub struct HttpSender {
-    poster: KeepAlivePoster,
+    poster: Poster,
     slots: Arc<Semaphore>,
     concurrency: u32,
 }
@@ -46,13 +47,33 @@ struct SendAnswer {
     invalid: Vec<String>,
 }
 
+/// The connections requests go on: HTTP/1.1 keep-alive ones (one request at a time each), or
+/// a fixed number of HTTP/2 ones that carry many at once.
+#[derive(Clone)]
+enum Poster {
+    Http1(KeepAlivePoster),
+    Http2(H2Poster),
+}
+
+impl Poster {
+    async fn post(&self, body: &[u8], limit: Duration) -> Result<Answer, PostError> {
+        match self {
+            Poster::Http1(poster) => poster.post(body, limit).await,
+            Poster::Http2(poster) => poster.post(body, limit).await,
+        }
+    }
+}
+
 impl HttpSender {
-    pub fn new(http: &HttpClient, secret: &str, concurrency: u32) -> Result<Self, String> {
-        Ok(HttpSender {
-            poster: KeepAlivePoster::new(http.base(), "/v1/messages", &format!("key={secret}"))?,
-            slots: Arc::new(Semaphore::new(concurrency as usize)),
-            concurrency,
-        })
+    /// `http2_connections` 0: HTTP/1.1 keep-alive connections, one per request in flight;
+    /// otherwise that many HTTP/2 connections share the requests.
+    pub fn new(http: &HttpClient, secret: &str, concurrency: u32, http2_connections: u32) -> Result<Self, String> {
+        let (base, path, auth) = (http.base(), "/v1/messages", format!("key={secret}"));
+        let poster = match http2_connections {
+            0 => Poster::Http1(KeepAlivePoster::new(base, path, &auth)?),
+            n => Poster::Http2(H2Poster::new(base, path, &auth, n)?),
+        };
+        Ok(HttpSender { poster, slots: Arc::new(Semaphore::new(concurrency as usize)), concurrency })
     }
 
     /// Waits for a free request slot.
