@@ -55,7 +55,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// "fsync" (an answered push survives power loss) or "buffered" (fsync every second).
     pub durability: Durability,
-    /// redb page cache of all partitions together, in bytes; each gets an equal share.
+    /// redb page cache of all shards' databases together, in bytes; each gets an equal share.
     pub store_cache_bytes: usize,
     /// HTTP worker threads.
     pub http_threads: usize,

@@ -6,7 +6,7 @@ use crate::ids::message_id_text;
 use crate::ids::{AppId, MessageId, MessageIdSource, RegId};
 use crate::push::{GroupFilter, PushError, SendRequest, Target};
 use crate::shard::{ControlError, Shard, ShardInbox, ShardMsg, ShardSetup};
-use crate::store::{Durability, MessageStats, PartitionStore, StoreError};
+use crate::store::{Durability, MessageStats, PartitionStore, ShardDb, StoreError};
 use crate::sys::BufRingError;
 use futures_channel::oneshot;
 use std::net::SocketAddr;
@@ -161,26 +161,42 @@ pub struct Node {
     message_ids: Arc<MessageIdSource>,
 }
 
+/// `data/node.json`: what the data folder was made with.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct NodeMeta {
     partitions: u16,
+    /// The shard count the store's files are laid out for (`store/layout.rs`); absent in a
+    /// folder from before shard databases (one file per partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_shards: Option<usize>,
 }
 
-fn read_or_create_meta(config: &EngineConfig) -> Result<u16, EngineError> {
+fn read_or_create_meta(config: &EngineConfig) -> Result<NodeMeta, EngineError> {
     let path = config.data_dir.join("node.json");
     let io = |what, source| EngineError::Io { what, source };
     match std::fs::read(&path) {
-        Ok(raw) => serde_json::from_slice::<NodeMeta>(&raw)
-            .map(|m| m.partitions)
-            .map_err(|e| io("reading data/node.json", std::io::Error::other(e))),
+        Ok(raw) => {
+            serde_json::from_slice::<NodeMeta>(&raw).map_err(|e| io("reading data/node.json", std::io::Error::other(e)))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let partitions = config.partitions.max(config.shards as u16).max(1);
-            let raw = serde_json::to_vec(&NodeMeta { partitions }).expect("plain struct");
-            std::fs::write(&path, raw).map_err(|e| io("writing data/node.json", e))?;
-            Ok(partitions)
+            let meta = NodeMeta { partitions, store_shards: Some(config.shards) };
+            write_meta(&config.data_dir, &meta).map_err(|e| io("writing data/node.json", e))?;
+            Ok(meta)
         }
         Err(e) => Err(io("reading data/node.json", e)),
     }
+}
+
+/// Replaces `node.json` durably: a crash leaves the old or the new one, whole.
+fn write_meta(dir: &std::path::Path, meta: &NodeMeta) -> std::io::Result<()> {
+    use std::io::Write;
+    let (path, tmp) = (dir.join("node.json"), dir.join("node.json.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(meta).expect("plain struct"))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Node {
@@ -189,7 +205,8 @@ impl Node {
         assert!(config.shards >= 1, "at least one shard");
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| EngineError::Io { what: "creating the data folder", source })?;
-        let partitions = read_or_create_meta(&config)?;
+        let meta = read_or_create_meta(&config)?;
+        let partitions = meta.partitions;
         if config.shards > usize::from(partitions) {
             return Err(EngineError::TooManyShards { shards: config.shards, partitions });
         }
@@ -207,20 +224,27 @@ impl Node {
             inboxes.push(inbox);
             receivers.push(rx);
         }
-        let mut stores: Vec<Vec<Arc<PartitionStore>>> = vec![Vec::new(); config.shards];
-        // One node-wide budget: a node with many partitions (one per 16k connections) would
-        // otherwise hold a full cache in each.
-        let cache_bytes = config.store_cache_bytes / usize::from(partitions);
-        for p in 0..partitions {
-            let limits = crate::store::StoreLimits { max_pending_per_device: config.max_pending_per_device };
-            let store = PartitionStore::open(&config.data_dir, p, cache_bytes, limits)?;
-            stores[usize::from(p) % config.shards].push(Arc::new(store));
-        }
+        // One node-wide cache budget, shared by the shards' databases.
+        let cache_bytes = config.store_cache_bytes / config.shards;
+        let limits = crate::store::StoreLimits { max_pending_per_device: config.max_pending_per_device };
+        let dbs = crate::store::layout::open(
+            &config.data_dir,
+            partitions,
+            config.shards,
+            meta.store_shards,
+            cache_bytes,
+            limits,
+            |shards| {
+                write_meta(&config.data_dir, &NodeMeta { partitions, store_shards: Some(shards) })
+                    .map_err(|e| StoreError(format!("writing data/node.json: {e}")))
+            },
+        )?;
+        let dbs: Vec<Arc<ShardDb>> = dbs.into_iter().map(Arc::new).collect();
         let wal_paths: Vec<_> = (0..config.shards).map(|i| crate::store::wal::paths_of(&config.data_dir, i)).collect();
         let in_use: Vec<_> = wal_paths.iter().flatten().cloned().collect();
         let keep: &[_] = if config.durability == crate::store::Durability::Fsync { &in_use } else { &[] };
         let all: std::collections::BTreeMap<u16, Arc<PartitionStore>> =
-            stores.iter().flatten().map(|s| (s.partition, s.clone())).collect();
+            dbs.iter().flat_map(|db| db.partitions()).map(|s| (s.partition, s.clone())).collect();
         let recovered = crate::store::wal::recover(&config.data_dir, &all, keep)?;
         if recovered.records > 0 {
             tracing::info!(
@@ -252,7 +276,7 @@ impl Node {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<i32, String>)>();
         let go = Arc::new(std::sync::Barrier::new(config.shards + 1));
         let mut threads = Vec::new();
-        for (index, (inbox_rx, stores)) in receivers.into_iter().zip(stores).enumerate() {
+        for (index, (inbox_rx, db)) in receivers.into_iter().zip(dbs).enumerate() {
             let mut listeners = vec![crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog)
                 .map_err(|source| EngineError::Io { what: "listening for MQTT", source })?];
             if let Some(addr) = config.mqtt_tls_listen {
@@ -262,7 +286,7 @@ impl Node {
                 );
             }
             let wal = crate::store::WalSetup { paths: wal_paths[index].clone(), next_lsn: recovered.next_lsn };
-            let setup = ShardSetup { index, shared: shared.clone(), listeners, inbox_rx, stores, wal };
+            let setup = ShardSetup { index, shared: shared.clone(), listeners, inbox_rx, db, wal };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let go = go.clone();

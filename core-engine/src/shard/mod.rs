@@ -257,7 +257,8 @@ pub struct ShardSetup {
     pub shared: Arc<NodeShared>,
     pub listeners: Vec<TcpListener>,
     pub inbox_rx: Receiver<ShardMsg>,
-    pub stores: Vec<Arc<PartitionStore>>,
+    /// The shard's database and the partitions in it.
+    pub db: Arc<crate::store::ShardDb>,
     /// This shard's write-ahead log (used under `fsync` durability).
     pub wal: crate::store::WalSetup,
 }
@@ -282,7 +283,8 @@ impl Shard {
         let mut devices = HashMap::new();
         let mut topics = groups::TopicIndex::default();
         let mut aliases = groups::AliasIndex::default();
-        for store in &setup.stores {
+        let stores: Vec<Arc<PartitionStore>> = setup.db.partitions().to_vec();
+        for store in &stores {
             for (regid, record) in store.load_devices()? {
                 devices.insert(regid, Device::new(record, 0));
             }
@@ -310,13 +312,13 @@ impl Shard {
                 append(&mut device.extras_mut().topics, (id, joined));
             }
         }
-        let owned_partitions: Vec<u16> = setup.stores.iter().map(|s| s.partition).collect();
+        let owned_partitions: Vec<u16> = stores.iter().map(|s| s.partition).collect();
         let group_partition = owned_partitions.first().copied().unwrap_or(0);
         let metrics = setup.shared.metrics[setup.index].clone();
         let today = crate::clock::day_of(crate::clock::now_unix_s());
         let mut day_stats = crate::stats::ShardDayStats { day: today, ..Default::default() };
         let mut pending_rows = 0;
-        for store in &setup.stores {
+        for store in &stores {
             pending_rows += store.pending_rows();
             for (regid, day) in store.load_active_days()? {
                 if let Some(device) = devices.get_mut(&regid) {
@@ -340,7 +342,7 @@ impl Shard {
         let inbox = setup.shared.inboxes[setup.index].clone();
         let writer = StoreWriter::start(
             format!("store-{}", setup.index),
-            setup.stores.clone(),
+            setup.db.clone(),
             cfg.durability,
             &setup.wal,
             crate::store::Notify { on_events, wake: std::sync::Arc::new(move || inbox.wake()) },
@@ -382,7 +384,7 @@ impl Shard {
             unstored_groups: 0,
             flush_after_drain: Vec::new(),
             draining: false,
-            stores: setup.stores.into_iter().map(|s| (s.partition, s)).collect(),
+            stores: stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,
             writer,

@@ -1,32 +1,36 @@
-//! One partition's redb database and the operations on it.
+//! One partition's rows in its shard's redb database (`shard_db.rs`), and the operations
+//! on them. Rows keyed by RegID carry the partition in the RegID's first two bytes; rows
+//! keyed by a message id or a seq carry it after the id (`(id, partition)`), so a commit
+//! that writes several partitions still appends to one place in each table; the expiry
+//! indexes and daily counts are keyed partition first, so a partition sweeps its own range.
 
 use crate::ids::{AppId, MessageId, RegId};
 use crate::push::{Envelope, GroupFilter};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::Path;
+use redb::{Database, ReadableDatabase, TableDefinition};
 use std::sync::Arc;
 
 mod pending_index;
 mod write;
 
-const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
+pub(super) use write::apply_together;
+
+pub(super) const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
 /// (seq, regid) -> message id: every device's queue, in its home shard's order; a device's
 /// rows are found through [`pending_index`].
-const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending_by_seq");
-/// (regid, seq) -> message id: the pending table before it was keyed by seq; `open` moves
-/// its rows into [`PENDING`] and drops it.
-const OLD_PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
-const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+pub(super) const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending_by_seq");
+/// (message id, partition) -> expires_at (LE) ++ the envelope's JSON.
+pub(super) const BODIES: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("bodies");
 /// regid ++ alias -> (): a device's aliases.
-const ALIASES: TableDefinition<&[u8], ()> = TableDefinition::new("aliases");
+pub(super) const ALIASES: TableDefinition<&[u8], ()> = TableDefinition::new("aliases");
 /// regid ++ topic -> seq at which the device joined the topic.
-const SUBSCRIPTIONS: TableDefinition<&[u8], u64> = TableDefinition::new("subscriptions");
-/// seq -> group message (topic expression or broadcast) kept once for the shard.
-const GROUP: TableDefinition<u64, &[u8]> = TableDefinition::new("group");
+pub(super) const SUBSCRIPTIONS: TableDefinition<&[u8], u64> = TableDefinition::new("subscriptions");
+/// (seq, partition) -> group message (topic expression or broadcast) kept once for the shard.
+pub(super) const GROUP: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("group");
 /// regid -> highest group seq the device acknowledged (or the seq it registered at).
-const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
-/// message id -> (app id, targets, delivered) in this partition; kept [`STATS_KEPT_SECS`].
-const MSG_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("msg_stats");
+pub(super) const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
+/// (message id, partition) -> (app id, targets, delivered) in the partition; kept
+/// [`STATS_KEPT_SECS`].
+pub(super) const MSG_STATS: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("msg_stats");
 
 /// How long a message's counts answer status queries, from its id's time: a week past the
 /// latest it can expire (sent as late as it may be scheduled, with the longest TTL).
@@ -37,35 +41,43 @@ pub const STATS_KEPT_SECS: u64 = crate::api::MAX_SCHEDULE_AHEAD_SECS + crate::pu
 fn first_kept_stats_id(now_s: u64) -> MessageId {
     (now_s.saturating_sub(STATS_KEPT_SECS).saturating_mul(1000)) << 20
 }
-/// app (BE) ++ day (BE) -> DayStats: a shard's daily counts, in its group partition.
-const DAY_STATS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("day_stats");
+/// partition (BE) ++ app (BE) ++ day (BE) -> DayStats: a shard's daily counts, in its group
+/// partition.
+pub(super) const DAY_STATS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("day_stats");
 /// regid -> the last day (since the epoch) the device connected.
-const ACTIVE_DAYS: TableDefinition<&[u8], u32> = TableDefinition::new("active_days");
+pub(super) const ACTIVE_DAYS: TableDefinition<&[u8], u32> = TableDefinition::new("active_days");
 
-fn day_stats_key(app_id: AppId, day: u32) -> [u8; 8] {
-    let mut key = [0u8; 8];
-    key[..4].copy_from_slice(&app_id.to_be_bytes());
-    key[4..].copy_from_slice(&day.to_be_bytes());
+fn day_stats_key(partition: u16, app_id: AppId, day: u32) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..2].copy_from_slice(&partition.to_be_bytes());
+    key[2..6].copy_from_slice(&app_id.to_be_bytes());
+    key[6..].copy_from_slice(&day.to_be_bytes());
     key
 }
 
 /// regid -> quiet hours (6 bytes).
-const QUIET: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quiet");
+pub(super) const QUIET: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quiet");
 
-/// "applied_lsn" -> the newest write-ahead log record this partition holds (`wal.rs`).
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const APPLIED_LSN: &str = "applied_lsn";
+/// "applied_lsn/NNNN" -> the newest write-ahead log record partition NNNN holds (`wal.rs`).
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// expires_at (BE) ++ kind ++ key -> (): when a group message and its body go; kinds below.
-const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+pub(super) fn applied_lsn_key(partition: u16) -> String {
+    format!("applied_lsn/{partition:04}")
+}
+
+/// partition (BE) ++ expires_at (BE) ++ kind ++ key -> (): when a group message and its
+/// body go; kinds below.
+pub(super) const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 const EXPIRY_BODY: u8 = 1;
 const EXPIRY_GROUP: u8 = 2;
-/// expires_at (BE) ++ seq (BE) ++ message id (BE) -> the RegIDs it was queued for: when one
-/// push's pending rows and its body go. One row per push and partition, not per target.
-const PUSH_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("push_expiry");
+/// partition (BE) ++ expires_at (BE) ++ seq (BE) ++ message id (BE) -> the RegIDs it was
+/// queued for: when one push's pending rows and its body go. One row per push and
+/// partition, not per target.
+pub(super) const PUSH_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("push_expiry");
 
-fn expiry_key(expires_at: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9 + rest.len());
+fn expiry_key(partition: u16, expires_at: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(11 + rest.len());
+    key.extend_from_slice(&partition.to_be_bytes());
     key.extend_from_slice(&expires_at.to_be_bytes());
     key.push(kind);
     key.extend_from_slice(rest);
@@ -93,10 +105,8 @@ pub struct StoreLimits {
 }
 
 /// message id (BE) ++ regid -> (): clicks already counted, so a device counts once per
-/// message; forgotten with the message's counts. (It replaced "clicks", keyed regid first,
-/// which nothing could sweep: `open` drops that table.)
-const CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks_by_message");
-const OLD_CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks");
+/// message; forgotten with the message's counts.
+pub(super) const CLICKS: TableDefinition<&[u8], ()> = TableDefinition::new("clicks_by_message");
 
 /// What a partition knows about one message: its app, and its counts here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -299,38 +309,6 @@ fn pending_key(regid: &RegId, seq: u64) -> [u8; 20] {
     key
 }
 
-/// Moves the rows of a pending table keyed RegID first (before "pending_by_seq") into
-/// [`PENDING`], and drops it.
-fn move_old_pending(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    use redb::TableHandle;
-    if !txn.list_tables()?.any(|t| t.name() == OLD_PENDING.name()) {
-        return Ok(());
-    }
-    let moved = {
-        let old = txn.open_table(OLD_PENDING)?;
-        let mut pending = txn.open_table(PENDING)?;
-        let mut moved = 0u64;
-        for row in old.iter()? {
-            let (key, id) = row?;
-            let raw = key.value();
-            let (Some(regid), Some(seq)) = (
-                raw.get(..12).and_then(|r| <[u8; 12]>::try_from(r).ok()),
-                raw.get(12..20).and_then(|s| <[u8; 8]>::try_from(s).ok()),
-            ) else {
-                continue;
-            };
-            pending.insert(&pending_key(&RegId(regid), u64::from_be_bytes(seq))[..], id.value())?;
-            moved += 1;
-        }
-        moved
-    };
-    txn.delete_table(OLD_PENDING)?;
-    if moved > 0 {
-        tracing::info!(rows = moved, "pending rows moved to the table keyed by seq");
-    }
-    Ok(())
-}
-
 fn suffixed_key(regid: &RegId, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(12 + name.len());
     key.extend_from_slice(&regid.0);
@@ -355,42 +333,91 @@ fn decode_group(raw: &[u8]) -> Option<(MessageId, AppId, u64, GroupFilter)> {
     Some((id, app_id, expires_at, filter))
 }
 
-/// One partition's database.
+/// Every table a shard's database holds; `ShardDb::open` creates them.
+pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(DEVICES)?;
+    txn.open_table(PENDING)?;
+    txn.open_table(BODIES)?;
+    txn.open_table(MSG_STATS)?;
+    txn.open_table(CLICKS)?;
+    txn.open_table(EXPIRY)?;
+    txn.open_table(PUSH_EXPIRY)?;
+    txn.open_table(DAY_STATS)?;
+    txn.open_table(ACTIVE_DAYS)?;
+    txn.open_table(QUIET)?;
+    txn.open_table(ALIASES)?;
+    txn.open_table(SUBSCRIPTIONS)?;
+    txn.open_table(GROUP)?;
+    txn.open_table(GROUP_CURSORS)?;
+    txn.open_table(META)?;
+    Ok(())
+}
+
+/// The keys of a table keyed by RegID that belong to `partition`: those that begin with it.
+fn partition_range(partition: u16) -> (Vec<u8>, Option<Vec<u8>>) {
+    let start = partition.to_be_bytes().to_vec();
+    let end = partition.checked_add(1).map(|next| next.to_be_bytes().to_vec());
+    (start, end)
+}
+
+/// One partition of a shard's database.
 pub struct PartitionStore {
     pub partition: u16,
-    db: Database,
+    db: Arc<Database>,
     limits: StoreLimits,
+    /// Its key in [`META`].
+    lsn_key: String,
     /// Which seqs wait for each device that has any; kept by the writer's transactions,
     /// read by the shard to find a device's rows.
     pending_index: std::sync::Mutex<pending_index::PendingIndex>,
 }
 
 impl PartitionStore {
-    /// Opens (or creates) `dir/partition-NNNN.redb` and its tables.
-    pub fn open(dir: &Path, partition: u16, cache_bytes: usize, limits: StoreLimits) -> Result<Self, StoreError> {
-        let path = dir.join(format!("partition-{partition:04}.redb"));
+    /// Each of `partitions` of `db` (whose tables exist), their pending indexes read in one pass.
+    pub(super) fn open_all(
+        db: &Arc<Database>,
+        partitions: &[u16],
+        limits: StoreLimits,
+    ) -> Result<Vec<PartitionStore>, StoreError> {
+        let mut indexes = pending_index::PendingIndex::load(db, partitions)?;
+        Ok(partitions
+            .iter()
+            .map(|&partition| PartitionStore {
+                partition,
+                db: db.clone(),
+                limits,
+                lsn_key: applied_lsn_key(partition),
+                pending_index: std::sync::Mutex::new(indexes.remove(&partition).unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    /// Opens (or creates) `dir/alone-NNNN.redb` holding this partition alone.
+    #[cfg(test)]
+    pub fn open_alone(
+        dir: &std::path::Path,
+        partition: u16,
+        cache_bytes: usize,
+        limits: StoreLimits,
+    ) -> Result<Self, StoreError> {
+        let path = dir.join(format!("alone-{partition:04}.redb"));
         let db = redb::Builder::new().set_cache_size(cache_bytes).create(&path)?;
         let txn = db.begin_write()?;
-        txn.open_table(DEVICES)?;
-        txn.open_table(PENDING)?;
-        move_old_pending(&txn)?;
-        txn.open_table(BODIES)?;
-        txn.open_table(MSG_STATS)?;
-        txn.open_table(CLICKS)?;
-        txn.delete_table(OLD_CLICKS)?;
-        txn.open_table(EXPIRY)?;
-        txn.open_table(PUSH_EXPIRY)?;
-        txn.open_table(DAY_STATS)?;
-        txn.open_table(ACTIVE_DAYS)?;
-        txn.open_table(QUIET)?;
-        txn.open_table(ALIASES)?;
-        txn.open_table(SUBSCRIPTIONS)?;
-        txn.open_table(GROUP)?;
-        txn.open_table(GROUP_CURSORS)?;
-        txn.open_table(META)?;
+        create_tables(&txn)?;
         txn.commit()?;
-        let pending_index = std::sync::Mutex::new(pending_index::PendingIndex::load(&db)?);
-        Ok(PartitionStore { partition, db, limits, pending_index })
+        Ok(PartitionStore::open_all(&Arc::new(db), &[partition], limits)?.remove(0))
+    }
+
+    /// The rows of a table keyed by RegID that belong to this partition.
+    fn own_rows<'t, V: redb::Value + 'static>(
+        &self,
+        table: &'t redb::ReadOnlyTable<&'static [u8], V>,
+    ) -> Result<redb::Range<'t, &'static [u8], V>, StoreError> {
+        let (start, end) = partition_range(self.partition);
+        Ok(match end {
+            Some(end) => table.range(&start[..]..&end[..])?,
+            None => table.range(&start[..]..)?,
+        })
     }
 
     /// Every registered device of this partition.
@@ -398,7 +425,7 @@ impl PartitionStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DEVICES)?;
         let mut out = Vec::new();
-        for row in table.iter()? {
+        for row in self.own_rows(&table)? {
             let (k, v) = row?;
             let (Ok(key), Some(record)) = (<[u8; 12]>::try_from(k.value()), DeviceRecord::from_bytes(v.value())) else {
                 tracing::warn!(partition = self.partition, "skipping a malformed device row");
@@ -431,7 +458,7 @@ impl PartitionStore {
             let Some(id) = pending.get(&pending_key(regid, seq)[..])?.map(|v| v.value()) else {
                 continue; // acknowledged since the seqs were read
             };
-            let Some(body) = bodies.get(id)? else {
+            let Some(body) = bodies.get((id, self.partition))? else {
                 continue;
             };
             let raw = body.value();
@@ -473,7 +500,7 @@ impl PartitionStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(definition)?;
         let mut out = Vec::new();
-        for row in table.iter()? {
+        for row in self.own_rows(&table)? {
             let (k, v) = row?;
             let raw = k.value();
             let (Some(regid), Some(name)) = (
@@ -506,7 +533,7 @@ impl PartitionStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(definition)?;
         let mut out = Vec::new();
-        for row in table.iter()? {
+        for row in self.own_rows(&table)? {
             let (k, v) = row?;
             if let (Ok(key), Some(value)) = (<[u8; 12]>::try_from(k.value()), value(v.value())) {
                 out.push((RegId(key), value));
@@ -524,7 +551,7 @@ impl PartitionStore {
     pub fn applied_lsn(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(META)?;
-        Ok(table.get(APPLIED_LSN)?.map_or(0, |v| v.value()))
+        Ok(table.get(self.lsn_key.as_str())?.map_or(0, |v| v.value()))
     }
 
     /// Daily counts kept in this partition for `app_id`, days `from..=to`.
@@ -536,11 +563,11 @@ impl PartitionStore {
     ) -> Result<Vec<(u32, crate::stats::DayStats)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DAY_STATS)?;
-        let (start, end) = (day_stats_key(app_id, from), day_stats_key(app_id, to));
+        let (start, end) = (day_stats_key(self.partition, app_id, from), day_stats_key(self.partition, app_id, to));
         let mut out = Vec::new();
         for row in table.range(&start[..]..=&end[..])? {
             let (k, v) = row?;
-            let day = u32::from_be_bytes(k.value()[4..8].try_into().map_err(|_| StoreError("bad key".into()))?);
+            let day = u32::from_be_bytes(k.value()[6..10].try_into().map_err(|_| StoreError("bad key".into()))?);
             if let Some(stats) = crate::stats::DayStats::from_bytes(v.value()) {
                 out.push((day, stats));
             }
@@ -553,12 +580,12 @@ impl PartitionStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DAY_STATS)?;
         let mut out = Vec::new();
-        for row in table.iter()? {
+        for row in self.own_rows(&table)? {
             let (k, v) = row?;
             let raw = k.value();
             let (Some(app), Some(row_day)) = (
-                raw.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes),
-                raw.get(4..8).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes),
+                raw.get(2..6).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes),
+                raw.get(6..10).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes),
             ) else {
                 continue;
             };
@@ -583,15 +610,19 @@ impl PartitionStore {
         let group = txn.open_table(GROUP)?;
         let bodies = txn.open_table(BODIES)?;
         let mut out = Vec::new();
-        for row in group.range(after.saturating_add(1)..)? {
+        for row in group.range((after.saturating_add(1), 0)..)? {
             let (k, v) = row?;
+            let (seq, partition) = k.value();
+            if partition != self.partition {
+                continue; // another partition's, kept in the same database
+            }
             let Some((id, app_id, expires_at, filter)) = decode_group(v.value()) else { continue };
             if expires_at <= now_s {
                 continue;
             }
-            let Some(body) = bodies.get(id)? else { continue };
+            let Some(body) = bodies.get((id, self.partition))? else { continue };
             let json: Arc<[u8]> = body.value().get(8..).unwrap_or_default().into();
-            let message = GroupMessage { seq: k.value(), id, app_id, expires_at, filter, json };
+            let message = GroupMessage { seq, id, app_id, expires_at, filter, json };
             if wanted(&message) {
                 out.push(message);
                 if out.len() >= limit {
@@ -606,7 +637,10 @@ impl PartitionStore {
     pub fn message_stats(&self, app_id: AppId, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
         let txn = self.db.begin_read()?;
         let stats = txn.open_table(MSG_STATS)?;
-        Ok(stats.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())).filter(|s| s.app_id == app_id))
+        Ok(stats
+            .get((id, self.partition))?
+            .and_then(|v| MessageStats::from_bytes(v.value()))
+            .filter(|s| s.app_id == app_id))
     }
 }
 
@@ -639,7 +673,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_its_oldest_and_says_so() {
         let dir = temp_dir("bound");
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
         let a = RegId::generate(3);
         let mut events = Vec::new();
         for (seq, id) in [(1, 10), (2, 11), (3, 12)] {
@@ -659,14 +693,14 @@ mod tests {
         let a = RegId::generate(3);
         let b = RegId::generate(3);
         {
-            let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+            let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
             let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
             let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
             let acked = WriteOp::Acked { regid: b, seq: 1, id: 10 };
             store.apply(&[&p1, &p2, &acked], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
             assert_eq!(store.pending_rows(), 2);
         }
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
         assert_eq!(store.pending_rows(), 2, "a's two messages, counted again from the pending table");
         let mut events = Vec::new();
         let p3 = WriteOp::StorePush { envelope: envelope(12, 100), seq: 3, regids: vec![a, b] };
@@ -681,45 +715,9 @@ mod tests {
     }
 
     #[test]
-    fn rows_of_the_table_keyed_by_device_move_to_the_one_keyed_by_seq() {
-        let dir = temp_dir("old-pending");
-        let (a, b) = (RegId::generate(3), RegId::generate(3));
-        {
-            let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
-            let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
-            let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
-            store.apply(&[&p1, &p2], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
-            // Rewrite the rows as a node before "pending_by_seq" kept them: RegID, then seq.
-            let txn = store.db.begin_write().unwrap();
-            {
-                let mut old = txn.open_table(OLD_PENDING).unwrap();
-                for (regid, seq, id) in [(a, 1u64, 10u64), (b, 1, 10), (a, 2, 11)] {
-                    let mut key = regid.0.to_vec();
-                    key.extend_from_slice(&seq.to_be_bytes());
-                    old.insert(&key[..], id).unwrap();
-                }
-            }
-            txn.delete_table(PENDING).unwrap();
-            txn.commit().unwrap();
-        }
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
-        assert_eq!(store.pending_rows(), 3);
-        let ids =
-            |r: &RegId| store.pending_for(r, 0, 50, 10).unwrap().iter().map(|m| (m.seq, m.id)).collect::<Vec<_>>();
-        assert_eq!((ids(&a), ids(&b)), (vec![(1, 10), (2, 11)], vec![(1, 10)]));
-        assert_eq!(rows(&store, PENDING), 3);
-        let txn = store.db.begin_read().unwrap();
-        assert!(
-            matches!(txn.open_table(OLD_PENDING), Err(redb::TableError::TableDoesNotExist(_))),
-            "the old table is gone"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
     fn a_push_delivered_everywhere_leaves_nothing_to_expire() {
         let dir = temp_dir("delivered");
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
         let a = RegId::generate(3);
         let push = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a] };
         let acked = WriteOp::Acked { regid: a, seq: 1, id: 10 };
@@ -735,7 +733,7 @@ mod tests {
     #[test]
     fn a_push_acknowledged_in_its_own_commit_writes_no_rows() {
         let dir = temp_dir("settled");
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
         let (a, b) = (RegId::generate(3), RegId::generate(3));
         let push = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
         let acked = WriteOp::Acked { regid: a, seq: 1, id: 10 };
@@ -758,7 +756,7 @@ mod tests {
     #[test]
     fn expired_messages_are_removed_and_counted() {
         let dir = temp_dir("expire");
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
         let (a, b) = (RegId::generate(3), RegId::generate(3));
         let mut events = Vec::new();
         let short = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
@@ -771,7 +769,7 @@ mod tests {
         assert!(!store.expire(100, 100, &mut events).unwrap());
         assert_eq!(
             events,
-            vec![StoreEvent::PendingRows(-1), StoreEvent::Expired { app_id: 9, count: 1 }],
+            vec![StoreEvent::Expired { app_id: 9, count: 1 }, StoreEvent::PendingRows(-1)],
             "b had acknowledged it"
         );
         assert_eq!(store.pending_for(&a, 0, 0, 10).unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), vec![11]);
@@ -783,7 +781,7 @@ mod tests {
     #[test]
     fn counts_and_clicks_are_forgotten_once_kept_long_enough() {
         let dir = temp_dir("forget");
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
         let a = RegId::generate(3);
         let now_s = 2_000_000_000;
         let id_at = |unix_s: u64| (unix_s * 1000) << 20;
@@ -820,14 +818,14 @@ mod tests {
         let a = RegId::generate(3);
         let b = RegId::generate(3);
         {
-            let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+            let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
             let record = DeviceRecord { app_id: 9, token_hash: [1; 16], created_at: 5 };
             let reg = WriteOp::RegisterDevice { regid: a, record };
             let p1 = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a, b] };
             let p2 = WriteOp::StorePush { envelope: envelope(11, 100), seq: 2, regids: vec![a] };
             store.apply(&[&reg, &p1, &p2], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
         }
-        let store = PartitionStore::open(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
         assert_eq!(store.load_devices().unwrap().len(), 1);
         let got = store.pending_for(&a, 0, 50, 10).unwrap();
         assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), vec![10, 11]);

@@ -1,14 +1,14 @@
-//! The writer thread of one shard's partitions: takes write jobs from the shard, applies
-//! every job that queued up meanwhile in one transaction per partition (group commit),
-//! then runs each job's completion. The shard's event loop never waits on the disk.
+//! The writer thread of one shard's database: takes write jobs from the shard, applies
+//! every job that queued up meanwhile in one transaction (group commit), then runs each
+//! job's completion. The shard's event loop never waits on the disk.
 //!
 //! Under `fsync` durability a commit is made durable by one fdatasync of the shard's
-//! write-ahead log (`wal.rs`), not by fsyncing each partition it touched. A checkpoint
-//! switches the log to its other file and then fsyncs the partitions one at a time between
-//! commits, so no commit waits for more than one partition's fsync; once all are done, the
+//! write-ahead log (`wal.rs`), not by fsyncing the database. A checkpoint switches the log
+//! to its other file and then fsyncs the database between commits; once that is done, the
 //! file written before the switch is free to be written over at the next switch.
 
-use super::partition::{PartitionStore, StoreError, StoreEvent, WriteOp};
+use super::partition::{StoreError, StoreEvent, WriteOp};
+use super::shard_db::ShardDb;
 use super::wal::{self, Wal};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
@@ -65,9 +65,9 @@ const MAX_JOBS_PER_COMMIT: usize = 4096;
 const COMMIT_WINDOW: Duration = Duration::from_micros(1000);
 /// How often buffered commits are fsynced (what a crash can lose under `Buffered`).
 const BUFFERED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the partitions are checkpointed under `Fsync`, where the log already holds every
-/// commit: a checkpoint stalls the writer for one fsync per partition, so it is kept rare
-/// (the log's size bounds it too: see [`Wal::wants_checkpoint`]).
+/// How often the database is checkpointed under `Fsync`, where the log already holds every
+/// commit: a checkpoint stalls the writer for one fsync, so it is kept rare (the log's size
+/// bounds it too: see [`Wal::wants_checkpoint`]).
 const LOGGED_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Handle to a shard's writer thread.
@@ -79,11 +79,10 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Starts the writer thread for `partitions`.
-    /// Starts the writer thread for `partitions`; under `Fsync` durability it logs to `wal`.
+    /// Starts the writer thread for `db`; under `Fsync` durability it logs to `wal`.
     pub fn start(
         name: String,
-        partitions: Vec<Arc<PartitionStore>>,
+        db: Arc<ShardDb>,
         durability: Durability,
         wal: &WalSetup,
         notify: Notify,
@@ -96,12 +95,12 @@ impl StoreWriter {
         let (jobs, rx) = crossbeam_channel::unbounded();
         let wake = notify.wake.clone();
         let writer = WriterLoop {
-            stores: partitions.iter().map(|p| (p.partition, p.clone())).collect(),
+            db,
             metrics,
             wal,
             notify,
-            dirty: std::collections::BTreeSet::new(),
-            checkpoint: Vec::new(),
+            dirty: false,
+            checkpoint: false,
             checkpoint_failed: false,
             log_unsynced: false,
             log_synced_at: Instant::now(),
@@ -162,16 +161,16 @@ const EXPIRY_SWEEP_ROWS: usize = 20_000;
 
 /// The writer's loop: group-commit jobs, checkpoint (sync) partitions, sweep expired messages.
 struct WriterLoop {
-    stores: BTreeMap<u16, Arc<PartitionStore>>,
+    db: Arc<ShardDb>,
     metrics: Arc<crate::stats::ShardMetrics>,
     /// The write-ahead log under `Fsync` durability.
     wal: Option<Wal>,
     notify: Notify,
-    /// Partitions with commits not yet fsynced, and not in the running checkpoint.
-    dirty: std::collections::BTreeSet<u16>,
-    /// Partitions the running checkpoint has yet to fsync (empty: none is running).
-    checkpoint: Vec<u16>,
-    /// The last partition fsync failed: wait before trying again.
+    /// Commits not yet fsynced, and not in the running checkpoint.
+    dirty: bool,
+    /// A checkpoint has switched the log and has yet to fsync the database.
+    checkpoint: bool,
+    /// The last fsync failed: wait before trying again.
     checkpoint_failed: bool,
     /// Records of writes that need no sync of their own wait in the log's page cache...
     log_unsynced: bool,
@@ -185,7 +184,7 @@ struct WriterLoop {
 fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
     loop {
         // A running checkpoint goes on between commits; otherwise wait for work.
-        let busy = !writer.checkpoint.is_empty() && !writer.checkpoint_failed;
+        let busy = writer.checkpoint && !writer.checkpoint_failed;
         let wait = if busy { Duration::ZERO } else { BUFFERED_SYNC_INTERVAL };
         match rx.recv_timeout(wait) {
             Ok(first) => {
@@ -215,9 +214,9 @@ fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
         }
         let log_full = writer.wal.as_ref().is_some_and(Wal::wants_checkpoint);
         let interval = if writer.wal.is_some() { LOGGED_CHECKPOINT_INTERVAL } else { BUFFERED_SYNC_INTERVAL };
-        if log_full || (!writer.dirty.is_empty() && writer.last_sync.elapsed() >= interval) {
+        if log_full || (writer.dirty && writer.last_sync.elapsed() >= interval) {
             writer.start_checkpoint();
-        } else if !writer.checkpoint.is_empty() {
+        } else if writer.checkpoint {
             writer.checkpoint_step();
         }
         if writer.last_sweep.elapsed() >= EXPIRY_SWEEP_INTERVAL {
@@ -257,18 +256,20 @@ impl WriterLoop {
         }
         let mut events = Vec::new();
         let op_count: usize = grouped.values().map(Vec::len).sum();
-        for (partition, ops) in grouped {
-            let Some(store) = self.stores.get(&partition) else {
-                failed.insert(partition, StoreError(format!("partition {partition} is not owned by this writer")));
-                continue;
-            };
-            match store.apply(&ops, redb::Durability::None, lsn, &mut events) {
-                Ok(()) => {
-                    self.dirty.insert(partition);
-                }
+        let owned: Vec<u16> = self.db.partitions().iter().map(|p| p.partition).collect();
+        grouped.retain(|partition, _| {
+            let ours = owned.contains(partition);
+            if !ours {
+                failed.insert(*partition, StoreError(format!("partition {partition} is not owned by this writer")));
+            }
+            ours
+        });
+        if !grouped.is_empty() {
+            match self.db.commit(&grouped, lsn, &mut events) {
+                Ok(()) => self.dirty = true,
                 Err(e) => {
-                    tracing::error!(partition, error = %e, "commit failed");
-                    failed.insert(partition, e);
+                    tracing::error!(error = %e, "commit failed");
+                    failed.extend(grouped.keys().map(|&partition| (partition, e.clone())));
                 }
             }
         }
@@ -301,13 +302,13 @@ impl WriterLoop {
         let now = crate::clock::now_unix_s();
         let mut events = Vec::new();
         let mut more = false;
-        for store in self.stores.values() {
+        for store in self.db.partitions() {
             match store.expire(now, EXPIRY_SWEEP_ROWS, &mut events) {
                 Ok(m) => more |= m,
                 Err(e) => tracing::error!(partition = store.partition, error = %e, "expiry sweep failed"),
             }
         }
-        self.dirty.extend(self.stores.keys().copied());
+        self.dirty = true;
         self.publish(events);
         (self.notify.wake)();
         // Sweep again at once while rows are left, otherwise after the interval.
@@ -336,14 +337,14 @@ impl WriterLoop {
         wal.sync().map_err(|e| StoreError(e.to_string()))
     }
 
-    /// Starts a checkpoint of every partition committed to since the last one: finishes
-    /// the running checkpoint first (the log file it frees is the one written next), then
-    /// switches the log to that file.
+    /// Starts a checkpoint of the commits since the last one: finishes the running
+    /// checkpoint first (the log file it frees is the one written next), then switches the
+    /// log to that file.
     fn start_checkpoint(&mut self) {
         if !self.finish_checkpoint() {
-            return; // a partition cannot be synced: keep writing the current log file
+            return; // the database cannot be synced: keep writing the current log file
         }
-        if self.dirty.is_empty() {
+        if !self.dirty {
             return;
         }
         if self.log_unsynced {
@@ -355,31 +356,31 @@ impl WriterLoop {
         if let Some(wal) = self.wal.as_mut() {
             wal.switch();
         }
-        self.checkpoint = std::mem::take(&mut self.dirty).into_iter().collect();
+        self.checkpoint = true;
+        self.dirty = false;
         self.last_sync = Instant::now();
     }
 
-    /// fsyncs one partition of the running checkpoint.
+    /// fsyncs the database for the running checkpoint.
     fn checkpoint_step(&mut self) {
-        let Some(partition) = self.checkpoint.pop() else { return };
-        let store = &self.stores[&partition];
-        match store.apply(&[], redb::Durability::Immediate, None, &mut Vec::new()) {
-            Ok(()) => self.checkpoint_failed = false,
+        if !self.checkpoint {
+            return;
+        }
+        match self.db.checkpoint() {
+            Ok(()) => {
+                self.checkpoint = false;
+                self.checkpoint_failed = false;
+            }
             Err(e) => {
-                tracing::error!(partition, error = %e, "checkpoint: sync failed");
-                self.checkpoint.push(partition);
+                tracing::error!(error = %e, "checkpoint: sync failed");
                 self.checkpoint_failed = true;
             }
         }
     }
 
-    /// Runs the running checkpoint to its end; false if a partition could not be synced.
+    /// Runs the running checkpoint to its end; false if the database could not be synced.
     fn finish_checkpoint(&mut self) -> bool {
-        let mut attempts = self.checkpoint.len();
-        while !self.checkpoint.is_empty() && attempts > 0 {
-            self.checkpoint_step();
-            attempts -= 1;
-        }
-        self.checkpoint.is_empty()
+        self.checkpoint_step();
+        !self.checkpoint
     }
 }

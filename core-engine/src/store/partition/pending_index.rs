@@ -23,22 +23,27 @@ pub(super) struct PendingIndex {
 }
 
 impl PendingIndex {
-    /// Reads the partition's pending table.
-    pub(super) fn load(db: &Database) -> Result<Self, StoreError> {
+    /// Reads the database's pending table into one index per partition: each of
+    /// `partitions` gets one (empty if it has no rows); rows of other partitions are skipped.
+    pub(super) fn load(db: &Database, partitions: &[u16]) -> Result<HashMap<u16, Self>, StoreError> {
         let txn = db.begin_read()?;
         let pending = txn.open_table(PENDING)?;
-        let mut index = PendingIndex::default();
+        let mut indexes: HashMap<u16, PendingIndex> = partitions.iter().map(|&p| (p, Self::default())).collect();
         for row in pending.iter()? {
             let (key, _) = row?;
             let Some((seq, regid)) = split_key(key.value()) else {
                 tracing::warn!("skipping a malformed pending row");
                 continue;
             };
+            let Some(index) = indexes.get_mut(&u16::from_be_bytes([regid[0], regid[1]])) else {
+                tracing::warn!("skipping a pending row of a partition this database does not hold");
+                continue;
+            };
             // The table is in seq order, so each queue grows at its back.
             index.per_device.entry(regid).or_default().push_back(seq);
             index.total += 1;
         }
-        Ok(index)
+        Ok(indexes)
     }
 
     pub(super) fn total(&self) -> u64 {

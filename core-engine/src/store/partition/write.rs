@@ -1,4 +1,5 @@
-//! A partition's write transactions: applying one commit's ops, and sweeping what expired.
+//! A shard database's write transactions: applying one commit's ops to each of its
+//! partitions in one transaction, and sweeping what expired in a partition.
 //!
 //! Kept cheap per row: a table is opened only when an op first needs it (a commit touches a
 //! few of the fifteen, and opening and closing one costs about what writing a row does), a
@@ -11,11 +12,11 @@
 use super::pending_index::PendingTxn;
 use super::{
     day_stats_key, decode_group, encode_group, expiry_key, pending_key, suffixed_key, MessageStats, PartitionStore,
-    StoreError, StoreEvent, WriteOp, ACTIVE_DAYS, ALIASES, APPLIED_LSN, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY,
-    EXPIRY_BODY, EXPIRY_GROUP, GROUP, GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, QUIET, SUBSCRIPTIONS,
+    StoreError, StoreEvent, WriteOp, ACTIVE_DAYS, ALIASES, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY, EXPIRY_BODY,
+    EXPIRY_GROUP, GROUP, GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, QUIET, SUBSCRIPTIONS,
 };
 use crate::ids::{AppId, MessageId, RegId};
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Database, ReadableTable, Table, WriteTransaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 macro_rules! lazy_tables {
@@ -45,12 +46,12 @@ macro_rules! lazy_tables {
 lazy_tables! {
     devices: DEVICES => <&'static [u8], &'static [u8]>,
     pending: PENDING => <&'static [u8], u64>,
-    bodies: BODIES => <u64, &'static [u8]>,
-    msg_stats: MSG_STATS => <u64, &'static [u8]>,
+    bodies: BODIES => <(u64, u16), &'static [u8]>,
+    msg_stats: MSG_STATS => <(u64, u16), &'static [u8]>,
     clicks: CLICKS => <&'static [u8], ()>,
     aliases: ALIASES => <&'static [u8], ()>,
     subscriptions: SUBSCRIPTIONS => <&'static [u8], u64>,
-    group: GROUP => <u64, &'static [u8]>,
+    group: GROUP => <(u64, u16), &'static [u8]>,
     cursors: GROUP_CURSORS => <&'static [u8], u64>,
     expiry: EXPIRY => <&'static [u8], ()>,
     push_expiry: PUSH_EXPIRY => <&'static [u8], &'static [u8]>,
@@ -60,10 +61,10 @@ lazy_tables! {
     meta: META => <&'static str, u64>,
 }
 
-/// Message counts read and changed within one transaction, written back once at its end:
-/// the acknowledgements of one message by many devices in one commit cost one write.
-#[derive(Default)]
+/// A partition's message counts read and changed within one transaction, written back once
+/// at its end: the acknowledgements of one message by many devices in one commit cost one write.
 struct StatsCache {
+    partition: u16,
     changed: HashMap<MessageId, MessageStats>,
 }
 
@@ -72,26 +73,27 @@ impl StatsCache {
         if let Some(stats) = self.changed.get(&id) {
             return Ok(Some(*stats));
         }
-        Ok(t.msg_stats()?.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())))
+        Ok(t.msg_stats()?.get((id, self.partition))?.and_then(|v| MessageStats::from_bytes(v.value())))
     }
 
     fn put(&mut self, id: MessageId, stats: MessageStats) {
         self.changed.insert(id, stats);
     }
 
-    fn write_back(self, t: &mut Tables<'_>) -> Result<(), StoreError> {
-        for (id, stats) in self.changed {
-            t.msg_stats()?.insert(id, &stats.to_bytes()[..])?;
+    fn write_back(&mut self, t: &mut Tables<'_>) -> Result<(), StoreError> {
+        for (id, stats) in self.changed.drain() {
+            t.msg_stats()?.insert((id, self.partition), &stats.to_bytes()[..])?;
         }
         Ok(())
     }
 }
 
-fn push_expiry_key(expires_at: u64, seq: u64, id: MessageId) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&expires_at.to_be_bytes());
-    key[8..16].copy_from_slice(&seq.to_be_bytes());
-    key[16..].copy_from_slice(&id.to_be_bytes());
+fn push_expiry_key(partition: u16, expires_at: u64, seq: u64, id: MessageId) -> [u8; 26] {
+    let mut key = [0u8; 26];
+    key[..2].copy_from_slice(&partition.to_be_bytes());
+    key[2..10].copy_from_slice(&expires_at.to_be_bytes());
+    key[10..18].copy_from_slice(&seq.to_be_bytes());
+    key[18..].copy_from_slice(&id.to_be_bytes());
     key
 }
 
@@ -130,16 +132,56 @@ struct TxnEffects<'a> {
 }
 
 impl<'a> TxnEffects<'a> {
-    fn new(pending: PendingTxn<'a>, ops: &[&WriteOp]) -> Self {
+    fn new(store: &'a PartitionStore, ops: &[&WriteOp]) -> Self {
         TxnEffects {
-            pending,
-            stats: StatsCache::default(),
+            pending: PendingTxn::new(&store.pending_index),
+            stats: StatsCache { partition: store.partition, changed: HashMap::new() },
             events: Vec::new(),
             rows_delta: 0,
             settled: settled_in(ops),
             bodiless: HashSet::new(),
         }
     }
+
+    /// After the commit: the partition's queues change and its events are told.
+    fn publish(mut self, events: &mut Vec<StoreEvent>) {
+        self.pending.publish();
+        events.append(&mut self.events);
+        if self.rows_delta != 0 {
+            events.push(StoreEvent::PendingRows(self.rows_delta));
+        }
+    }
+}
+
+/// Applies each partition's ops in one transaction of their shard's database `db`,
+/// committed with `durability`; with `lsn`, each partition records that it holds the
+/// write-ahead log record `lsn`. Nothing is published unless the transaction commits.
+pub(in crate::store) fn apply_together(
+    db: &Database,
+    work: &[(&PartitionStore, Vec<&WriteOp>)],
+    durability: redb::Durability,
+    lsn: Option<u64>,
+    events: &mut Vec<StoreEvent>,
+) -> Result<(), StoreError> {
+    let mut effects = Vec::with_capacity(work.len());
+    let result = (|| -> Result<(), StoreError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(durability)?;
+        {
+            let mut t = Tables::new(&txn);
+            for (store, ops) in work {
+                assert!(std::ptr::eq(&*store.db, db), "partition {} is not in this database", store.partition);
+                effects.push(store.apply_in(&mut t, ops, lsn)?);
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    })();
+    result?;
+    for fx in effects {
+        fx.publish(events);
+    }
+    Ok(())
 }
 
 /// The pushes in `ops` that a later op of `ops` acknowledges. A device on loopback or a
@@ -163,8 +205,7 @@ fn settled_in(ops: &[&WriteOp]) -> HashSet<([u8; 12], u64)> {
 }
 
 impl PartitionStore {
-    /// Applies `ops` in one transaction committed with `durability`; with `lsn`, records
-    /// that the transaction holds the write-ahead log record `lsn`.
+    /// Applies `ops` to this partition alone in one transaction (see [`apply_together`]).
     pub fn apply(
         &self,
         ops: &[&WriteOp],
@@ -172,33 +213,23 @@ impl PartitionStore {
         lsn: Option<u64>,
         events: &mut Vec<StoreEvent>,
     ) -> Result<(), StoreError> {
-        let mut fx = TxnEffects::new(PendingTxn::new(&self.pending_index), ops);
-        let result = (|| -> Result<(), StoreError> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(durability)?;
-            {
-                let mut t = Tables::new(&txn);
-                if let Some(lsn) = lsn {
-                    let meta = t.meta()?;
-                    let before = meta.get(APPLIED_LSN)?.map_or(0, |v| v.value());
-                    assert!(lsn > before, "partition {}: log record {lsn} after {before}", self.partition);
-                    meta.insert(APPLIED_LSN, lsn)?;
-                }
-                for op in ops {
-                    self.apply_op(&mut t, &mut fx, op)?;
-                }
-                std::mem::take(&mut fx.stats).write_back(&mut t)?;
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        result?;
-        fx.pending.publish();
-        events.append(&mut fx.events);
-        if fx.rows_delta != 0 {
-            events.push(StoreEvent::PendingRows(fx.rows_delta));
+        apply_together(&self.db, &[(self, ops.to_vec())], durability, lsn, events)
+    }
+
+    /// This partition's share of a transaction: its ops, and its log record.
+    fn apply_in(&self, t: &mut Tables<'_>, ops: &[&WriteOp], lsn: Option<u64>) -> Result<TxnEffects<'_>, StoreError> {
+        let mut fx = TxnEffects::new(self, ops);
+        if let Some(lsn) = lsn {
+            let meta = t.meta()?;
+            let before = meta.get(self.lsn_key.as_str())?.map_or(0, |v| v.value());
+            assert!(lsn > before, "partition {}: log record {lsn} after {before}", self.partition);
+            meta.insert(self.lsn_key.as_str(), lsn)?;
         }
-        Ok(())
+        for op in ops {
+            self.apply_op(t, &mut fx, op)?;
+        }
+        fx.stats.write_back(t)?;
+        Ok(fx)
     }
 
     fn apply_op(&self, t: &mut Tables<'_>, fx: &mut TxnEffects<'_>, op: &WriteOp) -> Result<(), StoreError> {
@@ -230,8 +261,8 @@ impl PartitionStore {
                     let mut body = Vec::with_capacity(8 + envelope.json.len());
                     body.extend_from_slice(&envelope.expires_at.to_le_bytes());
                     body.extend_from_slice(&envelope.json);
-                    t.bodies()?.insert(envelope.id, &body[..])?;
-                    let key = push_expiry_key(envelope.expires_at, *seq, envelope.id);
+                    t.bodies()?.insert((envelope.id, self.partition), &body[..])?;
+                    let key = push_expiry_key(self.partition, envelope.expires_at, *seq, envelope.id);
                     t.push_expiry()?.insert(&key[..], &targets[..])?;
                 }
                 let mut counts = fx.stats.get(t, envelope.id)?.unwrap_or(MessageStats {
@@ -258,11 +289,12 @@ impl PartitionStore {
                 let mut body = Vec::with_capacity(8 + envelope.json.len());
                 body.extend_from_slice(&envelope.expires_at.to_le_bytes());
                 body.extend_from_slice(&envelope.json);
-                t.bodies()?.insert(envelope.id, &body[..])?;
-                t.group()?.insert(*seq, &encode_group(envelope, filter)[..])?;
+                let p = self.partition;
+                t.bodies()?.insert((envelope.id, p), &body[..])?;
+                t.group()?.insert((*seq, p), &encode_group(envelope, filter)[..])?;
                 let expiry = t.expiry()?;
-                expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_BODY, &envelope.id.to_be_bytes())[..], ())?;
-                expiry.insert(&expiry_key(envelope.expires_at, EXPIRY_GROUP, &seq.to_be_bytes())[..], ())?;
+                expiry.insert(&expiry_key(p, envelope.expires_at, EXPIRY_BODY, &envelope.id.to_be_bytes())[..], ())?;
+                expiry.insert(&expiry_key(p, envelope.expires_at, EXPIRY_GROUP, &seq.to_be_bytes())[..], ())?;
                 let mut counts = fx.stats.get(t, envelope.id)?.unwrap_or(MessageStats {
                     app_id: envelope.app_id,
                     expires_at: envelope.expires_at,
@@ -285,7 +317,7 @@ impl PartitionStore {
                 }
             }
             WriteOp::DayStats { app_id, day, stats, .. } => {
-                t.day_stats()?.insert(&day_stats_key(*app_id, *day)[..], &stats.to_bytes()[..])?;
+                t.day_stats()?.insert(&day_stats_key(self.partition, *app_id, *day)[..], &stats.to_bytes()[..])?;
             }
             WriteOp::Quiet { regid, hours } => match hours {
                 Some(hours) => {
@@ -328,8 +360,9 @@ impl PartitionStore {
                 fx.stats.put(*id, counts);
                 if counts.delivered >= counts.targets && !fx.bodiless.contains(id) {
                     // Delivered everywhere in this partition: nothing is left to expire.
-                    t.bodies()?.remove(*id)?;
-                    t.push_expiry()?.remove(&push_expiry_key(counts.expires_at, *seq, *id)[..])?;
+                    t.bodies()?.remove((*id, self.partition))?;
+                    let key = push_expiry_key(self.partition, counts.expires_at, *seq, *id);
+                    t.push_expiry()?.remove(&key[..])?;
                 }
             }
         }
@@ -357,15 +390,15 @@ impl PartitionStore {
     /// Removes what expired at or before `now_s`, at most `limit` expiry rows; answers what
     /// it removed that statistics count, and whether more may be left.
     pub fn expire(&self, now_s: u64, limit: usize, events: &mut Vec<StoreEvent>) -> Result<bool, StoreError> {
-        let mut fx = TxnEffects::new(PendingTxn::new(&self.pending_index), &[]);
+        let mut fx = TxnEffects::new(self, &[]);
         let result = (|| -> Result<bool, StoreError> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(redb::Durability::None)?;
             let more = {
                 let mut t = Tables::new(&txn);
                 let mut expired_by_app: BTreeMap<AppId, u64> = BTreeMap::new();
-                let (pushes, more) = Self::expire_pushes(&mut t, &mut fx, now_s, limit, &mut expired_by_app)?;
-                let more = more || Self::expire_groups(&mut t, now_s, limit - pushes, &mut expired_by_app)?;
+                let (pushes, more) = self.expire_pushes(&mut t, &mut fx, now_s, limit, &mut expired_by_app)?;
+                let more = more || self.expire_groups(&mut t, now_s, limit - pushes, &mut expired_by_app)?;
                 let more = more || Self::forget_stats(&mut t, now_s, limit)?;
                 fx.events.extend(
                     expired_by_app
@@ -379,27 +412,25 @@ impl PartitionStore {
             Ok(more)
         })();
         let more = result?;
-        fx.pending.publish();
-        if fx.rows_delta != 0 {
-            events.push(StoreEvent::PendingRows(fx.rows_delta));
-        }
-        events.append(&mut fx.events);
+        fx.publish(events);
         Ok(more)
     }
 
     /// Removes the pending rows and bodies of pushes due by `now_s`, at most `limit` pushes;
     /// answers how many it took and whether more are due.
     fn expire_pushes(
+        &self,
         t: &mut Tables<'_>,
         fx: &mut TxnEffects<'_>,
         now_s: u64,
         limit: usize,
         expired_by_app: &mut BTreeMap<AppId, u64>,
     ) -> Result<(usize, bool), StoreError> {
-        let end = push_expiry_key(now_s, u64::MAX, u64::MAX);
+        let start = self.partition.to_be_bytes();
+        let end = push_expiry_key(self.partition, now_s, u64::MAX, u64::MAX);
         let mut due = Vec::new();
         let mut more = false;
-        for row in t.push_expiry()?.range(&[][..]..=&end[..])? {
+        for row in t.push_expiry()?.range(&start[..]..=&end[..])? {
             if due.len() >= limit {
                 more = true;
                 break;
@@ -409,9 +440,10 @@ impl PartitionStore {
         }
         for (key, targets) in &due {
             t.push_expiry()?.remove(&key[..])?;
-            let (Some(seq), Some(id)) = (be_u64_at(key, 8), be_u64_at(key, 16)) else { continue };
-            let app_id = t.msg_stats()?.get(id)?.and_then(|v| MessageStats::from_bytes(v.value())).map(|s| s.app_id);
-            t.bodies()?.remove(id)?;
+            let (Some(seq), Some(id)) = (be_u64_at(key, 10), be_u64_at(key, 18)) else { continue };
+            let stats = t.msg_stats()?.get((id, self.partition))?.and_then(|v| MessageStats::from_bytes(v.value()));
+            let app_id = stats.map(|s| s.app_id);
+            t.bodies()?.remove((id, self.partition))?;
             for regid in targets.chunks_exact(12) {
                 let regid = RegId(regid.try_into().expect("chunks of 12 bytes"));
                 if fx.pending.remove(regid.0, seq) {
@@ -428,13 +460,14 @@ impl PartitionStore {
     }
 
     /// Removes the counts and click rows of messages older than [`super::STATS_KEPT_SECS`],
-    /// at most `limit` of each; answers whether more are due.
+    /// at most `limit` of each, of every partition of the database (they are keyed by id
+    /// first); answers whether more are due.
     fn forget_stats(t: &mut Tables<'_>, now_s: u64, limit: usize) -> Result<bool, StoreError> {
         let first_kept = super::first_kept_stats_id(now_s);
-        let (due, more_stats) = keys_up_to(t.msg_stats()?.range(..first_kept)?, limit, |k| k.value())?;
-        for id in due {
-            debug_assert!(id < first_kept);
-            t.msg_stats()?.remove(id)?;
+        let (due, more_stats) = keys_up_to(t.msg_stats()?.range(..(first_kept, 0))?, limit, |k| k.value())?;
+        for key in due {
+            debug_assert!(key.0 < first_kept);
+            t.msg_stats()?.remove(key)?;
         }
         let end = first_kept.to_be_bytes();
         let (clicks, more_clicks) = keys_up_to(t.clicks()?.range(..&end[..])?, limit, |k| k.value().to_vec())?;
@@ -447,25 +480,28 @@ impl PartitionStore {
     /// Removes group messages and their bodies due by `now_s`, at most `limit` index rows;
     /// answers whether more are due.
     fn expire_groups(
+        &self,
         t: &mut Tables<'_>,
         now_s: u64,
         limit: usize,
         expired_by_app: &mut BTreeMap<AppId, u64>,
     ) -> Result<bool, StoreError> {
-        let end = expiry_key(now_s, u8::MAX, &[0xff; 20]);
-        let (due, more) = keys_up_to(t.expiry()?.range(&[][..]..=&end[..])?, limit, |k| k.value().to_vec())?;
+        let p = self.partition;
+        let (start, end) = (p.to_be_bytes(), expiry_key(p, now_s, u8::MAX, &[0xff; 20]));
+        let (due, more) = keys_up_to(t.expiry()?.range(&start[..]..=&end[..])?, limit, |k| k.value().to_vec())?;
         for key in due {
             t.expiry()?.remove(&key[..])?;
-            let (Some(&kind), Some(raw)) = (key.get(8), key.get(9..17)) else { continue };
+            let (Some(&kind), Some(raw)) = (key.get(10), key.get(11..19)) else { continue };
             let Ok(raw) = <[u8; 8]>::try_from(raw) else { continue };
             match kind {
                 EXPIRY_BODY => {
-                    t.bodies()?.remove(u64::from_be_bytes(raw))?;
+                    t.bodies()?.remove((u64::from_be_bytes(raw), p))?;
                 }
                 EXPIRY_GROUP => {
-                    let removed = t.group()?.remove(u64::from_be_bytes(raw))?.and_then(|e| decode_group(e.value()));
+                    let removed =
+                        t.group()?.remove((u64::from_be_bytes(raw), p))?.and_then(|e| decode_group(e.value()));
                     let Some((id, _, _, _)) = removed else { continue };
-                    let stats = t.msg_stats()?.get(id)?.and_then(|v| MessageStats::from_bytes(v.value()));
+                    let stats = t.msg_stats()?.get((id, p))?.and_then(|v| MessageStats::from_bytes(v.value()));
                     if let Some(s) = stats {
                         *expired_by_app.entry(s.app_id).or_default() += s.targets.saturating_sub(s.delivered);
                     }

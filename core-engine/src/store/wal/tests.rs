@@ -117,7 +117,7 @@ impl Fixture {
     fn new(name: &str) -> Self {
         let dir = temp_dir(name);
         let limits = StoreLimits { max_pending_per_device: 100 };
-        let store = Arc::new(PartitionStore::open(&dir, 1, 1 << 20, limits).unwrap());
+        let store = Arc::new(PartitionStore::open_alone(&dir, 1, 1 << 20, limits).unwrap());
         let stores = [(1, store.clone())].into();
         let device = RegId::generate(1);
         let push = Box::new(move |id, seq| WriteOp::StorePush { envelope: envelope(id), seq, regids: vec![device] });
