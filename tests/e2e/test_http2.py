@@ -15,8 +15,7 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from conftest import free_ports
-from test_tls import _make_ca
+from test_tls import tls_node  # noqa: F401 (a fixture)
 
 IDLE_S = 2
 
@@ -132,13 +131,9 @@ def test_errors_over_h2_are_json_with_their_status(node, app):
     assert st3 == 404 and b3["code"], b3
 
 
-def test_https_offers_h2_by_alpn(make_node, tmp_path):
-    ca, crt, key = _make_ca(tmp_path)
-    mqtts, https = free_ports(2)
-    node = make_node(extra_args=(
-        "--mqtt-tls-listen", f"127.0.0.1:{mqtts}", "--https-listen", f"127.0.0.1:{https}",
-        "--tls-cert", str(crt), "--tls-key", str(key),
-    ))
+def test_https_offers_h2_by_alpn(tls_node):
+    https = int(tls_node.https_url.rsplit(":", 1)[1])
+    ca = tls_node.ca
     context = ssl.create_default_context(cafile=str(ca))
     context.set_alpn_protocols(["h2", "http/1.1"])
     raw = socket.create_connection(("127.0.0.1", https), timeout=10)

@@ -167,6 +167,32 @@ fn copy_bytes_keyed<V: redb::Value + 'static>(
     Ok(copied)
 }
 
+/// Copies the tables keyed by RegID (a device's registration, aliases, topics, group
+/// cursor, last active day, quiet hours) with `route`.
+fn copy_device_tables(
+    src: &ReadTransaction,
+    dst: &[&WriteTransaction],
+    route: impl Fn(&[u8]) -> Option<(usize, Vec<u8>)> + Copy,
+) -> Result<u64, StoreError> {
+    Ok(copy_bytes_keyed(src, DEVICES, dst, DEVICES, route)?
+        + copy_bytes_keyed(src, ALIASES, dst, ALIASES, route)?
+        + copy_bytes_keyed(src, SUBSCRIPTIONS, dst, SUBSCRIPTIONS, route)?
+        + copy_bytes_keyed(src, GROUP_CURSORS, dst, GROUP_CURSORS, route)?
+        + copy_bytes_keyed(src, ACTIVE_DAYS, dst, ACTIVE_DAYS, route)?
+        + copy_bytes_keyed(src, QUIET, dst, QUIET, route)?)
+}
+
+/// Copies the tables keyed partition first (daily counts, the expiry indexes) with `route`.
+fn copy_partition_first_tables(
+    src: &ReadTransaction,
+    dst: &[&WriteTransaction],
+    route: impl Fn(&[u8]) -> Option<(usize, Vec<u8>)> + Copy,
+) -> Result<u64, StoreError> {
+    Ok(copy_bytes_keyed(src, DAY_STATS, dst, DAY_STATS, route)?
+        + copy_bytes_keyed(src, EXPIRY, dst, EXPIRY, route)?
+        + copy_bytes_keyed(src, PUSH_EXPIRY, dst, PUSH_EXPIRY, route)?)
+}
+
 /// Copies the rows of a database of another shard count, each to the file of its partition.
 fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], shards: usize) -> Result<u64, StoreError> {
     let dst: Vec<&WriteTransaction> = txns.iter().collect();
@@ -174,15 +200,8 @@ fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], shards: usize) 
     let lead = |key: &[u8]| to(leading_partition(key), key);
     let after = |key: &[u8]| to(partition_after_u64(key), key);
     let mut rows = 0;
-    rows += copy_bytes_keyed(src, DEVICES, &dst, DEVICES, lead)?;
-    rows += copy_bytes_keyed(src, ALIASES, &dst, ALIASES, lead)?;
-    rows += copy_bytes_keyed(src, SUBSCRIPTIONS, &dst, SUBSCRIPTIONS, lead)?;
-    rows += copy_bytes_keyed(src, GROUP_CURSORS, &dst, GROUP_CURSORS, lead)?;
-    rows += copy_bytes_keyed(src, ACTIVE_DAYS, &dst, ACTIVE_DAYS, lead)?;
-    rows += copy_bytes_keyed(src, QUIET, &dst, QUIET, lead)?;
-    rows += copy_bytes_keyed(src, DAY_STATS, &dst, DAY_STATS, lead)?;
-    rows += copy_bytes_keyed(src, EXPIRY, &dst, EXPIRY, lead)?;
-    rows += copy_bytes_keyed(src, PUSH_EXPIRY, &dst, PUSH_EXPIRY, lead)?;
+    rows += copy_device_tables(src, &dst, lead)?;
+    rows += copy_partition_first_tables(src, &dst, lead)?;
     rows += copy_bytes_keyed(src, PENDING, &dst, PENDING, after)?;
     rows += copy_bytes_keyed(src, CLICKS, &dst, CLICKS, after)?;
     for def in [BODIES, MSG_STATS, GROUP] {
@@ -213,17 +232,10 @@ fn copy_legacy(src: &ReadTransaction, p: u16, dst: &WriteTransaction) -> Result<
     let same = |key: &[u8]| Some((0, key.to_vec()));
     let prefixed = |key: &[u8]| Some((0, [&p.to_be_bytes()[..], key].concat()));
     let mut rows = 0;
-    rows += copy_bytes_keyed(src, DEVICES, &dst, DEVICES, same)?;
-    rows += copy_bytes_keyed(src, ALIASES, &dst, ALIASES, same)?;
-    rows += copy_bytes_keyed(src, SUBSCRIPTIONS, &dst, SUBSCRIPTIONS, same)?;
-    rows += copy_bytes_keyed(src, GROUP_CURSORS, &dst, GROUP_CURSORS, same)?;
-    rows += copy_bytes_keyed(src, ACTIVE_DAYS, &dst, ACTIVE_DAYS, same)?;
-    rows += copy_bytes_keyed(src, QUIET, &dst, QUIET, same)?;
+    rows += copy_device_tables(src, &dst, same)?;
     rows += copy_bytes_keyed(src, PENDING, &dst, PENDING, same)?;
     rows += copy_bytes_keyed(src, CLICKS, &dst, CLICKS, same)?;
-    rows += copy_bytes_keyed(src, DAY_STATS, &dst, DAY_STATS, prefixed)?;
-    rows += copy_bytes_keyed(src, EXPIRY, &dst, EXPIRY, prefixed)?;
-    rows += copy_bytes_keyed(src, PUSH_EXPIRY, &dst, PUSH_EXPIRY, prefixed)?;
+    rows += copy_partition_first_tables(src, &dst, prefixed)?;
     // (regid, seq) -> (seq, regid).
     rows += copy_bytes_keyed(src, LEGACY_PENDING_BY_DEVICE, &dst, PENDING, |key| {
         let (regid, seq) = (key.get(..12)?, key.get(12..20)?);

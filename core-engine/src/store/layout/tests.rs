@@ -94,12 +94,19 @@ fn check_rows(dbs: &[ShardDb], a: &RegId, b: &RegId) {
     }
 }
 
+/// A folder of two partition files: device a in partition 0 (its pending row in the table
+/// keyed by device when `a_by_device`), b in partition 1.
+fn legacy_folder(name: &str, a_by_device: bool) -> (PathBuf, RegId, RegId) {
+    let dir = temp_dir(name);
+    let (a, b) = (RegId::generate(0), RegId::generate(1));
+    write_legacy(&dir, a, 1, 10, a_by_device);
+    write_legacy(&dir, b, 2, 11, false);
+    (dir, a, b)
+}
+
 #[test]
 fn a_folder_of_partition_files_moves_into_shard_databases_and_between_shard_counts() {
-    let dir = temp_dir("legacy");
-    let (a, b) = (RegId::generate(0), RegId::generate(1));
-    write_legacy(&dir, a, 1, 10, true);
-    write_legacy(&dir, b, 2, 11, false);
+    let (dir, a, b) = legacy_folder("legacy", true);
 
     let (dbs, recorded) = open_as(&dir, 1, None);
     assert_eq!(recorded, Some(1));
@@ -125,10 +132,7 @@ fn a_folder_of_partition_files_moves_into_shard_databases_and_between_shard_coun
 
 #[test]
 fn a_move_that_did_not_finish_is_made_again() {
-    let dir = temp_dir("interrupted");
-    let (a, b) = (RegId::generate(0), RegId::generate(1));
-    write_legacy(&dir, a, 1, 10, false);
-    write_legacy(&dir, b, 2, 11, false);
+    let (dir, a, b) = legacy_folder("interrupted", false);
     drop(open_as(&dir, 2, None));
     // A move to one shard stopped after writing part of its file (here: a device only).
     {
