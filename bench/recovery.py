@@ -4,6 +4,7 @@ for each (requests of 100 RegIDs, 16 clients, durability fsync), kills the node 
 restarts it and times how long until it answers /healthz and accepts MQTT again.
 
     python3 bench/recovery.py 10000 100     # 1,000,000 pending rows
+    python3 bench/recovery.py 10000 100 1   # then restart on 1 shard: time the store's move
 
 Needs a release build (target/release/pushnode) and `requests`. Everything is on loopback,
 bounded (each wait 120 s), and only the node this script started is signalled.
@@ -56,4 +57,12 @@ m = requests.get(f"http://127.0.0.1:{hp}/metrics").text
 print([l for l in m.splitlines() if l.startswith("pushnode_pending")], flush=True)
 print(subprocess.run(["grep", "-E", "replayed|shard loaded", f"{d}/node.log"], capture_output=True, text=True).stdout[-1500:])
 p.send_signal(signal.SIGTERM); p.wait(30)
+if len(sys.argv) > 3:  # restart with another shard count: every row moves to new files first
+    argv[argv.index("--shards") + 1] = sys.argv[3]
+    p, t = start()
+    print(f"restart on {sys.argv[3]} shard(s): serving in {t:.2f}s", flush=True)
+    m = requests.get(f"http://127.0.0.1:{hp}/metrics").text
+    print([l for l in m.splitlines() if l.startswith("pushnode_pending")], flush=True)
+    print(subprocess.run(["grep", "-E", "moving the store|rows moved", f"{d}/node.log"], capture_output=True, text=True).stdout[-800:])
+    p.send_signal(signal.SIGTERM); p.wait(30)
 subprocess.run(["rm", "-rf", d])

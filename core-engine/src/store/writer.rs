@@ -159,7 +159,7 @@ const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Most expiry-index rows removed per partition per sweep, so a sweep never stalls commits long.
 const EXPIRY_SWEEP_ROWS: usize = 20_000;
 
-/// The writer's loop: group-commit jobs, checkpoint (sync) partitions, sweep expired messages.
+/// The writer's loop: group-commit jobs, checkpoint (sync) the database, sweep expired messages.
 struct WriterLoop {
     db: Arc<ShardDb>,
     metrics: Arc<crate::stats::ShardMetrics>,
