@@ -50,19 +50,17 @@ el = time.monotonic() - t0
 print(f"acked {acked} requests = {acked*100} pending rows in {el:.1f}s ({acked*100/el:.0f} rows/s)", flush=True)
 m = requests.get(f"http://127.0.0.1:{hp}/metrics").text
 print([l for l in m.splitlines() if l.startswith("pushnode_pending")], flush=True)
-p.send_signal(signal.SIGKILL); p.wait()
-p, t = start()
-print(f"after kill -9: serving (HTTP healthz + MQTT accept) in {t:.2f}s", flush=True)
-m = requests.get(f"http://127.0.0.1:{hp}/metrics").text
-print([l for l in m.splitlines() if l.startswith("pushnode_pending")], flush=True)
-print(subprocess.run(["grep", "-E", "replayed|shard loaded", f"{d}/node.log"], capture_output=True, text=True).stdout[-1500:])
-p.send_signal(signal.SIGTERM); p.wait(30)
-if len(sys.argv) > 3:  # restart with another shard count: every row moves to new files first
-    argv[argv.index("--shards") + 1] = sys.argv[3]
+def restart_and_report(what, log_lines, tail):
+    """Starts the node, says how long it took to serve, its pending gauge and its log's `log_lines`."""
     p, t = start()
-    print(f"restart on {sys.argv[3]} shard(s): serving in {t:.2f}s", flush=True)
+    print(f"{what}: serving (HTTP healthz + MQTT accept) in {t:.2f}s", flush=True)
     m = requests.get(f"http://127.0.0.1:{hp}/metrics").text
     print([l for l in m.splitlines() if l.startswith("pushnode_pending")], flush=True)
-    print(subprocess.run(["grep", "-E", "moving the store|rows moved", f"{d}/node.log"], capture_output=True, text=True).stdout[-800:])
+    print(subprocess.run(["grep", "-E", log_lines, f"{d}/node.log"], capture_output=True, text=True).stdout[-tail:])
     p.send_signal(signal.SIGTERM); p.wait(30)
+p.send_signal(signal.SIGKILL); p.wait()
+restart_and_report("after kill -9", "replayed|shard loaded", 1500)
+if len(sys.argv) > 3:  # restart with another shard count: every row moves to new files first
+    argv[argv.index("--shards") + 1] = sys.argv[3]
+    restart_and_report(f"restart on {sys.argv[3]} shard(s)", "moving the store|rows moved", 800)
 subprocess.run(["rm", "-rf", d])
