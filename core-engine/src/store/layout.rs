@@ -56,10 +56,10 @@ pub fn open(
         let old = old_files(dir, partitions, found);
         if !old.is_empty() {
             tracing::info!(files = old.len(), from = ?found, to = shards, "moving the store to this shard count's files");
-            move_rows(dir, partitions, shards, found, &old)?;
+            move_rows(dir, shards, &old)?;
         }
         record(shards)?;
-        for path in &old {
+        for OldFile { path, .. } in &old {
             std::fs::remove_file(path).map_err(|e| StoreError(format!("removing {}: {e}", path.display())))?;
         }
     }
@@ -70,23 +70,25 @@ pub fn open(
         .collect()
 }
 
-/// The files of the layout `found` that exist.
-fn old_files(dir: &Path, partitions: u16, found: Option<usize>) -> Vec<PathBuf> {
-    let paths: Vec<PathBuf> = match found {
-        None => (0..partitions).map(|p| legacy_path(dir, p)).collect(),
-        Some(n) => (0..n).map(|i| shard_db_path(dir, i, n)).collect(),
-    };
-    paths.into_iter().filter(|p| p.exists()).collect()
+/// A file of the layout the rows move from.
+struct OldFile {
+    path: PathBuf,
+    /// The partition of a file of one partition (the layout before shard databases);
+    /// `None` for a shard database, whose keys name their partitions.
+    legacy_partition: Option<u16>,
 }
 
-/// Copies every row of `old` (files of the layout `found`) into new files for `shards`.
-fn move_rows(
-    dir: &Path,
-    partitions: u16,
-    shards: usize,
-    found: Option<usize>,
-    old: &[PathBuf],
-) -> Result<(), StoreError> {
+/// The files of the layout `found` that exist.
+fn old_files(dir: &Path, partitions: u16, found: Option<usize>) -> Vec<OldFile> {
+    let files: Vec<OldFile> = match found {
+        None => (0..partitions).map(|p| OldFile { path: legacy_path(dir, p), legacy_partition: Some(p) }).collect(),
+        Some(n) => (0..n).map(|i| OldFile { path: shard_db_path(dir, i, n), legacy_partition: None }).collect(),
+    };
+    files.into_iter().filter(|f| f.path.exists()).collect()
+}
+
+/// Copies every row of `old` into new files for `shards`.
+fn move_rows(dir: &Path, shards: usize, old: &[OldFile]) -> Result<(), StoreError> {
     let mut targets = Vec::with_capacity(shards);
     for i in 0..shards {
         let path = shard_db_path(dir, i, shards);
@@ -102,16 +104,12 @@ fn move_rows(
     }
     let txns = targets.iter().map(|db| db.begin_write()).collect::<Result<Vec<_>, _>>()?;
     let mut rows = 0u64;
-    for path in old {
-        let db = Database::open(path)?;
+    for file in old {
+        let db = Database::open(&file.path)?;
         let src = db.begin_read()?;
-        rows += match found {
-            None => {
-                let partition =
-                    (0..partitions).find(|&p| legacy_path(dir, p) == *path).expect("a legacy file's partition");
-                copy_legacy(&src, partition, &txns[usize::from(partition) % shards])?
-            }
-            Some(_) => copy_routed(&src, &txns, shards)?,
+        rows += match file.legacy_partition {
+            Some(p) => copy_legacy(&src, p, &txns[usize::from(p) % shards])?,
+            None => copy_routed(&src, &txns, shards)?,
         };
     }
     for txn in txns {
