@@ -7,8 +7,11 @@ At the end every device is connected and the test checks, from what the devices 
 - no device received a message that was never acknowledged, except the requests whose
   answer was lost to a kill (in flight at kill time; each request carries a nonce in its
   `payload`, so a received envelope names the request it came from);
-- per device, the first arrivals of acknowledged messages follow the node's acceptance
-  order (ids are increasing hex numbers);
+- per device, the first arrivals of acknowledged messages follow the order in which they
+  were accepted wherever that order is defined: a message whose request was answered before
+  another request was sent arrives before that request's message. Concurrent requests have
+  no order (two HTTP threads may take ids in one order and reach the device's shard in the
+  other), so their ids may arrive out of order;
 - nothing was delivered after its `expires_at`, and offline targets of short-TTL messages
   that connect after expiry never get them;
 - each restart is ready within seconds and logs how many pending messages it found (never
@@ -583,7 +586,7 @@ def verify(p: CrashParams, reqs: list[Req], phones: list[Phone], kill_windows, b
         if ph.refusals:
             problems["refused_connects"].append((ph.regid, ph.refusals[:3]))
         seen: set = set()
-        last_acked: tuple | None = None
+        latest_sent: tuple | None = None
         for wall, mid, nonce, dup, gen, exp, sent, raw in recs:
             received += 1
             if mid is None:
@@ -618,14 +621,15 @@ def verify(p: CrashParams, reqs: list[Req], phones: list[Phone], kill_windows, b
                 problems["bad_envelope"].append((ph.regid, mid, "no sent_at/expires_at"))
             if q.acked and mid == q.id:
                 delivered_pairs.add((ph.regid, mid))
-                key = (int(mid, 16), mid, wall, gen, dup, q.k)
-                if last_acked is not None and key[0] <= last_acked[0]:
+                # `latest_sent`: of the messages that arrived before this one, the one whose
+                # request was sent last. This message must not have been answered before it.
+                if latest_sent is not None and q.t_end < latest_sent[0]:
                     problems["order"].append(
-                        (ph.regid, f"{mid} (req {q.k}, t={wall:.3f}, gen {gen}, dup {dup}) after "
-                                   f"{last_acked[1]} (req {last_acked[5]}, t={last_acked[2]:.3f}, "
-                                   f"gen {last_acked[3]}, dup {last_acked[4]})"))
-                if last_acked is None or key[0] > last_acked[0]:
-                    last_acked = key
+                        (ph.regid, f"{mid} (req {q.k}, answered {q.t_end:.3f}, t={wall:.3f}, gen {gen}, "
+                                   f"dup {dup}) after {latest_sent[1]} (req {latest_sent[2]}, sent "
+                                   f"{latest_sent[0]:.3f}, t={latest_sent[3]:.3f}, gen {latest_sent[4]})"))
+                if latest_sent is None or q.t_start > latest_sent[0]:
+                    latest_sent = (q.t_start, mid, q.k, wall, gen)
 
     lost = []
     expired_skipped = 0
