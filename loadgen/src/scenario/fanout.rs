@@ -7,14 +7,13 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::time::{sleep_until, Instant};
 
 use super::common::unix_micros;
 use super::options::{parse_rate_or_zero, CommonArgs, Target};
 use super::parent::{self, Spec};
 use super::plan::Load;
-use super::sender::{qos_of, HttpSender, MqttPublisher};
+use super::sender::{qos_of, HttpSender, MqttPublisher, PushBody, PushTarget};
 use super::worker::{wait_for, Worker};
 
 /// The shared topic's name (pushnode topic target; MQTT `bench/fanout`).
@@ -92,12 +91,11 @@ async fn publish_all(w: &Rc<Worker>, messages: u32, qos: u8, interval: Duration)
                     break;
                 }
                 let sent_us = unix_micros();
-                let body = json!({
-                    "target": { "topic": TOPIC },
-                    "type": "passthrough",
-                    "payload": sent_us.to_string(),
-                });
-                match sender.post(&body, w.time_left()).await {
+                let outcome = match PushBody::passthrough(PushTarget::Topic(TOPIC), sent_us.to_string()).to_bytes() {
+                    Ok(body) => sender.post(&body, w.time_left()).await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
                     Ok(_) => {
                         accepted += 1;
                         w.tally.borrow_mut().note_send(1, sent_us);

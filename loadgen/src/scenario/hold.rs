@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::common::{parse_rate, unix_micros, wait_for_stdin_line, Latency, LatencySummary, StdinWait};
+use super::sender::{PushBody, PushTarget};
 
 /// Most RegIDs in one `POST /v1/messages`.
 const MAX_BATCH: usize = 1000;
@@ -543,20 +544,10 @@ async fn push_worker(
             continue;
         }
         let regids: Vec<&str> = batch.iter().map(|(_, r)| r.as_str()).collect();
-        let body = serde_json::json!({
-            "target": { "regids": regids },
-            "type": "passthrough",
-            "payload": unix_micros().to_string(),
-        });
-        let bytes = match serde_json::to_vec(&body) {
+        let bytes = match PushBody::passthrough(PushTarget::Regids(regids), unix_micros().to_string()).to_bytes() {
             Ok(b) => b,
             Err(e) => {
-                let _ = tx.send(Event::BatchDone {
-                    sent,
-                    accepted: Vec::new(),
-                    invalid: 0,
-                    error: Some(format!("encode: {e}")),
-                });
+                let _ = tx.send(Event::BatchDone { sent, accepted: Vec::new(), invalid: 0, error: Some(e) });
                 continue;
             }
         };

@@ -9,13 +9,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::time::{sleep_until, Instant};
 
 use super::common::unix_micros;
 use super::options::Target;
 use super::schedule::Schedule;
-use super::sender::{qos_of, HttpSender, MqttPublisher};
+use super::sender::{qos_of, HttpSender, MqttPublisher, PushBody, PushTarget};
 use super::worker::Worker;
 
 /// Most messages handed out in one catch-up burst before the loop looks again.
@@ -111,11 +110,14 @@ async fn send_http(
         for k in due.clone() {
             let scheduled_us = start_us + schedule.due(k).as_micros() as u64;
             let picked = pick_distinct(rng, targets, batch as usize);
-            let body = json!({
-                "target": { "regids": picked.iter().map(|(_, r)| &**r).collect::<Vec<_>>() },
-                "type": "passthrough",
-                "payload": scheduled_us.to_string(),
-            });
+            let regids = picked.iter().map(|(_, r)| &**r).collect();
+            let body = match PushBody::passthrough(PushTarget::Regids(regids), scheduled_us.to_string()).to_bytes() {
+                Ok(body) => body,
+                Err(e) => {
+                    w.tally.borrow_mut().count_failure(format!("send: {e}"));
+                    continue;
+                }
+            };
             let Some(slot) = sender.slot().await else {
                 return;
             };

@@ -39,6 +39,35 @@ pub struct HttpSender {
     concurrency: u32,
 }
 
+/// A passthrough push's body, serialized straight from borrowed parts: no `serde_json::Value`
+/// tree (maps, vectors and strings allocated per request) on the load sender's hot path.
+#[derive(serde::Serialize)]
+pub struct PushBody<'a> {
+    pub target: PushTarget<'a>,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub payload: String,
+}
+
+/// Who a [`PushBody`] goes to: `{"regids": [...]}` or `{"topic": "..."}`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushTarget<'a> {
+    Regids(Vec<&'a str>),
+    Topic(&'a str),
+}
+
+impl<'a> PushBody<'a> {
+    /// A passthrough message carrying `payload` to `target`.
+    pub fn passthrough(target: PushTarget<'a>, payload: String) -> Self {
+        PushBody { target, kind: "passthrough", payload }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| format!("encode: {e}"))
+    }
+}
+
 /// The part of `POST /v1/messages`'s answer the senders read.
 #[derive(serde::Deserialize)]
 struct SendAnswer {
@@ -87,9 +116,8 @@ impl HttpSender {
     }
 
     /// One `POST /v1/messages` with `body`; `Err` is a reason label.
-    pub async fn post(&self, body: &serde_json::Value, limit: Duration) -> Result<SendOutcome, String> {
-        let bytes = serde_json::to_vec(body).map_err(|e| format!("encode: {e}"))?;
-        let answer = self.poster.post(&bytes, limit).await.map_err(|e| e.label())?;
+    pub async fn post(&self, bytes: &[u8], limit: Duration) -> Result<SendOutcome, String> {
+        let answer = self.poster.post(bytes, limit).await.map_err(|e| e.label())?;
         if !(200..300).contains(&answer.status) {
             return Err(format!("http {}", answer.status));
         }
@@ -260,5 +288,23 @@ pub fn qos_of(n: u8) -> QoS {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_bodies_are_what_the_node_reads() {
+        let to_regids = PushBody::passthrough(PushTarget::Regids(vec!["a1", "b\"2"]), "17".into());
+        let v: serde_json::Value = serde_json::from_slice(&to_regids.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"target": {"regids": ["a1", "b\"2"]}, "type": "passthrough", "payload": "17"})
+        );
+        let to_topic = PushBody::passthrough(PushTarget::Topic("news"), "x".into());
+        let v: serde_json::Value = serde_json::from_slice(&to_topic.to_bytes().unwrap()).unwrap();
+        assert_eq!(v, serde_json::json!({"target": {"topic": "news"}, "type": "passthrough", "payload": "x"}));
     }
 }
