@@ -27,6 +27,10 @@ COLUMNS = [
     ("unicast p99 ms", "unicast", lambda d: lat(d, "p99"), "ms"),
     ("unicast p99.9 ms", "unicast", lambda d: lat(d, "p999"), "ms"),
 ]
+# Shown only when the run had the `http` scenario (Pushnode's HTTP frontend alone).
+HTTP_COLUMNS = [
+    ("HTTP frontend req/s", "http", lambda d: d.get("achieved_rate_per_s"), "rate"),
+]
 # Shown only when the run had the `idle-tls` scenario (idle connections over MQTT-over-TLS).
 TLS_COLUMNS = [
     ("user B / idle TLS conn", "idle-tls", lambda d: d.get("user_bytes_per_conn"), "bytes"),
@@ -111,7 +115,9 @@ def render(out_dir):
     notes = Notes()
     ran = set(meta.get("scenarios") or [])
     # The TLS columns go next to the plain idle ones.
-    columns = COLUMNS[:2] + TLS_COLUMNS + COLUMNS[2:] if "idle-tls" in ran else COLUMNS
+    columns = COLUMNS[:2] + TLS_COLUMNS + COLUMNS[2:] if "idle-tls" in ran else list(COLUMNS)
+    if "http" in ran:
+        columns += HTTP_COLUMNS
 
     docs = {}
     for t in targets:
@@ -194,6 +200,15 @@ def render(out_dir):
             f"(latency from the scheduled send time; Pushnode: {p.get('unicast_batch')} RegIDs "
             f"per HTTP request); churn reconnects {p.get('churn_per_s'):,} "
             f"clients/s for {p.get('churn_s')} s while {p.get('churn_rate'):,} pushes/s flow.")
+    if "http" in ran:
+        reps = (run_of.get(("pushnode", "http")) or {}).get("repeat_rates")
+        lines.append(
+            f"http is Pushnode's HTTP frontend alone: {p.get('http_devices'):,} devices register and go "
+            f"offline, then loadgen offers {p.get('http_rate'):,} single-RegID `POST /v1/messages`/s "
+            f"for {p.get('http_s')} s over 4 HTTP/2 connections (256 in flight); each push is "
+            "stored for its offline device (buffered durability)"
+            + (f"; median of {len(reps)} runs, each on a fresh node: "
+               + " / ".join(f"{r:,.0f}" for r in reps) + " requests/s" if reps else "") + ".")
     if "idle-tls" in ran:
         lines.append("idle-tls is idle over MQTT-over-TLS (TLS 1.3 unless a side refuses it; "
                      "throwaway CA, ECDSA P-256 certificate): Pushnode's rustls listener, "

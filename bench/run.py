@@ -52,31 +52,38 @@ PEER_CAP = 19_000
 ALL_TARGETS = ["pushnode", "pushnode-cap", "mosquitto", "nats-server", "rumqttd", "bare"]
 # Pushnode again at the peers' cap, so rates and latencies compare at equal scale too.
 PEERS_AND_PUSHNODE = [t for t in ALL_TARGETS if t != "pushnode-cap"]
-ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "churn", "idle-tls"]
+ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "http", "churn", "idle-tls"]
 # Bench scenarios that run a loadgen scenario of another name, over TLS.
 TLS_SCENARIOS = {"idle-tls": "idle"}
+# `http`: the HTTP frontend alone (loadgen's `unicast --offline`, one RegID a request).
+LOADGEN_SCENARIO = {**TLS_SCENARIOS, "http": "unicast"}
+# What a repeated scenario keeps the median run of.
+REPEATED = {"connect": ("connect_repeats", "connect_rate_per_s"), "http": ("http_repeats", "achieved_rate_per_s")}
 
 # Profiles: connections is what Pushnode gets; peers get min(connections, peer_cap).
 PROFILES = {
     "smoke": dict(
         connections=500, peer_cap=500, targets=["pushnode", "bare"],
-        scenarios=["connect", "idle", "fanout", "unicast", "churn"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "churn"],
         idle_hold_s=2, fanout_messages=5, fanout_interval_ms=100,
         unicast_rate=1000, unicast_s=3, unicast_batch=100,
+        http_devices=200, http_rate=1000, http_s=3,
         churn_per_s=50, churn_rate=500, churn_s=3, timeout_s=30, straggler_s=3,
     ),
     "quick": dict(
         connections=10_000, peer_cap=10_000, targets=PEERS_AND_PUSHNODE,
-        scenarios=["connect", "idle", "fanout", "unicast", "churn", "idle-tls"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "churn", "idle-tls"],
         idle_hold_s=3, fanout_messages=10, fanout_interval_ms=0,
         unicast_rate=20_000, unicast_s=5, unicast_batch=10, connect_repeats=3,
+        http_devices=2_000, http_rate=30_000, http_s=5,
         churn_per_s=500, churn_rate=5_000, churn_s=5, timeout_s=60, straggler_s=5,
     ),
     "full": dict(
         connections=100_000, peer_cap=PEER_CAP, targets=ALL_TARGETS,
-        scenarios=["connect", "idle", "fanout", "unicast", "churn"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "churn"],
         idle_hold_s=15, fanout_messages=10, fanout_interval_ms=0,
         unicast_rate=20_000, unicast_s=30, unicast_batch=10, connect_repeats=3,
+        http_devices=10_000, http_rate=60_000, http_s=15, http_repeats=3,
         churn_per_s=2_000, churn_rate=20_000, churn_s=30, timeout_s=600, straggler_s=15,
     ),
 }
@@ -89,7 +96,9 @@ ONLY_FOR = {"churn": ({"pushnode", "pushnode-cap"}, "churn checks Pushnode's no-
                       "reconnects; loadgen runs it against --target pushnode only (plain MQTT "
                       "clients use clean sessions, where loss is by design)"),
             "idle-tls": ({"pushnode", "mosquitto"}, "the bench sets up an MQTT TLS listener "
-                         "for Pushnode and mosquitto only")}
+                         "for Pushnode and mosquitto only"),
+            "http": ({"pushnode"}, "the HTTP push API is Pushnode's own; peers are sent to over "
+                     "MQTT (unicast)")}
 
 
 def log(msg):
@@ -371,7 +380,7 @@ def loadgen_argv(scenario, srv, n, p, json_path):
     # At most 40,000 connections per loopback source address (of ~64,500 ports), so ports
     # left in TIME_WAIT by an earlier run never run out.
     source_ips = max(16, math.ceil(n / 40_000))
-    argv = [loadgen_bin(), TLS_SCENARIOS.get(scenario, scenario)] + srv.loadgen_args + [
+    argv = [loadgen_bin(), LOADGEN_SCENARIO.get(scenario, scenario)] + srv.loadgen_args + [
         "--source-ips", f"127.0.0.2-127.0.0.{1 + source_ips}", "--workers", str(workers),
         "--json", json_path, "--timeout-secs", str(p["timeout_s"]),
         "--straggler-secs", str(p["straggler_s"])]
@@ -388,6 +397,12 @@ def loadgen_argv(scenario, srv, n, p, json_path):
                  "--duration-secs", str(p["unicast_s"])]
         if srv.name.startswith("pushnode"):
             argv += ["--batch", str(p["unicast_batch"])]
+    elif scenario == "http":
+        # Devices register, connect and go offline; then single-RegID sends as fast as the
+        # frontend answers them up to the offered rate, over 4 HTTP/2 connections (256 in flight).
+        argv += ["--connections", str(n), "--rate", str(p["http_rate"]),
+                 "--duration-secs", str(p["http_s"]), "--batch", "1", "--offline",
+                 "--http2-connections", "4", "--http-concurrency", "256"]
     elif scenario == "churn":
         argv += ["--connections", str(n), "--churn-per-sec", str(p["churn_per_s"]),
                  "--rate", str(p["churn_rate"]), "--duration-secs", str(p["churn_s"])]
@@ -484,15 +499,16 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
     """Runs every (target, scenario) of the invocation, appending to `runs`; `tls`
     caches the throwaway CA files (made at the first TLS scenario)."""
     for target in targets:
-        n = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
+        given = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
+        capped = not target.startswith("pushnode") and given < p["connections"]
         for scenario in scenarios:
+            n = min(given, p["http_devices"]) if scenario == "http" else given
             tag = f"{target}-{scenario}"
             json_path = os.path.join(out, f"{tag}.json")
-            run = {"target": target, "scenario": scenario, "connections": n,
-                   "capped": not target.startswith("pushnode") and n < p["connections"]}
+            run = {"target": target, "scenario": scenario, "connections": n, "capped": capped}
             if scenario in ONLY_FOR and target not in ONLY_FOR[scenario][0]:
                 run["skipped"] = "not run: " + ONLY_FOR[scenario][1]
-            elif TLS_SCENARIOS.get(scenario, scenario) not in offered:
+            elif LOADGEN_SCENARIO.get(scenario, scenario) not in offered:
                 run["skipped"] = f"loadgen has no `{scenario}` scenario (yet)"
             if run.get("skipped"):
                 log(f"{tag}: skipped: {run['skipped']}")
@@ -516,9 +532,9 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
                                        "skipped": run["skipped"]})
                 runs.append(run)
                 continue
-            repeats = p.get("connect_repeats", 1) if scenario == "connect" else 1
+            repeats = p.get(REPEATED[scenario][0], 1) if scenario in REPEATED else 1
             if repeats > 1:
-                measure_connect_median(srv, run, target, n, p, logs, json_path, repeats)
+                measure_median(srv, run, target, scenario, n, p, logs, json_path, repeats)
             else:
                 measure_once(srv, run, target, tag, scenario, n, p, logs, json_path)
             runs.append(run)
@@ -547,11 +563,12 @@ def measure_once(srv, run, target, tag, scenario, n, p, logs, json_path):
         + ("" if run["server_alive_after"] else " (server had died)"))
 
 
-def measure_connect_median(srv, run, target, n, p, logs, json_path, repeats):
-    """`repeats` connect runs, each on a fresh server (`srv` is the first); keeps the run with
-    the median rate as `json_path` and `run`, and every run's rate in `run["repeat_rates"]`.
-    A connect run lasts a second or two, too short for one to stand for a noisy machine."""
-    scenario = "connect"
+def measure_median(srv, run, target, scenario, n, p, logs, json_path, repeats):
+    """`repeats` runs of `scenario` (in REPEATED), each on a fresh server (`srv` is the first);
+    keeps the run with the median rate as `json_path` and `run`, and every run's rate in
+    `run["repeat_rates"]`. A connect run lasts a second or two, and the HTTP frontend's
+    rate swings with whatever else the shared machine runs: one run cannot stand for it."""
+    key = REPEATED[scenario][1]
     tag = f"{target}-{scenario}"
     tries = []
     for i in range(repeats):
@@ -566,7 +583,7 @@ def measure_connect_median(srv, run, target, n, p, logs, json_path, repeats):
         measure_once(srv, one, target, f"{tag}.{i}" if i else tag, scenario, n, p, logs, path)
         try:
             with open(path) as f:
-                rate = json.load(f).get("connect_rate_per_s")
+                rate = json.load(f).get(key)
         except (OSError, ValueError):
             rate = None
         tries.append((rate if isinstance(rate, (int, float)) else -1, one, path))
@@ -578,7 +595,7 @@ def measure_connect_median(srv, run, target, n, p, logs, json_path, repeats):
     for _, _, other in tries:
         if other != path and os.path.exists(other):
             os.remove(other)
-    log(f"{tag}: connect rates {run['repeat_rates']}, median kept")
+    log(f"{tag}: {key} {run['repeat_rates']}, median kept")
 
 
 def main():
