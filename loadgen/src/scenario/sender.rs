@@ -63,6 +63,7 @@ impl<'a> PushBody<'a> {
         PushBody { target, kind: "passthrough", payload }
     }
 
+    /// The JSON bytes of the body; `Err` is a reason label.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(self).map_err(|e| format!("encode: {e}"))
     }
@@ -116,8 +117,8 @@ impl HttpSender {
     }
 
     /// One `POST /v1/messages` with `body`; `Err` is a reason label.
-    pub async fn post(&self, bytes: &[u8], limit: Duration) -> Result<SendOutcome, String> {
-        let answer = self.poster.post(bytes, limit).await.map_err(|e| e.label())?;
+    pub async fn post(&self, body: &[u8], limit: Duration) -> Result<SendOutcome, String> {
+        let answer = self.poster.post(body, limit).await.map_err(|e| e.label())?;
         if !(200..300).contains(&answer.status) {
             return Err(format!("http {}", answer.status));
         }
