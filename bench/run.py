@@ -223,7 +223,7 @@ def pushnode_layout(n):
     # shards of 17,900 delivered 26,004/s against 20,545/s on 80, but took 506 B per idle
     # connection against 468). SO_REUSEPORT spreads connections evenly (a shard's count
     # varies by ~sqrt of its mean); each ring may hold up to 19,500 (the fd limit is 20,000).
-    shards = max(cores, math.ceil(n / 14_000))
+    shards = int(os.environ.get("BENCH_PUSHNODE_SHARDS") or max(cores, math.ceil(n / 14_000)))
     per_shard = min(19_500, max(1024, math.ceil(n * 1.3 / shards) + 1024))
     return shards, per_shard
 

@@ -27,5 +27,6 @@ echo "loadgen rc=$?"; cat $D/loadgen.time
 grep -E "achieved|p50|p99|deliver|latency|lost|sent" $D/loadgen.out | head -20
 curl -s 127.0.0.1:$HP/metrics | grep -E "commit|delivery_latency|http" | grep -v "^#" | head -40
 echo "node cpu: $(awk "{print (\$14+\$15)/100}" /proc/$PID/stat) s; by thread: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 0.05) printf "%s %.2f  ", k, c[k]}')"
+echo "node HTTP threads' cpu s (how evenly connections spread): $(for t in /proc/$PID/task/*; do case "$(cat $t/comm)" in http-*) echo -n "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)  ";; esac; done)"
 echo "node context switches (voluntary+involuntary) by thread: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '/ctxt_switches/ {s+=$2} END {print s}' $t/status)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 1000) printf "%s %d  ", k, c[k]}')"; kill $PID; wait $PID 2>/dev/null
 rm -rf $D

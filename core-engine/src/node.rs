@@ -5,7 +5,7 @@ use crate::apps::AppRegistry;
 use crate::ids::message_id_text;
 use crate::ids::{AppId, MessageId, MessageIdSource, RegId};
 use crate::push::{GroupFilter, PushError, SendRequest, Target};
-use crate::shard::{ControlError, Shard, ShardInbox, ShardMsg, ShardSetup};
+use crate::shard::{ControlError, Relayed, Shard, ShardInbox, ShardMsg, ShardSetup};
 use crate::store::{Durability, MessageStats, PartitionStore, ShardDb, StoreError};
 use crate::sys::BufRingError;
 use futures_channel::oneshot;
@@ -483,17 +483,18 @@ impl NodeHandle {
         RegId::parse(text).filter(|r| r.partition() < self.shared.partitions)
     }
 
-    /// Sends a request to a shard; the receiver answers it.
+    /// Sends a request to a shard; the receiver answers it (woken through this thread's
+    /// relay, if it relays: `wake_relay.rs`).
     fn ask<T>(
         &self,
         shard: usize,
         msg: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
-    ) -> Result<oneshot::Receiver<T>, ApiError> {
+    ) -> Result<Relayed<oneshot::Receiver<T>>, ApiError> {
         let (reply, rx) = oneshot::channel();
         if !self.shared.inboxes[shard].send(msg(reply)) {
             return Err(ApiError::Unavailable);
         }
-        Ok(rx)
+        Ok(Relayed::new(rx))
     }
 
     /// Sets or removes an alias of one of the app's devices.
@@ -577,10 +578,7 @@ impl NodeHandle {
     /// Registers a device of `app_id`; answers its RegID and token.
     pub async fn register(&self, app_id: AppId) -> Result<(RegId, String), ApiError> {
         let shard = self.shared.next_register_shard.fetch_add(1, Ordering::Relaxed) % self.shared.inboxes.len();
-        let (reply, rx) = oneshot::channel();
-        if !self.shared.inboxes[shard].send(ShardMsg::Register { app_id, reply }) {
-            return Err(ApiError::Unavailable);
-        }
+        let rx = self.ask(shard, |reply| ShardMsg::Register { app_id, reply })?;
         Ok(rx.await.map_err(|_| ApiError::Unavailable)??)
     }
 

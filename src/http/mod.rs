@@ -83,7 +83,12 @@ pub fn start(
                         return;
                     }
                 };
-                runtime.block_on(serve(listener, state, tls, idle_timeout));
+                // Answers from the shards wake this runtime once per batch (wake_relay.rs).
+                let relay = core_engine::shard::relay_wakes_on_this_thread();
+                runtime.block_on(async move {
+                    tokio::spawn(relay);
+                    serve(listener, state, tls, idle_timeout).await
+                });
             })?;
         }
     }

@@ -13,11 +13,13 @@ mod groups;
 mod inbox;
 mod tls_io;
 mod token;
+mod wake_relay;
 
 pub use inbox::{
     defer_wakes_on_this_thread, flush_deferred_wakes, AfterStore, ControlError, PushPart, ShardInbox, ShardMsg,
     TopicPart,
 };
+pub use wake_relay::{relay_wakes_on_this_thread, Relayed};
 
 use crate::ids::{MessageIdSource, RegId};
 use crate::node::NodeShared;
