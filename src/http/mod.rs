@@ -1,11 +1,13 @@
 //! The HTTP frontend for app servers and the admin (HTTP/1.1, and HTTP/2 where the client
 //! asks for it: `conn.rs`): hyper on a current-thread tokio runtime per HTTP thread, each
-//! with its own SO_REUSEPORT listener. Handlers only parse, authenticate and route to the
-//! shards through [`NodeHandle`].
+//! with its own SO_REUSEPORT listener; a new connection is served by the runtime with the
+//! fewest open (`balance.rs`). Handlers only parse, authenticate and route to the shards
+//! through [`NodeHandle`].
 
 mod admin_routes;
 mod api_routes;
 mod auth;
+mod balance;
 mod callbacks;
 mod conn;
 mod error;
@@ -62,12 +64,15 @@ pub fn start(
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         listeners.push((https_addr, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))));
     }
-    for index in 0..threads {
-        for (addr, tls) in &listeners {
+    let runtimes = balance::Runtimes::new(threads * listeners.len());
+    for thread in 0..threads {
+        for (l, (addr, tls)) in listeners.iter().enumerate() {
+            let index = thread * listeners.len() + l;
+            let runtimes = runtimes.clone();
             let listener = core_engine::sys::reuseport_listener(*addr, 1024)?;
             listener.set_nonblocking(true)?;
             let (state, tls) = (state.clone(), tls.clone());
-            let name = if tls.is_some() { format!("https-{index}") } else { format!("http-{index}") };
+            let name = if tls.is_some() { format!("https-{thread}") } else { format!("http-{thread}") };
             std::thread::Builder::new().name(name).spawn(move || {
                 // Work for the shards is queued as requests come and each shard is woken
                 // once before the runtime sleeps, not once per request (inbox.rs).
@@ -87,7 +92,8 @@ pub fn start(
                 let relay = core_engine::shard::relay_wakes_on_this_thread();
                 runtime.block_on(async move {
                     tokio::spawn(relay);
-                    serve(listener, state, tls, idle_timeout).await
+                    runtimes.started(index);
+                    serve(listener, runtimes, index, state, tls, idle_timeout).await
                 });
             })?;
         }
@@ -95,8 +101,12 @@ pub fn start(
     Ok(())
 }
 
+/// Accepts on `listener` of runtime `here` of `runtimes`, and serves each connection on
+/// the runtime with the fewest open.
 async fn serve(
     listener: std::net::TcpListener,
+    runtimes: Arc<balance::Runtimes>,
+    here: usize,
     state: Arc<HttpState>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     idle_timeout: Duration,
@@ -120,7 +130,7 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        runtimes.serve(here, stream, move |stream| async move {
             match tls {
                 None => conn::serve(stream, false, state, idle_timeout).await,
                 Some(acceptor) => {
