@@ -80,7 +80,9 @@ where
     let io = Replayed { first, at: 0, inner: io, reads: Arc::new(AtomicU64::new(0)) };
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(super::routes::handle(&state, req).await) }
+        // Boxed: the routes' future is ~4 KiB, and hyper and tokio move a stream's future
+        // several times before it first runs (a memcpy each); the box moves as a pointer.
+        Box::pin(async move { Ok::<_, std::convert::Infallible>(super::routes::handle(&state, req).await) })
     });
     let ended = match version {
         Version::Http1 => {
