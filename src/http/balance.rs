@@ -25,7 +25,7 @@ pub struct Runtimes {
 }
 
 /// Counts one connection on runtime `index` while it lives.
-pub struct OpenConnection {
+struct OpenConnection {
     runtimes: Arc<Runtimes>,
     index: usize,
 }

@@ -42,7 +42,7 @@ impl WakeQueue {
     fn push(&self, waker: Waker) {
         lock(&self.wakers).push(waker);
         if !self.due.swap(true, Ordering::AcqRel) {
-            // Not yet polled: its first poll drains what is queued.
+            // No waker before the queue's task is first polled; that poll drains the queue.
             if let Some(task) = lock(&self.task).as_ref() {
                 task.wake_by_ref();
             }
