@@ -4,7 +4,7 @@
 //! listener by a hash of the connection's addresses. An app server keeps only a few
 //! connections (one HTTP/2 connection carries all its requests), so the hash alone often
 //! puts all of them on one thread while another idles: with 4 connections and 2 threads,
-//! half the time 3 or 4 of them. A thread that accepts a connection while another runtime
+//! 3 or 4 of them in 5 cases of 8. A thread that accepts a connection while another runtime
 //! serves fewer hands it over (its socket leaves this runtime's reactor and joins that one's).
 
 use std::future::Future;
