@@ -100,7 +100,7 @@ pub async fn run_device(
     permit: OwnedSemaphorePermit,
     churn: Option<Rc<Notify>>,
 ) {
-    let mut established = Box::pin(establish(&cfg, &ports, idx, None, &tally)).await;
+    let mut established = Box::pin(establish(&cfg, &ports, idx, None, 0, &tally)).await;
     let mut retries = 0;
     while let Err(e) = &established {
         let transient = matches!(
@@ -113,7 +113,7 @@ pub async fn run_device(
         retries += 1;
         tally.borrow_mut().connect_retries += 1;
         sleep(FIRST_CONNECT_PAUSE).await;
-        established = Box::pin(establish(&cfg, &ports, idx, None, &tally)).await;
+        established = Box::pin(establish(&cfg, &ports, idx, None, retries, &tally)).await;
     }
     drop(permit);
     let (mut conn, reg) = match established {
@@ -159,8 +159,8 @@ async fn reconnect(
     tally: &RefCell<Tally>,
 ) -> Option<LeanConn> {
     let mut last = String::new();
-    for _ in 0..RECONNECT_ATTEMPTS {
-        match establish(cfg, ports, idx, reg, tally).await {
+    for attempt in 0..RECONNECT_ATTEMPTS {
+        match establish(cfg, ports, idx, reg, attempt, tally).await {
             Ok((conn, _)) => {
                 tally.borrow_mut().reconnects += 1;
                 return Some(conn);
@@ -173,11 +173,24 @@ async fn reconnect(
     None
 }
 
+/// The MQTT client id of plain-MQTT client `idx` on its `attempt`th try in a row (0 the
+/// first). A try after a failed one takes an id of its own: the failed try's CONNECT may
+/// still be queued at a slow broker (rumqttd), which would then take over the id and close
+/// the later, live connection as a duplicate. Sessions are clean, so nothing is lost.
+fn mqtt_client_id(suffix: &str, attempt: u32) -> String {
+    if attempt == 0 {
+        format!("lg-{suffix}")
+    } else {
+        format!("lg-{suffix}-try{attempt}")
+    }
+}
+
 /// The CONNECT for this client, registering first over HTTP if it must.
 async fn connect_packet(
     cfg: &DeviceCfg,
     idx: u32,
     reg: Option<&Registration>,
+    attempt: u32,
     deadline: Instant,
 ) -> Result<(Connect, Option<Registration>), ClientError> {
     let app = match (cfg.target, &cfg.app) {
@@ -185,7 +198,7 @@ async fn connect_packet(
             return Ok((
                 Connect {
                     version: cfg.version,
-                    client_id: format!("lg-{}", cfg.client_suffix(idx)),
+                    client_id: mqtt_client_id(&cfg.client_suffix(idx), attempt),
                     clean_start: true,
                     keep_alive: cfg.keep_alive,
                     username: None,
@@ -225,16 +238,18 @@ async fn connect_packet(
 
 /// TCP connect, (TLS handshake,) CONNECT/CONNACK, SUBSCRIBE/SUBACK, all within the
 /// handshake timeout.
-/// Returns the connection and, for pushnode, the device's registration.
+/// Returns the connection and, for pushnode, the device's registration. `attempt` counts
+/// the tries in a row before this one.
 async fn establish(
     cfg: &DeviceCfg,
     ports: &SourcePorts,
     idx: u32,
     reg: Option<&Registration>,
+    attempt: u32,
     tally: &RefCell<Tally>,
 ) -> Result<(LeanConn, Option<Registration>), ClientError> {
     let deadline = Instant::now() + cfg.handshake_timeout;
-    let (connect, mut reg) = connect_packet(cfg, idx, reg, deadline).await?;
+    let (connect, mut reg) = connect_packet(cfg, idx, reg, attempt, deadline).await?;
     let registering = reg.is_none() && cfg.target == Target::Pushnode;
     let stream = timeout_at(deadline, tcp_connect_from(cfg.server, ports))
         .await
@@ -380,5 +395,20 @@ async fn hold(
                 }
             } => return HoldEnd::Churn,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mqtt_client_id, FIRST_CONNECT_RETRIES};
+
+    #[test]
+    fn a_retry_never_reuses_an_earlier_tries_client_id() {
+        let ids: Vec<String> = (0..=FIRST_CONNECT_RETRIES).map(|a| mqtt_client_id("1-7", a)).collect();
+        assert_eq!(ids[0], "lg-1-7", "the first try keeps the plain id");
+        for (i, id) in ids.iter().enumerate() {
+            assert!(ids[i + 1..].iter().all(|later| later != id), "{id} reused");
+        }
+        assert_ne!(mqtt_client_id("1-7", 1), mqtt_client_id("1-71", 0));
     }
 }

@@ -1,6 +1,7 @@
 //! `loadgen fanout`: N subscribers on one topic (pushnode `topic/bench`, sent over
 //! HTTP with a topic target; plain MQTT `bench/fanout`, PUBLISHed by loadgen); the
-//! publishing worker sends M messages I ms apart, each carrying its send time (unix
+//! publishing worker sends M messages I ms apart, each without waiting for the answer to
+//! the one before (MQTT: PUBACK; pushnode: the HTTP answer), each carrying its send time (unix
 //! micros); report deliveries/s (deliveries / first send to last delivery) and the
 //! end-to-end latency.
 
@@ -78,32 +79,43 @@ async fn publish_all(w: &Rc<Worker>, messages: u32, qos: u8, interval: Duration)
             let (Some(http), Some(app)) = (&w.http, &w.plan.app) else {
                 return 0;
             };
-            let sender = match HttpSender::new(http, &app.app_secret, 1, 0) {
+            // All messages may be in flight at once over one HTTP/2 connection, as the MQTT
+            // publisher below writes each PUBLISH without waiting for the last one's PUBACK.
+            let sender = match HttpSender::new(http, &app.app_secret, messages, 1) {
                 Ok(sender) => sender,
                 Err(e) => {
                     w.tally.borrow_mut().count_failure(format!("send: {e}"));
                     return 0;
                 }
             };
+            let mut posts = Vec::new();
             for m in 0..messages {
                 sleep_until(start + interval * m).await;
                 if Instant::now() >= w.deadline {
                     break;
                 }
                 let sent_us = unix_micros();
-                let outcome = match PushBody::passthrough(PushTarget::Topic(TOPIC), sent_us.to_string()).to_bytes() {
-                    Ok(body) => sender.post(&body, w.time_left()).await,
-                    Err(e) => Err(e),
-                };
-                match outcome {
-                    Ok(_) => {
-                        accepted += 1;
-                        w.tally.borrow_mut().note_send(1, sent_us);
+                let body = PushBody::passthrough(PushTarget::Topic(TOPIC), sent_us.to_string()).to_bytes();
+                let (sender, w) = (sender.clone(), w.clone());
+                posts.push(tokio::task::spawn_local(async move {
+                    let outcome = match body {
+                        Ok(body) => sender.post(&body, w.time_left()).await,
+                        Err(e) => Err(e),
+                    };
+                    match outcome {
+                        Ok(_) => {
+                            w.tally.borrow_mut().note_send(1, sent_us);
+                            true
+                        }
+                        Err(reason) => {
+                            w.tally.borrow_mut().count_failure(format!("send: {reason}"));
+                            false
+                        }
                     }
-                    Err(reason) => {
-                        w.tally.borrow_mut().count_failure(format!("send: {reason}"));
-                    }
-                }
+                }));
+            }
+            for post in posts {
+                accepted += u64::from(post.await.unwrap_or(false));
             }
         }
         Target::Mqtt => {

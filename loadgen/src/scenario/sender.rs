@@ -143,6 +143,11 @@ pub struct MqttPublisher {
     closed: Rc<Cell<bool>>,
 }
 
+/// The publisher's keep-alive: the longest MQTT allows (~18 h), so no bounded run idles
+/// past it. Not 0 ("no keep-alive"): rumqttd refuses that CONNECT (`ZeroKeepAlive`), which
+/// left its fan-out and unicast rows at 0 in every run until 2026-12-06.
+const PUBLISHER_KEEP_ALIVE_S: u16 = u16::MAX;
+
 impl MqttPublisher {
     /// Connects as `client_id` (clean session) and starts the PUBACK reader task on
     /// the current `LocalSet`.
@@ -162,7 +167,7 @@ impl MqttPublisher {
             version,
             client_id,
             clean_start: true,
-            keep_alive: 0,
+            keep_alive: PUBLISHER_KEEP_ALIVE_S,
             username: None,
             password: None,
             will: None,
