@@ -10,7 +10,9 @@
 //!
 //! Delivery is the "ceiling sender": a message is encoded once per (version, QoS) that
 //! its subscribers need, and the same bytes (`Bytes`, shared) are written to every
-//! subscriber socket. The publishing task writes straight into a subscriber's socket
+//! subscriber socket; the PUBLISHes of one read are routed together, so a subscriber of
+//! several of them gets them in one vectored write (what a broker that coalesces does,
+//! at its least cost). The publishing task writes straight into a subscriber's socket
 //! with `try_write` when nothing is queued for it; only what the kernel does not take is
 //! queued and flushed by that subscriber's own task. A QoS 1 copy carries the same packet
 //! identifier for every subscriber (identifiers are per session, so this is valid).
@@ -72,27 +74,35 @@ impl Conn {
     /// Writes `bytes` now if nothing is queued, queueing whatever the kernel does not
     /// take; otherwise queues it behind the rest. Returns false if the socket failed.
     fn send(&self, bytes: Bytes) -> bool {
+        self.send_all(std::slice::from_ref(&bytes))
+    }
+
+    /// [`Conn::send`] for several frames, written in one vectored write.
+    fn send_all(&self, frames: &[Bytes]) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if !q.is_empty() {
-            q.push_back(bytes);
+            q.extend(frames.iter().cloned());
             return true;
         }
-        match self.stream.try_write(&bytes) {
-            Ok(n) if n == bytes.len() => true,
-            Ok(n) => {
-                q.push_back(bytes.slice(n..));
-                drop(q);
-                self.wake.notify_one();
-                true
+        let slices: Vec<IoSlice<'_>> = frames.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+        let mut taken = match self.stream.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => return false,
+        };
+        for frame in frames {
+            if taken >= frame.len() {
+                taken -= frame.len();
+            } else {
+                q.push_back(frame.slice(taken..));
+                taken = 0;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                q.push_back(bytes);
-                drop(q);
-                self.wake.notify_one();
-                true
-            }
-            Err(_) => false,
         }
+        if !q.is_empty() {
+            drop(q);
+            self.wake.notify_one();
+        }
+        true
     }
 
     /// Writes as much of the queue as the kernel takes. Ok(true) when it is empty.
@@ -132,6 +142,47 @@ struct Sub {
     qos: QoS,
 }
 
+/// One routed message's bytes, encoded on first need for each (version, delivered QoS).
+#[derive(Default)]
+struct Encodings {
+    /// index: version (0 = 3.1.1, 1 = 5.0) * 2 + delivered QoS (0 or 1)
+    bytes: [Option<Bytes>; 4],
+    /// The packet identifier every QoS 1 copy carries (0 until one is needed).
+    pid: u16,
+}
+
+impl Encodings {
+    /// `p` as `sub` gets it; None if it cannot be encoded.
+    fn for_sub(&mut self, p: &Publish, sub: &Sub, shared: &Shared) -> Option<Bytes> {
+        let qos1 = p.qos != QoS::AtMostOnce && sub.qos != QoS::AtMostOnce;
+        let slot = usize::from(sub.version == Version::V5) * 2 + usize::from(qos1);
+        if let Some(b) = &self.bytes[slot] {
+            return Some(b.clone());
+        }
+        let mut out = Vec::with_capacity(p.payload.len() + p.topic.len() + 16);
+        if qos1 {
+            if self.pid == 0 {
+                self.pid = shared.packet_id();
+            }
+            encode_publish_qos1(sub.version, false, &p.topic, self.pid, None, &p.payload, &mut out);
+        } else {
+            let copy = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: p.topic.clone(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: p.payload.clone(),
+            };
+            encode(&Packet::Publish(copy), sub.version, &mut out).ok()?;
+        }
+        let b = Bytes::from(out);
+        self.bytes[slot] = Some(b.clone());
+        Some(b)
+    }
+}
+
 /// What all connections share: the exact-match subscription table.
 struct Shared {
     subs: RwLock<HashMap<String, HashMap<u64, Sub>>>,
@@ -147,49 +198,29 @@ impl Shared {
         (n % 65_535) as u16 + 1
     }
 
-    /// Delivers `p` to every subscriber of exactly `p.topic`: encoded once per
-    /// (version, delivered QoS), the same bytes written to each socket.
-    fn route(&self, p: &Publish) {
+    /// Delivers `batch` (the PUBLISHes of one read, in order) to the subscribers of
+    /// exactly each one's topic: each message encoded once per (version, delivered QoS),
+    /// the same bytes written to each socket, and a subscriber of several consecutive
+    /// messages' topic gets them in one vectored write.
+    fn route(&self, batch: &[Publish]) {
         let map = self.subs.read().unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = map.get(&p.topic) else {
-            return;
-        };
-        // index: version (0 = 3.1.1, 1 = 5.0) * 2 + delivered QoS (0 or 1)
-        let mut encoded: [Option<Bytes>; 4] = [None, None, None, None];
-        let mut pid = 0u16;
-        for sub in subs.values() {
-            let qos1 = p.qos != QoS::AtMostOnce && sub.qos != QoS::AtMostOnce;
-            let v5 = sub.version == Version::V5;
-            let slot = usize::from(v5) * 2 + usize::from(qos1);
-            let bytes = match &encoded[slot] {
-                Some(b) => b.clone(),
-                None => {
-                    let mut out = Vec::with_capacity(p.payload.len() + p.topic.len() + 16);
-                    if qos1 {
-                        if pid == 0 {
-                            pid = self.packet_id();
-                        }
-                        encode_publish_qos1(sub.version, false, &p.topic, pid, None, &p.payload, &mut out);
-                    } else {
-                        let copy = Publish {
-                            dup: false,
-                            qos: QoS::AtMostOnce,
-                            retain: false,
-                            topic: p.topic.clone(),
-                            packet_id: None,
-                            properties: Properties::default(),
-                            payload: p.payload.clone(),
-                        };
-                        if encode(&Packet::Publish(copy), sub.version, &mut out).is_err() {
-                            continue;
-                        }
+        let mut rest = batch;
+        while let Some(first) = rest.first() {
+            let same_topic = rest.iter().take_while(|p| p.topic == first.topic).count();
+            let (run, after) = rest.split_at(same_topic);
+            rest = after;
+            let Some(subs) = map.get(&first.topic) else { continue };
+            let mut encoded: Vec<Encodings> = run.iter().map(|_| Encodings::default()).collect();
+            let mut frames: Vec<Bytes> = Vec::with_capacity(run.len());
+            for sub in subs.values() {
+                frames.clear();
+                for (p, enc) in run.iter().zip(&mut encoded) {
+                    if let Some(bytes) = enc.for_sub(p, sub, self) {
+                        frames.push(bytes);
                     }
-                    let b = Bytes::from(out);
-                    encoded[slot] = Some(b.clone());
-                    b
                 }
-            };
-            sub.conn.send(bytes);
+                sub.conn.send_all(&frames);
+            }
         }
     }
 
@@ -329,11 +360,12 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
                     &carry
                 };
                 let mut used = 0;
+                let mut publishes = Vec::new();
                 loop {
                     match decode(&data[used..], s.version, shared.max_packet) {
                         Ok(Some((packet, len))) => {
                             used += len;
-                            if let Next::Close = handle(packet, &mut s, &conn, &shared) {
+                            if let Next::Close = handle(packet, &mut s, &conn, &shared, &mut publishes) {
                                 break 'conn;
                             }
                         }
@@ -341,6 +373,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
                         Err(_) => break 'conn,
                     }
                 }
+                shared.route(&publishes);
                 let rest = data[used..].to_vec();
                 carry = rest;
             }
@@ -368,7 +401,9 @@ fn reply(conn: &Conn, packet: &Packet, version: Version) -> bool {
     conn.send(Bytes::from(out))
 }
 
-fn handle(packet: Packet, s: &mut Session, conn: &Arc<Conn>, shared: &Shared) -> Next {
+/// Answers `packet`; a PUBLISH is acknowledged and joins `publishes`, routed once the
+/// whole read is decoded.
+fn handle(packet: Packet, s: &mut Session, conn: &Arc<Conn>, shared: &Shared, publishes: &mut Vec<Publish>) -> Next {
     if !s.connected && !matches!(packet, Packet::Connect(_)) {
         return Next::Close;
     }
@@ -420,7 +455,7 @@ fn handle(packet: Packet, s: &mut Session, conn: &Arc<Conn>, shared: &Shared) ->
                 (QoS::ExactlyOnce, Some(a)) => reply(conn, &Packet::Pubrec(a), s.version),
                 _ => true,
             };
-            shared.route(&p);
+            publishes.push(p);
             ok
         }
         Packet::Pubrel(a) => reply(conn, &Packet::Pubcomp(a), s.version),
