@@ -120,31 +120,33 @@ impl Shard {
             self.count_delivered(app_id, push.id);
             self.receipt(app_id, push.id, regid, false);
         }
-        let ops = if push.group {
+        if push.group {
             if let Some(device) = self.devices.get_mut(&regid) {
                 device.group_cursor = device.group_cursor.max(push.seq);
             }
-            vec![
-                WriteOp::GroupCursor { regid, seq: push.seq },
-                WriteOp::GroupDelivered { partition: self.group_partition, id: push.id },
-            ]
-        } else {
-            vec![WriteOp::Acked { regid, seq: push.seq, id: push.id }]
-        };
-        let done: Option<crate::store::Completion> = if push.group {
-            None
+            // Written with the rest of this pass's (`write_group_acks`): nothing waits for it.
+            self.group_acks.note(regid, push.seq, push.id);
         } else {
             // Until the ack is committed, a reconnect must not read the message back as pending.
             self.unsynced_acks.entry(regid).or_default().push(push.seq);
             let inbox = self.shared.inboxes[self.index].clone();
             let seq = push.seq;
-            Some(Box::new(move |_| {
+            let done: crate::store::Completion = Box::new(move |_| {
                 inbox.send_quiet(ShardMsg::AckCommitted { regid, seq });
-            }))
-        };
-        self.writer.submit(StoreJob { ops, done });
+            });
+            let ops = vec![WriteOp::Acked { regid, seq: push.seq, id: push.id }];
+            self.writer.submit(StoreJob { ops, done: Some(done) });
+        }
         if backlog {
             self.pump(key);
+        }
+    }
+
+    /// Hands the group acknowledgements of this pass of the event loop to the store writer.
+    pub(super) fn write_group_acks(&mut self) {
+        let ops = self.group_acks.take_ops(self.group_partition);
+        if !ops.is_empty() {
+            self.writer.submit(StoreJob { ops, done: None });
         }
     }
 

@@ -256,10 +256,11 @@ pub enum WriteOp {
         regid: RegId,
         seq: u64,
     },
-    /// One more delivery of a group message kept in `partition`.
+    /// `count` more deliveries of a group message kept in `partition`.
     GroupDelivered {
         partition: u16,
         id: MessageId,
+        count: u32,
     },
     /// The device reported a click on the message, whose counts are in `partition`.
     Clicked {

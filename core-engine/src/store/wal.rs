@@ -40,20 +40,78 @@ const MAX_RECORD: usize = 1 << 30;
 /// A write as the log keeps it, in a form that is independent of the in-memory [`WriteOp`].
 #[derive(Debug, Serialize, Deserialize)]
 enum LoggedOp {
-    RegisterDevice { regid: [u8; 12], record: [u8; DeviceRecord::LEN] },
-    StorePush { envelope: LoggedEnvelope, seq: u64, regids: Vec<[u8; 12]> },
-    SetAlias { regid: [u8; 12], alias: String },
-    UnsetAlias { regid: [u8; 12], alias: String },
-    Subscribe { regid: [u8; 12], topic: String, seq: u64 },
-    Unsubscribe { regid: [u8; 12], topic: String },
-    StoreGroup { partition: u16, envelope: LoggedEnvelope, seq: u64, filter: GroupFilter, targets: u64 },
-    Quiet { regid: [u8; 12], hours: Option<[u8; 6]> },
-    GroupCursor { regid: [u8; 12], seq: u64 },
-    GroupDelivered { partition: u16, id: u64 },
-    Clicked { partition: u16, regid: [u8; 12], id: u64 },
-    Acked { regid: [u8; 12], seq: u64, id: u64 },
-    DayStats { partition: u16, app_id: u32, day: u32, stats: Vec<u8> },
-    ActiveDay { regid: [u8; 12], day: u32 },
+    RegisterDevice {
+        regid: [u8; 12],
+        record: [u8; DeviceRecord::LEN],
+    },
+    StorePush {
+        envelope: LoggedEnvelope,
+        seq: u64,
+        regids: Vec<[u8; 12]>,
+    },
+    SetAlias {
+        regid: [u8; 12],
+        alias: String,
+    },
+    UnsetAlias {
+        regid: [u8; 12],
+        alias: String,
+    },
+    Subscribe {
+        regid: [u8; 12],
+        topic: String,
+        seq: u64,
+    },
+    Unsubscribe {
+        regid: [u8; 12],
+        topic: String,
+    },
+    StoreGroup {
+        partition: u16,
+        envelope: LoggedEnvelope,
+        seq: u64,
+        filter: GroupFilter,
+        targets: u64,
+    },
+    Quiet {
+        regid: [u8; 12],
+        hours: Option<[u8; 6]>,
+    },
+    GroupCursor {
+        regid: [u8; 12],
+        seq: u64,
+    },
+    /// One delivery (logs written before deliveries were counted together).
+    GroupDelivered {
+        partition: u16,
+        id: u64,
+    },
+    Clicked {
+        partition: u16,
+        regid: [u8; 12],
+        id: u64,
+    },
+    Acked {
+        regid: [u8; 12],
+        seq: u64,
+        id: u64,
+    },
+    DayStats {
+        partition: u16,
+        app_id: u32,
+        day: u32,
+        stats: Vec<u8>,
+    },
+    ActiveDay {
+        regid: [u8; 12],
+        day: u32,
+    },
+    /// Added last, so the records of older logs keep their variant numbers.
+    GroupDeliveries {
+        partition: u16,
+        id: u64,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -121,7 +179,9 @@ fn logged(op: &WriteOp) -> LoggedOp {
         },
         WriteOp::Quiet { regid, hours } => LoggedOp::Quiet { regid: regid.0, hours: hours.map(QuietHours::to_bytes) },
         WriteOp::GroupCursor { regid, seq } => LoggedOp::GroupCursor { regid: regid.0, seq: *seq },
-        WriteOp::GroupDelivered { partition, id } => LoggedOp::GroupDelivered { partition: *partition, id: *id },
+        WriteOp::GroupDelivered { partition, id, count } => {
+            LoggedOp::GroupDeliveries { partition: *partition, id: *id, count: *count }
+        }
         WriteOp::Clicked { partition, regid, id } => {
             LoggedOp::Clicked { partition: *partition, regid: regid.0, id: *id }
         }
@@ -159,7 +219,8 @@ impl LoggedOp {
                 },
             },
             LoggedOp::GroupCursor { regid, seq } => WriteOp::GroupCursor { regid: RegId(regid), seq },
-            LoggedOp::GroupDelivered { partition, id } => WriteOp::GroupDelivered { partition, id },
+            LoggedOp::GroupDelivered { partition, id } => WriteOp::GroupDelivered { partition, id, count: 1 },
+            LoggedOp::GroupDeliveries { partition, id, count } => WriteOp::GroupDelivered { partition, id, count },
             LoggedOp::Clicked { partition, regid, id } => WriteOp::Clicked { partition, regid: RegId(regid), id },
             LoggedOp::Acked { regid, seq, id } => WriteOp::Acked { regid: RegId(regid), seq, id },
             LoggedOp::DayStats { partition, app_id, day, stats } => {

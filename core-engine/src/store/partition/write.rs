@@ -310,9 +310,9 @@ impl PartitionStore {
                     cursors.insert(&regid.0[..], *seq)?;
                 }
             }
-            WriteOp::GroupDelivered { id, .. } => {
+            WriteOp::GroupDelivered { id, count, .. } => {
                 if let Some(mut counts) = fx.stats.get(t, *id)? {
-                    counts.delivered += 1;
+                    counts.delivered += u64::from(*count);
                     fx.stats.put(*id, counts);
                 }
             }

@@ -23,7 +23,7 @@ fn every_op(regid: RegId) -> Vec<WriteOp> {
         WriteOp::Quiet { regid, hours: QuietHours::from_bytes(&[0, 0, 0, 1, 0, 0]) },
         WriteOp::Quiet { regid, hours: None },
         WriteOp::GroupCursor { regid, seq: 3 },
-        WriteOp::GroupDelivered { partition, id: 2 },
+        WriteOp::GroupDelivered { partition, id: 2, count: 3 },
         WriteOp::Clicked { partition, regid, id: 1 },
         WriteOp::Acked { regid, seq: 1, id: 1 },
         WriteOp::DayStats { partition, app_id: 7, day: 5, stats: Default::default() },
@@ -190,4 +190,21 @@ fn a_log_of_another_format_is_refused() {
     let err = recover(&dir, &BTreeMap::new(), &[]).unwrap_err();
     assert!(err.to_string().contains("bad magic"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_delivery_logged_before_counts_were_grouped_reads_as_one() {
+    let old = vec![LoggedOp::GroupDelivered { partition: 4, id: 9 }];
+    let payload = postcard::to_allocvec(&old).expect("plain data");
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&1u64.to_le_bytes());
+    hasher.update(&payload);
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&hasher.finalize().to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    let records = decode_records(&bytes);
+    assert_eq!(records.len(), 1);
+    assert_eq!(debug(&records[0].ops), debug(&[WriteOp::GroupDelivered { partition: 4, id: 9, count: 1 }]));
 }
