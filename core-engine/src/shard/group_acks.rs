@@ -45,7 +45,7 @@ mod tests {
         acks.note(a, 7, 70);
         acks.note(a, 5, 50);
         acks.note(b, 5, 50);
-        let mut ops = acks.take_ops(3);
+        let ops = acks.take_ops(3);
         let mut cursors: Vec<(RegId, u64)> = Vec::new();
         let mut counts: Vec<(u16, MessageId, u32)> = Vec::new();
         for op in ops {
