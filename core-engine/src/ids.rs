@@ -52,8 +52,16 @@ impl fmt::Debug for RegId {
 pub type AppId = u32;
 
 /// A message id: milliseconds since the epoch in the high 44 bits and a sequence in the
-/// low 20, so ids are unique within a node and ordered by acceptance.
+/// low 20, so ids are unique within a node and ordered by acceptance. A message sent with
+/// a callback has an odd id ([`wants_receipts`]).
 pub type MessageId = u64;
+
+/// Whether the delivery and click receipts of message `id` go to a callback (its id is
+/// odd, [`MessageIdSource::next_with_receipts`]): the shards hand the callback dispatcher
+/// only those, not one receipt per delivery of every message.
+pub fn wants_receipts(id: MessageId) -> bool {
+    id & 1 == 1
+}
 
 /// Hands out increasing message ids, also across restarts (the clock moves on).
 #[derive(Debug, Default)]
@@ -64,10 +72,26 @@ pub struct MessageIdSource {
 impl MessageIdSource {
     /// The next id; strictly greater than every id handed out before by this source.
     pub fn next(&self, now_ms: u64) -> MessageId {
+        self.next_where(now_ms, |_| true)
+    }
+
+    /// [`MessageIdSource::next`] of a message whose receipts do (`true`) or do not go to a
+    /// callback, told apart by [`wants_receipts`].
+    pub fn next_with_receipts(&self, now_ms: u64, receipts: bool) -> MessageId {
+        self.next_where(now_ms, |id| wants_receipts(id) == receipts)
+    }
+
+    /// The next id, or the one after it where `fits` refuses that one (`fits` holds for
+    /// one of any two consecutive ids).
+    fn next_where(&self, now_ms: u64, fits: impl Fn(MessageId) -> bool) -> MessageId {
         let floor = now_ms << 20;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let next = floor.max(last + 1);
+            let mut next = floor.max(last + 1);
+            if !fits(next) {
+                next += 1;
+            }
+            debug_assert!(fits(next), "of two consecutive ids one fits");
             match self.last.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return next,
                 Err(seen) => last = seen,
@@ -164,5 +188,18 @@ mod tests {
         let c = source.next(999);
         assert!(a < b && b < c);
         assert_eq!(parse_message_id(&message_id_text(c)), Some(c));
+    }
+
+    #[test]
+    fn an_id_says_whether_its_receipts_are_wanted() {
+        let source = MessageIdSource::default();
+        let mut last = 0;
+        for (i, receipts) in [true, true, false, false, true, false].into_iter().enumerate() {
+            let id = source.next_with_receipts(1000 + i as u64 / 3, receipts);
+            assert!(id > last, "ids still increase");
+            assert_eq!(wants_receipts(id), receipts);
+            last = id;
+        }
+        assert!(source.next(0) > last);
     }
 }

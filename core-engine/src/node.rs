@@ -397,14 +397,15 @@ impl NodeHandle {
         &self.shared.apps
     }
 
-    /// A fresh message id (for a message that is sent later with [`NodeHandle::send_as`]).
-    pub fn new_message_id(&self) -> MessageId {
-        self.message_ids.next(now_unix_ms())
+    /// A fresh message id (for a message that is sent later with [`NodeHandle::send_as`]);
+    /// `receipts`: its delivery and click receipts go to a callback.
+    pub fn new_message_id(&self, receipts: bool) -> MessageId {
+        self.message_ids.next_with_receipts(now_unix_ms(), receipts)
     }
 
     /// Stores a push for its targets and answers once it is durable on every shard.
     pub async fn send(&self, app_id: AppId, request: SendRequest) -> Result<PushOutcome, ApiError> {
-        self.send_as(app_id, self.new_message_id(), request).await
+        self.send_as(app_id, self.new_message_id(false), request).await
     }
 
     /// [`NodeHandle::send`] under an id handed out before by [`NodeHandle::new_message_id`].

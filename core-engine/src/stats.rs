@@ -239,7 +239,7 @@ pub struct Receipt {
 }
 
 /// Receipts waiting for the callback dispatcher; bounded, so a slow dispatcher drops
-/// receipts (counted) rather than holding shard memory.
+/// receipts (counted, `ShardMetrics::receipts_dropped`) rather than holding shard memory.
 pub const RECEIPT_QUEUE: usize = 65_536;
 
 /// Upper bounds (milliseconds) of the delivery-latency histogram buckets.
@@ -310,6 +310,8 @@ pub struct ShardMetrics {
     pub delivered: AtomicU64,
     pub expired: AtomicU64,
     pub dropped: AtomicU64,
+    /// Receipts for callbacks dropped because the dispatcher's queue was full.
+    pub receipts_dropped: AtomicU64,
     /// Rows waiting in this shard's pending queues (approximate across restarts of counting).
     pub pending: AtomicI64,
     /// Accepted -> acknowledged, in milliseconds.
@@ -329,6 +331,7 @@ impl Default for ShardMetrics {
             delivered: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            receipts_dropped: AtomicU64::new(0),
             pending: AtomicI64::new(0),
             delivery_latency_ms: AtomicHistogram::new(LATENCY_BUCKETS_MS),
             commit_latency_us: AtomicHistogram::new(COMMIT_BUCKETS_US),

@@ -362,7 +362,7 @@ async fn execute(state: &HttpState, app_id: AppId, prepared: Prepared) -> Result
             if request.target == Target::All {
                 state.api.limiter.try_acquire(app_id, Instant::now()).map_err(rate_limited)?;
             }
-            let id = state.node.new_message_id();
+            let id = state.node.new_message_id(callback.is_some());
             if let Some(url) = callback {
                 // Registered first: a device may acknowledge before the answer is written.
                 let ttl = request.message.ttl.unwrap_or(MAX_TTL_SECS);
@@ -372,7 +372,7 @@ async fn execute(state: &HttpState, app_id: AppId, prepared: Prepared) -> Result
             Ok(serde_json::to_value(&outcome).unwrap_or_default())
         }
         Prepared::Later { send_at, ttl_secs, body, callback } => {
-            let id = state.node.new_message_id();
+            let id = state.node.new_message_id(callback.is_some());
             if let Some(url) = callback {
                 state.callbacks.register(id, url, send_at + ttl_secs);
             }

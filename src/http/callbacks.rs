@@ -1,5 +1,6 @@
 //! Delivery and click receipts posted to an app server's `callback` URL: the engine hands
-//! receipts over a bounded queue; this thread matches them to the messages that asked for
+//! the receipts of messages sent with a callback (their ids say so,
+//! `core_engine::ids::wants_receipts`) over a bounded queue; this thread matches them to the messages that asked for
 //! a callback and POSTs them in batches at most once a second per URL, retrying with
 //! backoff a bounded number of times. Callbacks are kept in memory: a restart forgets them.
 

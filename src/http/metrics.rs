@@ -113,6 +113,15 @@ pub fn render(state: &HttpState, admin: bool) -> String {
         let _ = writeln!(out, "{name} {}", sum(field));
     }
 
+    let name = "pushnode_receipts_dropped_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Delivery and click receipts for callbacks dropped from a full queue since start.",
+    );
+    let _ = writeln!(out, "{name} {}", sum(|m| &m.receipts_dropped));
+
     header(&mut out, "pushnode_pending_messages", "gauge", "Deliveries waiting in pending queues.");
     let pending: i64 = shards.iter().map(|m| m.pending.load(Ordering::Relaxed)).sum();
     let _ = writeln!(out, "pushnode_pending_messages {}", pending.max(0));

@@ -73,10 +73,16 @@ impl Shard {
     }
 
     /// A device acknowledged message `id` (whose high bits are its acceptance time).
-    /// Hands a receipt to the callback dispatcher; a full queue drops it.
+    /// Hands a receipt to the callback dispatcher if the message has a callback; a full
+    /// queue drops it (counted).
     pub(super) fn receipt(&self, app_id: AppId, id: crate::ids::MessageId, regid: RegId, clicked: bool) {
+        if !crate::ids::wants_receipts(id) {
+            return;
+        }
         let at_s = crate::clock::now_unix_s();
-        let _ = self.shared.receipts.0.try_send(crate::stats::Receipt { app_id, id, regid, clicked, at_s });
+        if self.shared.receipts.0.try_send(crate::stats::Receipt { app_id, id, regid, clicked, at_s }).is_err() {
+            self.metrics.receipts_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn count_delivered(&mut self, app_id: AppId, id: crate::ids::MessageId) {
