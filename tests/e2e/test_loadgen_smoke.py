@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -277,7 +278,9 @@ def test_connect_and_idle_tls_against_an_mqtt_broker(mosquitto_tls, tls_files, t
 class FirstTryDroppingBroker:
     """A minimal MQTT 3.1.1 broker that closes each client's first connection right after
     its CONNECT (as an overloaded server's accept queue or a broken link would) and serves
-    later ones: CONNACK, SUBACK, then holds them until the client leaves."""
+    later ones: CONNACK, SUBACK, then holds them until the client leaves. A client is its
+    client id less loadgen's `-try<k>` suffix (a retry comes under an id of its own);
+    `retry_ids` keeps the ids the later connections came with."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -285,6 +288,7 @@ class FirstTryDroppingBroker:
         self.sock.listen(256)
         self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.seen: set[bytes] = set()
+        self.retry_ids: list[bytes] = []
         self.dropped = 0
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -307,10 +311,13 @@ class FirstTryDroppingBroker:
                 pos = 2 + name_len + 1 + 1 + 2  # protocol name, level, flags, keep-alive
                 id_len = int.from_bytes(body[pos:pos + 2], "big")
                 client_id = body[pos + 2:pos + 2 + id_len]
+                client = re.sub(rb"-try[0-9]+$", b"", client_id)
                 with self.lock:
-                    first_try = client_id not in self.seen
-                    self.seen.add(client_id)
+                    first_try = client not in self.seen
+                    self.seen.add(client)
                     self.dropped += first_try
+                    if not first_try:
+                        self.retry_ids.append(client_id)
                 if first_try:
                     return
                 peer.send(packet(0x20, bytes([0, 0])))  # CONNACK accepted
@@ -335,6 +342,9 @@ def test_hold_scenarios_retry_a_first_connection_that_breaks(tmp_path):
                         "--connections", "20", "--hold-secs", "1", mqtt=broker.addr)
         assert_connected(r, 20)
         assert r["connect_retries"] == 20 and broker.dropped == 20, (r, broker.dropped)
+        # A retry's CONNECT does not reuse the abandoned try's client id: a broker that reads
+        # the old CONNECT late would take the id over and close the live connection.
+        assert len(broker.retry_ids) == 20 and all(i.endswith(b"-try1") for i in broker.retry_ids), broker.retry_ids
         # `connect` measures single attempts: every client's first (and only) try fails.
         broker.seen.clear()
         out = tmp_path / "connect.json"
