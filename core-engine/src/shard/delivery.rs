@@ -124,30 +124,30 @@ impl Shard {
             if let Some(device) = self.devices.get_mut(&regid) {
                 device.group_cursor = device.group_cursor.max(push.seq);
             }
-            // Written with the rest of this pass's (`write_group_acks`): nothing waits for it.
-            self.group_acks.note(regid, push.seq, push.id);
+            self.pass_acks.note_group(regid, push.seq, push.id);
         } else {
             // Until the ack is committed, a reconnect must not read the message back as pending.
             self.unsynced_acks.entry(regid).or_default().push(push.seq);
-            let inbox = self.shared.inboxes[self.index].clone();
-            let seq = push.seq;
-            let done: crate::store::Completion = Box::new(move |_| {
-                inbox.send_quiet(ShardMsg::AckCommitted { regid, seq });
-            });
-            let ops = vec![WriteOp::Acked { regid, seq: push.seq, id: push.id }];
-            self.writer.submit(StoreJob { ops, done: Some(done) });
+            self.pass_acks.note_own(regid, push.seq, push.id);
         }
+        // Written with the rest of this pass's acknowledgements (`write_pass_acks`).
         if backlog {
             self.pump(key);
         }
     }
 
-    /// Hands the group acknowledgements of this pass of the event loop to the store writer.
-    pub(super) fn write_group_acks(&mut self) {
-        let ops = self.group_acks.take_ops(self.group_partition);
-        if !ops.is_empty() {
-            self.writer.submit(StoreJob { ops, done: None });
-        }
+    /// Hands the acknowledgements of this pass of the event loop to the store writer, in one
+    /// job; the shard hears when the own messages' among them are committed.
+    pub(super) fn write_pass_acks(&mut self) {
+        let Some(writes) = self.pass_acks.take(self.group_partition) else { return };
+        let own = writes.own;
+        let done: Option<crate::store::Completion> = (!own.is_empty()).then(|| {
+            let inbox = self.shared.inboxes[self.index].clone();
+            Box::new(move |_| {
+                inbox.send_quiet(ShardMsg::AcksCommitted(own));
+            }) as crate::store::Completion
+        });
+        self.writer.submit(StoreJob { ops: writes.ops, done });
     }
 
     /// Fills the session's window from the store: the device's own queue and the shard's
@@ -302,11 +302,13 @@ impl Shard {
             }
             ShardMsg::Stored { result, then } => self.on_stored(result, then),
             ShardMsg::StoreEvents(events) => self.on_store_events(events),
-            ShardMsg::AckCommitted { regid, seq } => {
-                if let Some(acked) = self.unsynced_acks.get_mut(&regid) {
-                    acked.retain(|&s| s != seq);
-                    if acked.is_empty() {
-                        self.unsynced_acks.remove(&regid);
+            ShardMsg::AcksCommitted(acks) => {
+                for (regid, seq) in acks {
+                    if let Some(acked) = self.unsynced_acks.get_mut(&regid) {
+                        acked.retain(|&s| s != seq);
+                        if acked.is_empty() {
+                            self.unsynced_acks.remove(&regid);
+                        }
                     }
                 }
             }

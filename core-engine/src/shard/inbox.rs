@@ -118,8 +118,8 @@ pub enum ShardMsg {
     Handoff { handoff_id: u64, connect: Box<Connect>, unprocessed: Vec<u8>, tls: Option<Box<rustls::ServerConnection>> },
     /// A store job of this shard finished.
     Stored { result: Result<(), StoreError>, then: AfterStore },
-    /// A device's acknowledgement of its message at `seq` is committed.
-    AckCommitted { regid: RegId, seq: u64 },
+    /// Devices' acknowledgements of their own messages (device, seq) are committed.
+    AcksCommitted(Vec<(RegId, u64)>),
     /// What the store writer decided that statistics count.
     StoreEvents(Vec<crate::store::StoreEvent>),
     /// This shard's daily counts of an app, days `from..=to`.

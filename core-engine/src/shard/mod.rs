@@ -9,9 +9,9 @@ mod control;
 mod counting;
 mod delivery;
 mod device;
-mod group_acks;
 mod groups;
 mod inbox;
+mod pass_acks;
 mod tls_io;
 mod token;
 mod wake_relay;
@@ -234,8 +234,8 @@ pub struct Shard {
     /// messages for one device (a burst of topic messages committed together) go out in
     /// one send, not one each.
     flush_after_drain: Vec<u32>,
-    /// Group acknowledgements of this pass of the event loop, written at its end.
-    group_acks: group_acks::GroupAcks,
+    /// Acknowledgements of this pass of the event loop, written at its end.
+    pass_acks: pass_acks::PassAcks,
     /// The inbox is draining (what `flush_after_drain` relies on).
     draining: bool,
 }
@@ -388,7 +388,7 @@ impl Shard {
             unstored: HashMap::new(),
             unstored_groups: 0,
             flush_after_drain: Vec::new(),
-            group_acks: group_acks::GroupAcks::default(),
+            pass_acks: pass_acks::PassAcks::default(),
             draining: false,
             stores: stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
@@ -442,7 +442,7 @@ impl Shard {
             for takeover in takeovers {
                 self.take_over(takeover);
             }
-            self.write_group_acks();
+            self.write_pass_acks();
             if let Some(since) = self.stopping {
                 if self.conns.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
                     tracing::info!(shard = self.index, left = self.conns.len(), "shard stopped");
@@ -451,7 +451,7 @@ impl Shard {
             }
         }
         // Let the writer finish what it has: the last counts and buffered commits reach the disk.
-        self.write_group_acks();
+        self.write_pass_acks();
         self.flush_day_stats();
         let _ = self.ring.submit();
         self.writer.stop();
