@@ -85,6 +85,21 @@ impl Shard {
         ResolvedFilter { filter, ids, fixed_topic }
     }
 
+    /// How many devices of this shard a group message sent now is for. For one topic, its
+    /// member count: every member joined before a message sent now (a topic's members are
+    /// the devices that list it). Walking the members to count them cost as much as the
+    /// delivery's own walk does (~1 ms per message at 9,500 members, in a profile), before
+    /// the message could even go to the store writer.
+    fn group_target_count(&self, app_id: AppId, resolved: &ResolvedFilter<'_>) -> u64 {
+        if let (GroupFilter::Topics { topics, .. }, [id]) = (resolved.filter, resolved.ids.as_slice()) {
+            debug_assert_eq!(topics.len(), 1);
+            let members = id.and_then(|id| self.topics.get(id)).map_or(0, |t| t.members.len());
+            debug_assert_eq!(members, self.group_targets(app_id, resolved, u64::MAX).len());
+            return members as u64;
+        }
+        self.group_targets(app_id, resolved, u64::MAX).len() as u64
+    }
+
     /// The devices of this shard a group message sent at `seq` is for.
     fn group_targets(&self, app_id: AppId, resolved: &ResolvedFilter<'_>, seq: u64) -> Vec<RegId> {
         let selected = |regid: &RegId| {
@@ -368,8 +383,7 @@ impl Shard {
 
     /// Keeps a group message once for this shard, counting its targets here.
     fn store_group(&mut self, envelope: Arc<Envelope>, filter: Arc<GroupFilter>, reply: Reply<PushPart>) {
-        let targets =
-            self.group_targets(envelope.app_id, &self.resolve(envelope.app_id, &filter), u64::MAX).len() as u64;
+        let targets = self.group_target_count(envelope.app_id, &self.resolve(envelope.app_id, &filter));
         if targets == 0 && matches!(*filter, GroupFilter::Topics { .. }) {
             // No member here now: nobody here can catch up on it later either.
             let _ = reply.send(Ok(PushPart::default()));
