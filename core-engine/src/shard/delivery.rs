@@ -152,7 +152,7 @@ impl Shard {
     }
 
     /// Hands the acknowledgements of this pass of the event loop to the store writer, in one
-    /// job; the shard hears when the own messages' among them are committed.
+    /// job, whose completion tells the shard that those of devices' own messages are committed.
     pub(super) fn write_pass_acks(&mut self) {
         let Some(writes) = self.pass_acks.take(self.group_partition) else { return };
         let own = writes.own;
