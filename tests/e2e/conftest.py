@@ -9,6 +9,7 @@ by their PID. Every wait has a timeout.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
@@ -521,3 +522,42 @@ def node(make_node) -> Node:
 @pytest.fixture
 def app(node) -> dict:
     return node.create_app()
+
+
+class ReceiptSink:
+    """An HTTP server on loopback that keeps what is POSTed to it: a `callback` URL's far end.
+    `posts` holds (path, JSON body) in arrival order; `wait_for(predicate, timeout)` waits
+    under its lock until `predicate()` holds."""
+
+    def __init__(self):
+        self.posts: list[tuple[str, dict]] = []
+        self.cv = threading.Condition()
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with sink.cv:
+                    sink.posts.append((self.path, json.loads(body)))
+                    sink.cv.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def receipts(self) -> list[dict]:
+        return [r for _, body in self.posts for r in body["receipts"]]
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        with self.cv:
+            return self.cv.wait_for(predicate, timeout)
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -292,31 +292,14 @@ def test_unknown_top_level_field_is_400_naming_it(node, app):
 def test_callback_receipts_delivered_and_clicked(node, app):
     """A send with `callback` gets delivered and clicked receipts POSTed to that URL, in
     batches, at most once a second."""
-    import http.server
-    import json as _json
     import struct as _struct
-    import threading as _threading
 
     import mqttraw
+    from conftest import ReceiptSink
 
-    got, cv = [], _threading.Condition()
-
-    class Sink(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with cv:
-                got.append((self.path, _json.loads(body)))
-                cv.notify_all()
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    _threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = ReceiptSink()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/receipts?app=1"
+        url = sink.url("/receipts?app=1")
         regid, token = node.register(app)
         c = node.raw(version=5)
         assert c.connect(regid, app["app_id"], token)["rc"] == 0
@@ -326,13 +309,12 @@ def test_callback_receipts_delivered_and_clicked(node, app):
         c.send(mqttraw.packet(0x32, mqttraw.mqtt_str("ack/click") + _struct.pack("!H", 9) + b"\x00" + res["id"].encode()))
 
         def kinds():
-            return sorted(r["type"] for _, b in got for r in b["receipts"] if r["id"] == res["id"] and r["regid"] == regid)
+            return sorted(r["type"] for r in sink.receipts() if r["id"] == res["id"] and r["regid"] == regid)
 
-        with cv:
-            assert cv.wait_for(lambda: kinds() == ["clicked", "delivered"], 10), got
-        assert all(path == "/receipts?app=1" for path, _ in got), got
+        assert sink.wait_for(lambda: kinds() == ["clicked", "delivered"], 10), sink.posts
+        assert all(path == "/receipts?app=1" for path, _ in sink.posts), sink.posts
         bad = node.push(app, [regid], callback="ftp://example.invalid/x")
         assert bad.status_code == 400 and "callback" in bad.json()["message"], bad.text
         c.disconnect()
     finally:
-        server.shutdown()
+        sink.close()

@@ -5,13 +5,11 @@ receipt of a message that asked for one, sent in the middle of the burst."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
-import threading
 import time
 
-from conftest import LOADGEN_BIN, NO_CONNECT_LIMIT
+from conftest import LOADGEN_BIN, NO_CONNECT_LIMIT, ReceiptSink
 from test_stats import metric, metrics
 
 SUBSCRIBERS = 10_000
@@ -20,22 +18,7 @@ MESSAGES = 20
 
 def test_a_burst_without_callbacks_leaves_the_receipt_queue_to_those_with_one(make_node, tmp_path):
     node = make_node(extra_args=NO_CONNECT_LIMIT)
-    got, cv = [], threading.Condition()
-
-    class Sink(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with cv:
-                got.extend(json.loads(body)["receipts"])
-                cv.notify_all()
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = ReceiptSink()
     app = node.create_app()
     regid, token = node.register(app)
     device = node.raw(version=5)
@@ -52,7 +35,7 @@ def test_a_burst_without_callbacks_leaves_the_receipt_queue_to_those_with_one(ma
         while metric(metrics(node), "pushnode_messages_delivered_total") < SUBSCRIBERS:
             assert loadgen.poll() is None and time.monotonic() < deadline, "the fan-out did not start"
             time.sleep(0.02)
-        url = f"http://127.0.0.1:{server.server_address[1]}/receipts"
+        url = sink.url("/receipts")
         sent = node.send(app, [regid], title="in the burst", callback=url)
         msg = device.read_publish()
         device.puback(msg["pid"])
@@ -60,13 +43,12 @@ def test_a_burst_without_callbacks_leaves_the_receipt_queue_to_those_with_one(ma
         assert loadgen.returncode == 0, f"{stdout}\n{stderr[-3000:]}"
         report = json.loads(out.read_text())
         assert report["deliveries"] == SUBSCRIBERS * MESSAGES, report
-        with cv:
-            assert cv.wait_for(lambda: any(r["id"] == sent["id"] for r in got), 15), got[:5]
-            assert all(r["id"] == sent["id"] for r in got), "only the message with a callback has receipts"
+        assert sink.wait_for(lambda: any(r["id"] == sent["id"] for r in sink.receipts()), 15), sink.posts[:2]
+        assert all(r["id"] == sent["id"] for r in sink.receipts()), "only the message with a callback has receipts"
         assert metric(metrics(node), "pushnode_receipts_dropped_total") == 0
     finally:
         if loadgen.poll() is None:
             loadgen.kill()
             loadgen.wait()
         device.disconnect()
-        server.shutdown()
+        sink.close()

@@ -38,80 +38,25 @@ const RECORD_HEADER: usize = 16;
 const MAX_RECORD: usize = 1 << 30;
 
 /// A write as the log keeps it, in a form that is independent of the in-memory [`WriteOp`].
+/// New variants go last, so older logs' records keep their variant numbers: `GroupDelivered`
+/// (one delivery) is how logs before `GroupDeliveries` (a count of them) recorded deliveries.
 #[derive(Debug, Serialize, Deserialize)]
 enum LoggedOp {
-    RegisterDevice {
-        regid: [u8; 12],
-        record: [u8; DeviceRecord::LEN],
-    },
-    StorePush {
-        envelope: LoggedEnvelope,
-        seq: u64,
-        regids: Vec<[u8; 12]>,
-    },
-    SetAlias {
-        regid: [u8; 12],
-        alias: String,
-    },
-    UnsetAlias {
-        regid: [u8; 12],
-        alias: String,
-    },
-    Subscribe {
-        regid: [u8; 12],
-        topic: String,
-        seq: u64,
-    },
-    Unsubscribe {
-        regid: [u8; 12],
-        topic: String,
-    },
-    StoreGroup {
-        partition: u16,
-        envelope: LoggedEnvelope,
-        seq: u64,
-        filter: GroupFilter,
-        targets: u64,
-    },
-    Quiet {
-        regid: [u8; 12],
-        hours: Option<[u8; 6]>,
-    },
-    GroupCursor {
-        regid: [u8; 12],
-        seq: u64,
-    },
-    /// One delivery (logs written before deliveries were counted together).
-    GroupDelivered {
-        partition: u16,
-        id: u64,
-    },
-    Clicked {
-        partition: u16,
-        regid: [u8; 12],
-        id: u64,
-    },
-    Acked {
-        regid: [u8; 12],
-        seq: u64,
-        id: u64,
-    },
-    DayStats {
-        partition: u16,
-        app_id: u32,
-        day: u32,
-        stats: Vec<u8>,
-    },
-    ActiveDay {
-        regid: [u8; 12],
-        day: u32,
-    },
-    /// Added last, so the records of older logs keep their variant numbers.
-    GroupDeliveries {
-        partition: u16,
-        id: u64,
-        count: u32,
-    },
+    RegisterDevice { regid: [u8; 12], record: [u8; DeviceRecord::LEN] },
+    StorePush { envelope: LoggedEnvelope, seq: u64, regids: Vec<[u8; 12]> },
+    SetAlias { regid: [u8; 12], alias: String },
+    UnsetAlias { regid: [u8; 12], alias: String },
+    Subscribe { regid: [u8; 12], topic: String, seq: u64 },
+    Unsubscribe { regid: [u8; 12], topic: String },
+    StoreGroup { partition: u16, envelope: LoggedEnvelope, seq: u64, filter: GroupFilter, targets: u64 },
+    Quiet { regid: [u8; 12], hours: Option<[u8; 6]> },
+    GroupCursor { regid: [u8; 12], seq: u64 },
+    GroupDelivered { partition: u16, id: u64 },
+    Clicked { partition: u16, regid: [u8; 12], id: u64 },
+    Acked { regid: [u8; 12], seq: u64, id: u64 },
+    DayStats { partition: u16, app_id: u32, day: u32, stats: Vec<u8> },
+    ActiveDay { regid: [u8; 12], day: u32 },
+    GroupDeliveries { partition: u16, id: u64, count: u32 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
