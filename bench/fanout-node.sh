@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One node, one loadgen fan-out through the HTTP API, for A/B runs of the node:
+#   bench/fanout-node.sh BIN SUBSCRIBERS MESSAGES TAG
+# e.g. bench/fanout-node.sh target/release/pushnode 19000 10 new
+# Starts BIN with 2 shards (SHARDS=N for another count) on free-ish loopback ports, no connect
+# rate limit, runs `loadgen fanout --qos 1 --interval-ms 0` (every message posted without
+# waiting for the last one's answer), prints loadgen's summary and the node's CPU seconds by
+# thread, then stops the node it started. Once the node has accepted the first message:
+# PERFSTAT=1 counts its io_uring submissions (sends, mostly) and io_uring_enter calls for PSECS
+# seconds (default 2) into /tmp/pstat-TAG.txt; PERF=1 records a profile to /tmp/perf-TAG.data.
+# LG=PATH: the loadgen binary (default target/release/loadgen).
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$1; N=$2; M=$3; TAG=$4
+D=$(mktemp -d /tmp/fon-XXXX)
+free() { ! ss -Htan "sport = :$1" | grep -q .; }
+until MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000)); free $MQ && free $HP; do :; done
+printf "partitions = 16\nconnect_rate_per_ip = 0\n" > $D/p.toml
+$BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability buffered --shards ${SHARDS:-2} --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null; rm -rf $D' EXIT  # also when a pipe reading this script closes early
+for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/healthz >/dev/null && break; sleep 0.2; done
+( for i in $(seq 1 600); do
+    v=$(curl -s 127.0.0.1:$HP/metrics | awk '/^pushnode_messages_accepted_total/ {print $2}')
+    [ "${v:-0}" != "0" ] && break; sleep 0.05
+  done
+  [ -n "${PERFSTAT:-}" ] && perf stat -e 'io_uring:io_uring_submit_req,syscalls:sys_enter_io_uring_enter' -p $PID -o /tmp/pstat-$TAG.txt -- sleep ${PSECS:-2} >/dev/null 2>&1
+  [ -n "${PERF:-}" ] && perf record -g -F 999 -p $PID -o /tmp/perf-$TAG.data -- sleep ${PSECS:-2} >/dev/null 2>&1 ) &
+WATCH=$!
+${LG:-$ROOT/target/release/loadgen} fanout --target pushnode --mqtt 127.0.0.1:$MQ --http http://127.0.0.1:$HP --admin-token-file $D/data/admin.token \
+  --source-ips 127.0.0.2-127.0.0.17 --workers 2 --subscribers $N --messages $M --qos 1 --interval-ms 0 --timeout-secs 300 --straggler-secs 15 > $D/lg.out 2>&1
+grep -E "^fanout|deliveries" $D/lg.out | tr '\n' ' '; echo
+wait $WATCH
+echo "node cpu: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 0.05) printf "%s %.2f  ", k, c[k]}')"
+kill $PID; wait $PID 2>/dev/null
+[ -n "${PERFSTAT:-}" ] && grep -E "io_uring" /tmp/pstat-$TAG.txt
+exit 0
