@@ -17,6 +17,9 @@ use super::plan::Load;
 use super::sender::{qos_of, HttpSender, MqttPublisher, PushBody, PushTarget};
 use super::worker::{wait_for, Worker};
 
+/// Most messages the pushnode publisher has in flight (the MQTT publisher's default window).
+const HTTP_IN_FLIGHT: u32 = 1000;
+
 /// The shared topic's name (pushnode topic target; MQTT `bench/fanout`).
 const TOPIC: &str = "bench";
 
@@ -79,9 +82,10 @@ async fn publish_all(w: &Rc<Worker>, messages: u32, qos: u8, interval: Duration)
             let (Some(http), Some(app)) = (&w.http, &w.plan.app) else {
                 return 0;
             };
-            // All messages may be in flight at once over one HTTP/2 connection, as the MQTT
-            // publisher below writes each PUBLISH without waiting for the last one's PUBACK.
-            let sender = match HttpSender::new(http, &app.app_secret, messages, 1) {
+            // Up to HTTP_IN_FLIGHT messages in flight at once over one HTTP/2 connection, as the
+            // MQTT publisher below writes each PUBLISH without waiting for the last one's PUBACK
+            // (within the broker's receive window).
+            let sender = match HttpSender::new(http, &app.app_secret, messages.min(HTTP_IN_FLIGHT), 1) {
                 Ok(sender) => sender,
                 Err(e) => {
                     w.tally.borrow_mut().count_failure(format!("send: {e}"));
@@ -96,8 +100,10 @@ async fn publish_all(w: &Rc<Worker>, messages: u32, qos: u8, interval: Duration)
                 }
                 let sent_us = unix_micros();
                 let body = PushBody::passthrough(PushTarget::Topic(TOPIC), sent_us.to_string()).to_bytes();
+                let Some(slot) = sender.slot().await else { break };
                 let (sender, w) = (sender.clone(), w.clone());
                 posts.push(tokio::task::spawn_local(async move {
+                    let _slot = slot;
                     let outcome = match body {
                         Ok(body) => sender.post(&body, w.time_left()).await,
                         Err(e) => Err(e),
