@@ -48,11 +48,11 @@ impl PassAcks {
         let mut ops = Vec::with_capacity(self.cursors.len() + self.delivered.len() + self.own.len());
         ops.extend(self.cursors.drain().map(|(regid, seq)| WriteOp::GroupCursor { regid, seq }));
         ops.extend(self.delivered.drain().map(|(id, count)| WriteOp::GroupDelivered { partition, id, count }));
-        let own = self.own.drain(..).map(|(regid, seq, id)| {
+        let mut own = Vec::with_capacity(self.own.len());
+        for (regid, seq, id) in self.own.drain(..) {
             ops.push(WriteOp::Acked { regid, seq, id });
-            (regid, seq)
-        });
-        let own = own.collect();
+            own.push((regid, seq));
+        }
         Some(AckWrites { ops, own })
     }
 }
