@@ -38,8 +38,8 @@ pub struct HttpState {
     pub callbacks: Arc<callbacks::Callbacks>,
 }
 
-/// Starts `threads` HTTP threads listening on `addr` and the scheduler thread; they run
-/// until the process exits.
+/// Starts `threads` HTTP threads listening on `addr` and the scheduler thread, and returns
+/// once every HTTP thread serves; they run until the process exits.
 ///
 /// `idle_timeout` bounds every wait for a client: the TLS handshake, a request's headers
 /// (the slowloris guard) and the idle time between two requests on a keep-alive
@@ -65,13 +65,16 @@ pub fn start(
         listeners.push((https_addr, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))));
     }
     let runtimes = balance::Runtimes::new(threads * listeners.len());
+    // The node is ready once every runtime serves: connections are balanced over started
+    // runtimes only, so one accepted earlier would stay on the first thread up.
+    let (up_tx, up_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for thread in 0..threads {
         for (l, (addr, tls)) in listeners.iter().enumerate() {
             let index = thread * listeners.len() + l;
             let runtimes = runtimes.clone();
             let listener = core_engine::sys::reuseport_listener(*addr, 1024)?;
             listener.set_nonblocking(true)?;
-            let (state, tls) = (state.clone(), tls.clone());
+            let (state, tls, up) = (state.clone(), tls.clone(), up_tx.clone());
             let name = if tls.is_some() { format!("https-{thread}") } else { format!("http-{thread}") };
             std::thread::Builder::new().name(name).spawn(move || {
                 // Work for the shards is queued as requests come and each shard is woken
@@ -84,7 +87,7 @@ pub fn start(
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        tracing::error!(error = %e, "starting the HTTP runtime failed");
+                        let _ = up.send(Err(e.to_string()));
                         return;
                     }
                 };
@@ -93,9 +96,17 @@ pub fn start(
                 runtime.block_on(async move {
                     tokio::spawn(relay);
                     runtimes.started(index);
+                    let _ = up.send(Ok(()));
                     serve(listener, runtimes, index, state, tls, idle_timeout).await
                 });
             })?;
+        }
+    }
+    for _ in 0..threads * listeners.len() {
+        match up_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("starting an HTTP runtime failed: {e}"),
+            Err(_) => anyhow::bail!("an HTTP thread did not start within 30 s"),
         }
     }
     Ok(())

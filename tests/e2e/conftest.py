@@ -158,8 +158,10 @@ class Node:
                 )
             if not http_ok:
                 try:
-                    r = requests.get(self.url + "/healthz", timeout=1)
-                    http_ok = r.status_code == 200
+                    # Connection: close, so the node does not hold the probe's connection
+                    # until the client's socket is collected (or for its idle timeout).
+                    with requests.get(self.url + "/healthz", timeout=1, headers={"Connection": "close"}) as r:
+                        http_ok = r.status_code == 200
                 except requests.RequestException:
                     pass
             if not mqtt_ok:

@@ -22,9 +22,25 @@ def http_thread_cpu_ns(pid: int) -> dict[str, int]:
     return out
 
 
+def node_side_connections(port: int) -> int:
+    """Connections the node still holds on its listening `port`: established or closed by
+    the client only (CLOSE_WAIT), from /proc/net/tcp."""
+    held = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, _remote, state = line.split()[1:4]
+        if int(local.split(":")[1], 16) == port and state in ("01", "08"):
+            held += 1
+    return held
+
+
 def test_two_connections_are_served_by_the_two_http_threads(make_node):
     node = make_node(shards=1)  # two HTTP threads, the default
-    time.sleep(0.5)  # the readiness probes' connections have closed on the node's side
+    # The readiness probes' connections are closed on the node's side (each counts on its
+    # thread while open; on a busy machine that can take longer than a fixed wait).
+    deadline = time.monotonic() + 10
+    while node_side_connections(node.http_port) > 0:
+        assert time.monotonic() < deadline, "the node still holds the readiness probes' connections"
+        time.sleep(0.05)
     conns = []
     for _ in range(2):
         s = _connect(node.http_port)
