@@ -8,14 +8,15 @@
 # thread, then stops the node it started. Once the node has accepted the first message:
 # PERFSTAT=1 counts its io_uring submissions (sends, mostly) and io_uring_enter calls for PSECS
 # seconds (default 2) into /tmp/pstat-TAG.txt; PERF=1 records a profile to /tmp/perf-TAG.data.
-# LG=PATH: the loadgen binary (default target/release/loadgen).
+# LG=PATH: the loadgen binary (default target/release/loadgen). CONF='key = value': one more
+# line of the node's config. Prints the node's peak RSS (VmHWM) at the end.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; N=$2; M=$3; TAG=$4
 D=$(mktemp -d /tmp/fon-XXXX)
 free() { ! ss -Htan "sport = :$1" | grep -q .; }
 until MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000)); free $MQ && free $HP; do :; done
-printf "partitions = 16\nconnect_rate_per_ip = 0\n" > $D/p.toml
+printf "partitions = 16\nconnect_rate_per_ip = 0\n%s\n" "${CONF:-}" > $D/p.toml
 $BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability buffered --shards ${SHARDS:-2} --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf $D' EXIT  # also when a pipe reading this script closes early
@@ -32,6 +33,7 @@ ${LG:-$ROOT/target/release/loadgen} fanout --target pushnode --mqtt 127.0.0.1:$M
 grep -E "^fanout|deliveries" $D/lg.out | tr '\n' ' '; echo
 wait $WATCH
 echo "node cpu: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 0.05) printf "%s %.2f  ", k, c[k]}')"
+echo "node peak rss: $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status)"
 kill $PID; wait $PID 2>/dev/null
 [ -n "${PERFSTAT:-}" ] && grep -E "io_uring" /tmp/pstat-$TAG.txt
 exit 0

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// The kernel's largest io_uring submission queue (`IORING_MAX_ENTRIES`); a completion
 /// queue may be twice that.
 const MAX_SQ: u32 = 32_768;
+/// The smallest share of `send_buffer_bytes` a shard may get.
+const MIN_SEND_BUFFER_PER_SHARD: usize = 64 * 1024;
 
 /// Every setting; defaults are the embedded single-node setup.
 #[derive(Clone, Debug, Deserialize)]
@@ -57,6 +59,10 @@ pub struct Config {
     pub durability: Durability,
     /// redb page cache of all shards' databases together, in bytes; each gets an equal share.
     pub store_cache_bytes: usize,
+    /// Bytes all shards together may hold for sending to devices (encoded messages the
+    /// kernel has not taken yet); each shard gets an equal share, at least 64 KiB. Past its
+    /// share a shard's deliveries wait in the store and go out as its sends drain.
+    pub send_buffer_bytes: usize,
     /// HTTP worker threads.
     pub http_threads: usize,
     /// Seconds an HTTP(S) connection may wait for the client: for the TLS handshake, for a
@@ -113,6 +119,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             durability: Durability::Fsync,
             store_cache_bytes: 16 * 1024 * 1024,
+            send_buffer_bytes: 256 * 1024 * 1024,
             http_threads: 2,
             http_idle_timeout_secs: 10,
             log: "info".into(),
@@ -201,6 +208,13 @@ impl Config {
         if self.http_idle_timeout_secs == 0 {
             bail!("http_idle_timeout_secs must be at least 1");
         }
+        if self.send_buffer_bytes / shards < MIN_SEND_BUFFER_PER_SHARD {
+            bail!(
+                "send_buffer_bytes must be at least {MIN_SEND_BUFFER_PER_SHARD} per shard ({} for {shards} shards), got {}",
+                MIN_SEND_BUFFER_PER_SHARD * shards,
+                self.send_buffer_bytes
+            );
+        }
         Ok(EngineConfig {
             mqtt_listen: self.mqtt_listen,
             data_dir: self.data_dir.clone(),
@@ -212,6 +226,7 @@ impl Config {
             max_packet_bytes: self.max_packet_bytes,
             durability: self.durability,
             store_cache_bytes: self.store_cache_bytes,
+            send_buffer_bytes: self.send_buffer_bytes,
             submission_queue_entries: self.submission_queue_entries,
             completion_queue_entries: self.completion_queue_entries,
             listen_backlog: 4096,
@@ -267,6 +282,17 @@ mod tests {
         assert!(with(1024, 512).engine().is_err(), "completions fewer than submissions");
         assert!(with(65_536, 65_536).engine().is_err(), "beyond the kernel's limit");
         assert!(with(4, 8).engine().is_err());
+    }
+
+    #[test]
+    fn send_buffer_share_is_at_least_64_kib_a_shard() {
+        let with = |bytes| Config { shards: 4, send_buffer_bytes: bytes, ..Config::default() };
+        assert_eq!(with(4 * 65_536).engine().unwrap().send_buffer_bytes, 4 * 65_536);
+        let refused = with(4 * 65_536 - 1).engine().unwrap_err().to_string();
+        assert!(
+            refused.contains("send_buffer_bytes must be at least 65536 per shard (262144 for 4 shards)"),
+            "{refused}"
+        );
     }
 
     #[test]

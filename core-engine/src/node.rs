@@ -32,6 +32,8 @@ pub struct EngineConfig {
     pub durability: Durability,
     /// redb page cache of all partitions together; each gets `store_cache_bytes / partitions`.
     pub store_cache_bytes: usize,
+    /// Bytes all shards may hold for sending to devices; each gets `send_buffer_bytes / shards`.
+    pub send_buffer_bytes: usize,
     pub submission_queue_entries: u32,
     pub completion_queue_entries: u32,
     pub listen_backlog: i32,

@@ -236,6 +236,11 @@ impl Session {
         !self.out.is_empty()
     }
 
+    /// Bytes allocated for output (what waits to be sent, and room for more).
+    pub fn output_capacity(&self) -> usize {
+        self.out.capacity()
+    }
+
     /// Takes the bytes to send, leaving an empty buffer.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)

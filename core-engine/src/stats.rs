@@ -312,6 +312,12 @@ pub struct ShardMetrics {
     pub dropped: AtomicU64,
     /// Receipts for callbacks dropped because the dispatcher's queue was full.
     pub receipts_dropped: AtomicU64,
+    /// Times a device's deliveries were left in the store because the shard's send buffer
+    /// budget was used up (they went out once its sends drained).
+    pub send_deferrals: AtomicU64,
+    /// Bytes held for sending to devices (the send budget's charge), at the end of the last
+    /// pass of the shard's event loop.
+    pub send_buffered_bytes: AtomicU64,
     /// Rows waiting in this shard's pending queues (approximate across restarts of counting).
     pub pending: AtomicI64,
     /// Accepted -> acknowledged, in milliseconds.
@@ -332,6 +338,8 @@ impl Default for ShardMetrics {
             expired: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             receipts_dropped: AtomicU64::new(0),
+            send_deferrals: AtomicU64::new(0),
+            send_buffered_bytes: AtomicU64::new(0),
             pending: AtomicI64::new(0),
             delivery_latency_ms: AtomicHistogram::new(LATENCY_BUCKETS_MS),
             commit_latency_us: AtomicHistogram::new(COMMIT_BUCKETS_US),

@@ -122,6 +122,19 @@ pub fn render(state: &HttpState, admin: bool) -> String {
     );
     let _ = writeln!(out, "{name} {}", sum(|m| &m.receipts_dropped));
 
+    let name = "pushnode_send_deferrals_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Times a device's deliveries waited in the store because its shard's send_buffer_bytes share was held, since start.",
+    );
+    let _ = writeln!(out, "{name} {}", sum(|m| &m.send_deferrals));
+
+    let name = "pushnode_send_buffered_bytes";
+    header(&mut out, name, "gauge", "Bytes held for sending to devices (counted against send_buffer_bytes).");
+    let _ = writeln!(out, "{name} {}", sum(|m| &m.send_buffered_bytes));
+
     header(&mut out, "pushnode_pending_messages", "gauge", "Deliveries waiting in pending queues.");
     let pending: i64 = shards.iter().map(|m| m.pending.load(Ordering::Relaxed)).sum();
     let _ = writeln!(out, "pushnode_pending_messages {}", pending.max(0));

@@ -166,10 +166,16 @@ impl Shard {
     }
 
     /// Fills the session's window from the store: the device's own queue and the shard's
-    /// group messages, merged in sequence order.
+    /// group messages, merged in sequence order, as far as the send budget allows.
     pub(super) fn pump(&mut self, key: u32) {
+        self.pump_batches(key);
+        self.recharge(key);
+    }
+
+    fn pump_batches(&mut self, key: u32) {
         let now = Self::now_unix_s();
         loop {
+            self.recharge(key);
             let conn = &self.conns[key as usize];
             let Some(regid) = conn.device else { return };
             if !conn.backlog || !conn.session.can_push() {
@@ -178,6 +184,10 @@ impl Shard {
             let Some(device) = self.devices.get(&regid) else { return };
             if device.is_quiet(now) {
                 return; // backlog stays set; the tick pumps when the quiet hours end
+            }
+            if self.send_budget.is_spent() {
+                self.starve(key); // backlog stays set; fed when the sends have drained
+                return;
             }
             let (Some(own_store), Some(group_store)) =
                 (self.stores.get(&regid.partition()), self.stores.get(&self.group_partition))
@@ -502,10 +512,16 @@ impl Shard {
             conn.backlog = true;
             return false;
         }
+        if self.send_budget.is_spent() {
+            conn.backlog = true;
+            self.starve(key);
+            return false;
+        }
         let push = PushRef { seq, id: envelope.id, group };
         conn.session.push(push, seq <= device.last_sent, expiry_s(envelope.expires_at, now), topic, &envelope.json);
         conn.cursor = seq;
         device.last_sent = device.last_sent.max(seq);
+        self.recharge(key);
         debug_assert!(self.draining, "live deliveries come from inbox messages, flushed when the drain ends");
         self.flush_after_drain.push(key);
         true

@@ -12,6 +12,7 @@ mod device;
 mod groups;
 mod inbox;
 mod pass_acks;
+mod send_budget;
 mod tls_io;
 mod token;
 mod wake_relay;
@@ -153,6 +154,10 @@ struct Conn {
     /// for [`SLOW_READER_S`] is cut off.
     send_progress_s: u32,
     send_inflight: bool,
+    /// Bytes this connection holds for sending, as counted in the shard's send budget.
+    charged: u32,
+    /// Listed as waiting for room in the send budget.
+    starved: bool,
     recv_armed: bool,
     closing: bool,
     /// Accepted over its source address's connect rate: its CONNECT gets 0x9F (3.1.1: 3).
@@ -238,6 +243,8 @@ pub struct Shard {
     pass_acks: pass_acks::PassAcks,
     /// The inbox is draining (what `flush_after_drain` relies on).
     draining: bool,
+    /// Bytes the connections may hold for sending before deliveries wait in the store.
+    send_budget: send_budget::SendBudget,
 }
 
 /// A device's pushes on their way into the store. A push goes out to an online device at
@@ -285,6 +292,7 @@ impl Shard {
             source,
         })?;
         let bufs = BufRing::new(&ring.submitter(), cfg.recv_buffers, cfg.recv_buffer_bytes, RECV_BGID)?;
+        let send_budget = send_budget::SendBudget::new(cfg.send_buffer_bytes / cfg.shards);
         let mut devices = HashMap::new();
         let mut topics = groups::TopicIndex::default();
         let mut aliases = groups::AliasIndex::default();
@@ -389,6 +397,7 @@ impl Shard {
             unstored_groups: 0,
             flush_after_drain: Vec::new(),
             pass_acks: pass_acks::PassAcks::default(),
+            send_budget,
             draining: false,
             stores: stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
@@ -443,6 +452,7 @@ impl Shard {
                 self.take_over(takeover);
             }
             self.write_pass_acks();
+            self.feed_starved();
             if let Some(since) = self.stopping {
                 if self.conns.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
                     tracing::info!(shard = self.index, left = self.conns.len(), "shard stopped");
@@ -632,6 +642,8 @@ impl Shard {
             sent: 0,
             send_progress_s: 0,
             send_inflight: false,
+            charged: 0,
+            starved: false,
             recv_armed: false,
             closing: false,
             over_rate: false,
@@ -723,6 +735,11 @@ impl Shard {
 
     /// Starts sending what the session queued, unless a send is in flight.
     fn flush(&mut self, key: u32) {
+        self.start_send(key);
+        self.recharge(key);
+    }
+
+    fn start_send(&mut self, key: u32) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -778,6 +795,7 @@ impl Shard {
         conn.sent += result as usize;
         if conn.sent < conn.sending.len() {
             self.submit_send(key);
+            self.recharge(key);
             return;
         }
         conn.sending.clear();
@@ -840,6 +858,7 @@ impl Shard {
         let close = opcode::Close::new(types::Fixed(slot)).build().user_data(token::plain(token::CLOSE, 0));
         self.push_sqe(close);
         let conn = self.conns.remove(key as usize);
+        self.send_budget.recharge(conn.charged, 0);
         self.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(regid) = conn.device {
             self.detach(key, regid);
@@ -870,6 +889,7 @@ impl Shard {
         for key in stalled {
             self.abort_conn(key, CloseReason::SlowReader);
         }
+        self.uncharge_stalled();
         // Devices whose quiet hours ended get what waited for them.
         let wall = crate::clock::now_unix_s();
         let waiting: Vec<u32> = self
