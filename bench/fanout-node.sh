@@ -8,8 +8,9 @@
 # thread, then stops the node it started. Once the node has accepted the first message:
 # PERFSTAT=1 counts its io_uring submissions (sends, mostly) and io_uring_enter calls for PSECS
 # seconds (default 2) into /tmp/pstat-TAG.txt; PERF=1 records a profile to /tmp/perf-TAG.data.
+# WORKERS=N: loadgen processes (default 2; each holds < 20,000 descriptors here, so 6+ for 100k).
 # LG=PATH: the loadgen binary (default target/release/loadgen). CONF='key = value': one more
-# line of the node's config. Prints the node's peak RSS (VmHWM) at the end.
+# line of the node's config. Prints the node's peak RSS (VmHWM) and send deferrals at the end.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; N=$2; M=$3; TAG=$4
@@ -29,11 +30,11 @@ for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/he
   [ -n "${PERF:-}" ] && perf record -g -F 999 -p $PID -o /tmp/perf-$TAG.data -- sleep ${PSECS:-2} >/dev/null 2>&1 ) &
 WATCH=$!
 ${LG:-$ROOT/target/release/loadgen} fanout --target pushnode --mqtt 127.0.0.1:$MQ --http http://127.0.0.1:$HP --admin-token-file $D/data/admin.token \
-  --source-ips 127.0.0.2-127.0.0.17 --workers 2 --subscribers $N --messages $M --qos 1 --interval-ms 0 --timeout-secs 300 --straggler-secs 15 > $D/lg.out 2>&1
+  --source-ips 127.0.0.2-127.0.0.17 --workers ${WORKERS:-2} --subscribers $N --messages $M --qos 1 --interval-ms 0 --timeout-secs 300 --straggler-secs 15 > $D/lg.out 2>&1
 grep -E "^fanout|deliveries" $D/lg.out | tr '\n' ' '; echo
 wait $WATCH
 echo "node cpu: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 0.05) printf "%s %.2f  ", k, c[k]}')"
-echo "node peak rss: $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status)"
+echo "node peak rss: $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status); $(curl -s 127.0.0.1:$HP/metrics | grep -E '^pushnode_send_deferrals_total' | tr '\n' ' ')"
 kill $PID; wait $PID 2>/dev/null
 [ -n "${PERFSTAT:-}" ] && grep -E "io_uring" /tmp/pstat-$TAG.txt
 exit 0

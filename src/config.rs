@@ -119,7 +119,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             durability: Durability::Fsync,
             store_cache_bytes: 16 * 1024 * 1024,
-            send_buffer_bytes: 256 * 1024 * 1024,
+            send_buffer_bytes: 1024 * 1024 * 1024,
             http_threads: 2,
             http_idle_timeout_secs: 10,
             log: "info".into(),
