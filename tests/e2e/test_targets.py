@@ -25,6 +25,20 @@ def _online(node, app, version=5, topics=()):
     return regid, token, dev
 
 
+def test_an_offline_member_catches_up_on_more_topic_messages_than_kept_in_memory(node, app):
+    """A shard keeps its last 256 group messages in memory for devices that read them back;
+    a device further behind reads the older ones from the store, then the rest, in order."""
+    regid, token, dev = _online(node, app, topics=["many"])
+    dev.disconnect()
+    sent = [_group_push(node, app, {"topic": "many"}, payload=f"m{i}")["id"] for i in range(300)]
+    again = node.device(app, regid, token)
+    again.connect()
+    got = again.wait_messages(300, timeout=30)
+    again.expect_no_more(300, wait=0.5)
+    assert [m["payload"]["id"] for m in got] == sent
+    assert [m["payload"]["payload"] for m in got] == [f"m{i}" for i in range(300)]
+
+
 def test_topic_push_online_offline_and_late_joiner(node, app):
     a_regid, _, a = _online(node, app, version=5, topics=["news"])
     b_regid, b_token, b = _online(node, app, version=4, topics=["news"])

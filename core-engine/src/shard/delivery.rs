@@ -201,9 +201,12 @@ impl Shard {
                 own
             });
             let app_id = device.record.app_id;
-            let group = group_store.group_after(conn.cursor.max(device.group_cursor), now, PENDING_BATCH, |m| {
-                m.app_id == app_id && self.group_member(device, &m.filter, m.seq)
-            });
+            let after = conn.cursor.max(device.group_cursor);
+            let wanted = |m: &GroupMessage| m.app_id == app_id && self.group_member(device, &m.filter, m.seq);
+            let group = match self.recent_groups.after(after, now, PENDING_BATCH, wanted) {
+                Some(recent) => Ok(recent),
+                None => group_store.group_after(after, now, PENDING_BATCH, wanted),
+            };
             let (own, group) = match (own, group) {
                 (Ok(own), Ok(group)) => (own, group),
                 (Err(e), _) | (_, Err(e)) => {
@@ -454,6 +457,14 @@ impl Shard {
                     return;
                 }
                 self.count_accepted(envelope.app_id, targets, true);
+                self.recent_groups.push(GroupMessage {
+                    seq,
+                    id: envelope.id,
+                    app_id: envelope.app_id,
+                    expires_at: envelope.expires_at,
+                    filter: filter.clone(),
+                    json: envelope.json.clone(),
+                });
                 let now = Self::now_unix_s();
                 let resolved = self.resolve(envelope.app_id, &filter);
                 for regid in self.group_targets(envelope.app_id, &resolved, seq) {

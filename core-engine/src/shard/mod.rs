@@ -12,6 +12,7 @@ mod device;
 mod groups;
 mod inbox;
 mod pass_acks;
+mod recent_groups;
 mod send_budget;
 mod tls_io;
 mod token;
@@ -245,6 +246,8 @@ pub struct Shard {
     draining: bool,
     /// Bytes the connections may hold for sending before deliveries wait in the store.
     send_budget: send_budget::SendBudget,
+    /// The group messages committed last, read back from memory rather than the store.
+    recent_groups: recent_groups::RecentGroups,
 }
 
 /// A device's pushes on their way into the store. A push goes out to an online device at
@@ -327,6 +330,10 @@ impl Shard {
         }
         let owned_partitions: Vec<u16> = stores.iter().map(|s| s.partition).collect();
         let group_partition = owned_partitions.first().copied().unwrap_or(0);
+        let stored_up_to = match stores.iter().find(|s| s.partition == group_partition) {
+            Some(store) => store.last_group_seq()?,
+            None => u64::MAX, // no partition here: nothing to read back either way
+        };
         let metrics = setup.shared.metrics[setup.index].clone();
         let today = crate::clock::day_of(crate::clock::now_unix_s());
         let mut day_stats = crate::stats::ShardDayStats { day: today, ..Default::default() };
@@ -398,6 +405,7 @@ impl Shard {
             flush_after_drain: Vec::new(),
             pass_acks: pass_acks::PassAcks::default(),
             send_budget,
+            recent_groups: recent_groups::RecentGroups::new(stored_up_to),
             draining: false,
             stores: stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,

@@ -219,7 +219,7 @@ pub struct GroupMessage {
     pub id: MessageId,
     pub app_id: AppId,
     pub expires_at: u64,
-    pub filter: GroupFilter,
+    pub filter: Arc<GroupFilter>,
     pub json: Arc<[u8]>,
 }
 
@@ -451,6 +451,9 @@ impl PartitionStore {
             after,
             self.limits.max_pending_per_device as usize,
         );
+        if seqs.is_empty() {
+            return Ok(Vec::new()); // no read transaction for an empty queue
+        }
         let txn = self.db.begin_read()?;
         let pending = txn.open_table(PENDING)?;
         let bodies = txn.open_table(BODIES)?;
@@ -486,6 +489,15 @@ impl PartitionStore {
     /// Every (device, topic, seq joined) of this partition.
     pub fn load_subscriptions(&self) -> Result<Vec<(RegId, String, u64)>, StoreError> {
         self.load_suffixed(SUBSCRIPTIONS, |v| v)
+    }
+
+    /// The highest seq of a group message kept in this partition's database (any partition's:
+    /// a database may hold several), 0 if none.
+    pub fn last_group_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let group = txn.open_table(GROUP)?;
+        let last = redb::ReadableTable::last(&group)?.map_or(0, |(k, _)| k.value().0);
+        Ok(last)
     }
 
     /// Every device's group cursor in this partition.
@@ -623,7 +635,7 @@ impl PartitionStore {
             }
             let Some(body) = bodies.get((id, self.partition))? else { continue };
             let json: Arc<[u8]> = body.value().get(8..).unwrap_or_default().into();
-            let message = GroupMessage { seq, id, app_id, expires_at, filter, json };
+            let message = GroupMessage { seq, id, app_id, expires_at, filter: Arc::new(filter), json };
             if wanted(&message) {
                 out.push(message);
                 if out.len() >= limit {
