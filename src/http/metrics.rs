@@ -101,39 +101,45 @@ pub fn render(state: &HttpState, admin: bool) -> String {
         let _ = writeln!(out, "pushnode_connects_refused_total{{reason=\"{reason}\"}} {n}");
     }
 
-    let counters: [(&str, &str, Field); 4] = [
-        ("accepted", "Deliveries stored (one per target device) since start.", |m| &m.accepted),
-        ("delivered", "Deliveries acknowledged by the device (PUBACK) since start.", |m| &m.delivered),
-        ("expired", "Deliveries that expired before the device acknowledged them, since start.", |m| &m.expired),
-        ("dropped", "Deliveries dropped from a full pending queue since start.", |m| &m.dropped),
+    let sums: [(&str, &str, &str, Field); 7] = [
+        ("pushnode_messages_accepted_total", "counter", "Deliveries stored (one per target device) since start.", |m| {
+            &m.accepted
+        }),
+        ("pushnode_messages_delivered_total", "counter", "Deliveries acknowledged by the device (PUBACK) since start.", |m| {
+            &m.delivered
+        }),
+        (
+            "pushnode_messages_expired_total",
+            "counter",
+            "Deliveries that expired before the device acknowledged them, since start.",
+            |m| &m.expired,
+        ),
+        ("pushnode_messages_dropped_total", "counter", "Deliveries dropped from a full pending queue since start.", |m| {
+            &m.dropped
+        }),
+        (
+            "pushnode_receipts_dropped_total",
+            "counter",
+            "Delivery and click receipts for callbacks dropped from a full queue since start.",
+            |m| &m.receipts_dropped,
+        ),
+        (
+            "pushnode_send_deferrals_total",
+            "counter",
+            "Times a device's deliveries waited in the store because its shard's send_buffer_bytes share was held, since start.",
+            |m| &m.send_deferrals,
+        ),
+        (
+            "pushnode_send_buffered_bytes",
+            "gauge",
+            "Bytes held for sending to devices (counted against send_buffer_bytes).",
+            |m| &m.send_buffered_bytes,
+        ),
     ];
-    for (what, help, field) in counters {
-        let name = format!("pushnode_messages_{what}_total");
-        header(&mut out, &name, "counter", help);
+    for (name, kind, help, field) in sums {
+        header(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {}", sum(field));
     }
-
-    let name = "pushnode_receipts_dropped_total";
-    header(
-        &mut out,
-        name,
-        "counter",
-        "Delivery and click receipts for callbacks dropped from a full queue since start.",
-    );
-    let _ = writeln!(out, "{name} {}", sum(|m| &m.receipts_dropped));
-
-    let name = "pushnode_send_deferrals_total";
-    header(
-        &mut out,
-        name,
-        "counter",
-        "Times a device's deliveries waited in the store because its shard's send_buffer_bytes share was held, since start.",
-    );
-    let _ = writeln!(out, "{name} {}", sum(|m| &m.send_deferrals));
-
-    let name = "pushnode_send_buffered_bytes";
-    header(&mut out, name, "gauge", "Bytes held for sending to devices (counted against send_buffer_bytes).");
-    let _ = writeln!(out, "{name} {}", sum(|m| &m.send_buffered_bytes));
 
     header(&mut out, "pushnode_pending_messages", "gauge", "Deliveries waiting in pending queues.");
     let pending: i64 = shards.iter().map(|m| m.pending.load(Ordering::Relaxed)).sum();

@@ -563,3 +563,37 @@ class ReceiptSink:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+class FanoutBurst:
+    """`loadgen fanout` running against `node` in the background: `subscribers` devices on
+    topic "bench" get `messages` QoS 1 messages posted back to back (under `app`'s
+    credentials, else an app loadgen creates). `wait_until(predicate)` polls while it runs;
+    `finish()` waits for it to exit 0 and returns its JSON report."""
+
+    def __init__(self, node: Node, out: Path, subscribers: int, messages: int, app: dict | None = None):
+        if app:
+            auth = ["--app-id", app["app_id"], "--app-key", app["app_key"], "--app-secret", app["app_secret"]]
+        else:
+            auth = ["--admin-token-file", str(node.data_dir / "admin.token")]
+        self.out = out
+        cmd = [str(LOADGEN_BIN), "fanout", "--mqtt", node.mqtt_addr, "--http", node.url, *auth,
+               "--workers", "2", "--subscribers", str(subscribers), "--messages", str(messages),
+               "--interval-ms", "0", "--timeout-secs", "120", "--straggler-secs", "20", "--json", str(out)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_until(self, predicate, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None and time.monotonic() < deadline, "the fan-out did not get there"
+            time.sleep(0.02)
+
+    def finish(self) -> dict:
+        stdout, stderr = self.proc.communicate(timeout=150)
+        assert self.proc.returncode == 0, f"{stdout}\n{stderr[-3000:]}"
+        return json.loads(self.out.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

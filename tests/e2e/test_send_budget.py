@@ -6,11 +6,9 @@ must still get every message, each once, and in the order the messages were acce
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 
-from conftest import LOADGEN_BIN
+from conftest import FanoutBurst
 from test_stats import metric, metrics
 
 SUBSCRIBERS = 5_000
@@ -38,17 +36,9 @@ def test_a_burst_over_the_send_budget_reaches_every_device_in_order(make_node, t
         assert dev.subscribe("topic/bench") == [1] and dev.subscribe("topic/order") == [1]
         devices.append(dev)
         regids.append(regid)
-    out = tmp_path / "fanout.json"
-    cmd = [str(LOADGEN_BIN), "fanout", "--mqtt", node.mqtt_addr, "--http", node.url,
-           "--app-id", app["app_id"], "--app-key", app["app_key"], "--app-secret", app["app_secret"],
-           "--workers", "2", "--subscribers", str(SUBSCRIBERS), "--messages", str(MESSAGES),
-           "--interval-ms", "0", "--timeout-secs", "120", "--straggler-secs", "20", "--json", str(out)]
-    loadgen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    burst = FanoutBurst(node, tmp_path / "fanout.json", SUBSCRIBERS, MESSAGES, app=app)
     try:
-        deadline = time.monotonic() + 60
-        while metric(metrics(node), "pushnode_messages_delivered_total") < SUBSCRIBERS:
-            assert loadgen.poll() is None and time.monotonic() < deadline, "the fan-out did not start"
-            time.sleep(0.02)
+        burst.wait_until(lambda: metric(metrics(node), "pushnode_messages_delivered_total") >= SUBSCRIBERS)
         # Mid-burst, each answered before the next is sent: topic messages and the devices'
         # own messages, alternating.
         ordered = []
@@ -59,9 +49,7 @@ def test_a_burst_over_the_send_budget_reaches_every_device_in_order(make_node, t
             else:
                 _group_push(node, app, "order", payload)
             ordered.append(payload)
-        stdout, stderr = loadgen.communicate(timeout=150)
-        assert loadgen.returncode == 0, f"{stdout}\n{stderr[-3000:]}"
-        report = json.loads(out.read_text())
+        report = burst.finish()
         assert report["deliveries"] == SUBSCRIBERS * MESSAGES, report
 
         for dev in devices:
@@ -79,6 +67,4 @@ def test_a_burst_over_the_send_budget_reaches_every_device_in_order(make_node, t
             assert time.monotonic() < deadline, "send buffers still charged after every device acknowledged"
             time.sleep(0.1)
     finally:
-        if loadgen.poll() is None:
-            loadgen.kill()
-            loadgen.wait()
+        burst.stop()
