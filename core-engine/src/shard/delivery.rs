@@ -203,7 +203,15 @@ impl Shard {
             let app_id = device.record.app_id;
             let after = conn.cursor.max(device.group_cursor);
             let wanted = |m: &GroupMessage| m.app_id == app_id && self.group_member(device, &m.filter, m.seq);
-            let group = match self.recent_groups.after(after, now, PENDING_BATCH, wanted) {
+            // From memory only while no group message is on its way through the writer: one
+            // committed but not yet handed back is in the store, not in memory, and an own
+            // message committed after it (read from the store) would move the cursor past it.
+            let recent = if self.unstored_groups == 0 {
+                self.recent_groups.after(after, now, PENDING_BATCH, wanted)
+            } else {
+                None
+            };
+            let group = match recent {
                 Some(recent) => Ok(recent),
                 None => group_store.group_after(after, now, PENDING_BATCH, wanted),
             };

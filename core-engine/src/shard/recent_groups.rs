@@ -3,7 +3,9 @@
 //! one that reconnects after a broadcast) gets them from here instead of from a read
 //! transaction that decodes each row's filter and copies its body, as long as it is not
 //! further behind than the oldest message kept. Group rows leave the store only when they
-//! expire, and expired messages are skipped here as there, so the two agree.
+//! expire, and expired messages are skipped here as there, so the two agree. A message enters
+//! when its commit is handed back to the shard, so the shard reads from here only while no
+//! group message is on its way through the writer (`Shard::unstored_groups` is 0).
 
 use crate::store::GroupMessage;
 use std::collections::VecDeque;
