@@ -5,7 +5,7 @@
 # Starts BIN with 2 shards (SHARDS=N for another count) on free-ish loopback ports, no connect
 # rate limit, runs `loadgen fanout --qos 1 --interval-ms 0` (every message posted without
 # waiting for the last one's answer), prints loadgen's summary and the node's CPU seconds by
-# thread, then stops the node it started. Once the node has accepted the first message:
+# thread (user+system), then stops the node it started. Once the node has accepted the first message:
 # PERFSTAT=1 counts its io_uring submissions (sends, mostly) and io_uring_enter calls for PSECS
 # seconds (default 2) into /tmp/pstat-TAG.txt; PERF=1 records a profile to /tmp/perf-TAG.data.
 # WORKERS=N: loadgen processes (default 2; each holds < 20,000 descriptors here, so 6+ for 100k).
@@ -33,7 +33,7 @@ ${LG:-$ROOT/target/release/loadgen} fanout --target pushnode --mqtt 127.0.0.1:$M
   --source-ips 127.0.0.2-127.0.0.17 --workers ${WORKERS:-2} --subscribers $N --messages $M --qos 1 --interval-ms 0 --timeout-secs 300 --straggler-secs 15 > $D/lg.out 2>&1
 grep -E "^fanout|deliveries" $D/lg.out | tr '\n' ' '; echo
 wait $WATCH
-echo "node cpu: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 0.05) printf "%s %.2f  ", k, c[k]}')"
+echo "node cpu s (user+sys): $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print $14/100, $15/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); u[$1]+=$2; s[$1]+=$3} END {for (k in u) if (u[k] + s[k] > 0.05) printf "%s %.2f+%.2f  ", k, u[k], s[k]}')"
 echo "node peak rss: $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status); $(curl -s 127.0.0.1:$HP/metrics | grep -E '^pushnode_send_deferrals_total' | tr '\n' ' ')"
 kill $PID; wait $PID 2>/dev/null
 [ -n "${PERFSTAT:-}" ] && grep -E "io_uring" /tmp/pstat-$TAG.txt

@@ -102,7 +102,7 @@ impl DayStats {
 #[derive(Debug, Default)]
 pub struct ShardDayStats {
     pub day: u32,
-    pub apps: HashMap<AppId, DayStats>,
+    pub apps: foldhash::HashMap<AppId, DayStats>,
     /// Apps whose counts changed since the last flush to the store.
     pub dirty: Vec<AppId>,
 }

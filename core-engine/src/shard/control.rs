@@ -28,7 +28,7 @@ impl Shard {
             return Err(ControlError::QuotaExceeded(format!("an app has at most {} topics", limits.1)));
         }
         let (id, _) = self.topics.join(app_id, topic, regid);
-        let seq = self.seq.next(Self::now_unix_ms());
+        let seq = self.seq.next(self.now_unix_ms());
         let device = self.devices.get_mut(&regid).expect("checked above");
         append(&mut device.extras_mut().topics, (id, seq));
         self.writer

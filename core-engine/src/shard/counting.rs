@@ -15,7 +15,7 @@ pub(super) const STATS_FLUSH_S: u32 = 5;
 impl Shard {
     /// Applies `f` to today's counts of `app_id` (rolling the day over first if needed).
     pub(super) fn count(&mut self, app_id: AppId, f: impl FnOnce(&mut DayStats)) {
-        let day = crate::clock::day_of(crate::clock::now_unix_s());
+        let day = crate::clock::day_of(self.now_unix_s());
         if day != self.day_stats.day {
             self.roll_day();
         }
@@ -34,7 +34,7 @@ impl Shard {
     /// A connection now speaks for `regid`: online, connects, daily active.
     pub(super) fn count_attach(&mut self, regid: RegId) {
         self.roll_day();
-        let now = crate::clock::now_unix_s();
+        let now = self.now_unix_s();
         let today = crate::clock::day_of(now);
         let Some(device) = self.devices.get_mut(&regid) else { return };
         let app_id = device.record.app_id;
@@ -79,7 +79,7 @@ impl Shard {
         if !crate::ids::wants_receipts(id) {
             return;
         }
-        let at_s = crate::clock::now_unix_s();
+        let at_s = self.now_unix_s();
         if self.shared.receipts.0.try_send(crate::stats::Receipt { app_id, id, regid, clicked, at_s }).is_err() {
             self.metrics.receipts_dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -88,7 +88,7 @@ impl Shard {
     pub(super) fn count_delivered(&mut self, app_id: AppId, id: crate::ids::MessageId) {
         self.metrics.delivered.fetch_add(1, Ordering::Relaxed);
         let accepted_ms = id >> 20;
-        self.metrics.delivery_latency_ms.record(crate::clock::now_unix_ms().saturating_sub(accepted_ms));
+        self.metrics.delivery_latency_ms.record(self.now_unix_ms().saturating_sub(accepted_ms));
         self.count(app_id, |s| s.delivered += 1);
     }
 
@@ -156,7 +156,7 @@ impl Shard {
     /// one with the devices still connected: they are online (the peak starts there) and
     /// active today.
     fn roll_day(&mut self) {
-        let now = crate::clock::now_unix_s();
+        let now = self.now_unix_s();
         let today = crate::clock::day_of(now);
         if today == self.day_stats.day {
             return;

@@ -112,7 +112,7 @@ impl Shard {
             GroupFilter::Topics { .. } => {
                 // A device in several of the topics is listed once.
                 let several = resolved.ids.iter().flatten().count() > 1;
-                let mut seen = std::collections::HashSet::new();
+                let mut seen = foldhash::HashSet::default();
                 let mut out = Vec::new();
                 for &id in resolved.ids.iter().flatten() {
                     let Some(topic) = self.topics.get(id) else { continue };
@@ -173,7 +173,7 @@ impl Shard {
     }
 
     fn pump_batches(&mut self, key: u32) {
-        let now = Self::now_unix_s();
+        let now = self.now_unix_s();
         loop {
             self.recharge(key);
             let conn = &self.conns[key as usize];
@@ -372,7 +372,7 @@ impl Shard {
             let _ = reply.send(Ok(part));
             return;
         }
-        let seq = self.seq.next(Self::now_unix_ms());
+        let seq = self.seq.next(self.now_unix_ms());
         let mut by_partition: BTreeMap<u16, Vec<RegId>> = BTreeMap::new();
         for regid in &targets {
             by_partition.entry(regid.partition()).or_default().push(*regid);
@@ -383,7 +383,7 @@ impl Shard {
             .collect();
         // Out now to online devices; any acknowledgement is handled after this returns, so
         // its job reaches the writer after the push's.
-        let now = Self::now_unix_s();
+        let now = self.now_unix_s();
         for regid in &targets {
             let unstored = self.unstored.entry(*regid).or_default();
             unstored.pushes += 1;
@@ -410,7 +410,7 @@ impl Shard {
             let _ = reply.send(Ok(PushPart::default()));
             return;
         }
-        let seq = self.seq.next(Self::now_unix_ms());
+        let seq = self.seq.next(self.now_unix_ms());
         let op = WriteOp::StoreGroup {
             partition: self.group_partition,
             envelope: envelope.clone(),
@@ -446,7 +446,7 @@ impl Shard {
                 let _ = reply.send(result.map(|()| (regid, token)));
             }
             AfterStore::Pushed { envelope, seq, regids, mut part, reply } => {
-                let now = Self::now_unix_s();
+                let now = self.now_unix_s();
                 for regid in &regids {
                     self.push_stored(regid, &envelope, seq, now);
                 }
@@ -473,7 +473,7 @@ impl Shard {
                     filter: filter.clone(),
                     json: envelope.json.clone(),
                 });
-                let now = Self::now_unix_s();
+                let now = self.now_unix_s();
                 let resolved = self.resolve(envelope.app_id, &filter);
                 for regid in self.group_targets(envelope.app_id, &resolved, seq) {
                     let Some(device) = self.devices.get(&regid) else { continue };

@@ -131,8 +131,8 @@ impl Shard {
         self.next_partition = self.next_partition.wrapping_add(1);
         let regid = RegId::generate(partition);
         let token = random_secret::<16>();
-        let record = DeviceRecord { app_id, token_hash: secret_hash(&token), created_at: Self::now_unix_s() };
-        let group_cursor = self.seq.next(Self::now_unix_ms());
+        let record = DeviceRecord { app_id, token_hash: secret_hash(&token), created_at: self.now_unix_s() };
+        let group_cursor = self.seq.next(self.now_unix_ms());
         let ops = vec![WriteOp::RegisterDevice { regid, record }, WriteOp::GroupCursor { regid, seq: group_cursor }];
         (regid, token, Device::new(record, group_cursor), ops)
     }

@@ -2,8 +2,8 @@
 //! topic or carry an alias. Plain data; the shard keeps them in step with the store.
 
 use crate::ids::{AppId, RegId};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use slab::Slab;
-use std::collections::{HashMap, HashSet};
 
 /// One app topic on this shard.
 #[derive(Debug)]

@@ -7,7 +7,7 @@
 
 use crate::ids::{MessageId, RegId};
 use crate::store::WriteOp;
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 #[derive(Debug, Default)]
 pub(super) struct PassAcks {
