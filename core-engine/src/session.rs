@@ -7,6 +7,12 @@ use crate::proto::{
     self, Ack, Connack, Connect, DecodeError, Disconnect, Packet, Properties, QoS, Suback, Unsuback, Version,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
+use thin_vec::ThinVec;
+
+mod queued;
+pub use queued::PushTopic;
+use queued::QueuedPush;
 
 /// The topic pushes arrive on.
 pub const INBOX_TOPIC: &str = "inbox";
@@ -186,6 +192,9 @@ pub struct Session {
     partial: Vec<u8>,
     /// Bytes to send; empty (no allocation) while idle.
     out: Vec<u8>,
+    /// Pushes to send after `out`, encoded when the output is taken (`queued.rs`); a thin
+    /// vector (one pointer) as every idle connection carries it.
+    queued: ThinVec<QueuedPush>,
     /// Pushes sent and not yet acknowledged, in send order: (packet id, message id).
     inflight: VecDeque<(u16, PushRef)>,
 }
@@ -202,6 +211,7 @@ impl Session {
             last_rx_s: now_s,
             partial: Vec::new(),
             out: Vec::new(),
+            queued: ThinVec::new(),
             inflight: VecDeque::new(),
         }
     }
@@ -231,19 +241,29 @@ impl Session {
         self.inflight.iter().map(|&(_, push)| push)
     }
 
-    /// Bytes waiting to be sent.
+    /// Bytes or pushes waiting to be sent.
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || !self.queued.is_empty()
     }
 
-    /// Bytes allocated for output (what waits to be sent, and room for more).
+    /// Bytes allocated for output (what waits to be sent, and room for more), the queued
+    /// pushes' records included (their bodies are shared, not this session's).
     pub fn output_capacity(&self) -> usize {
-        self.out.capacity()
+        self.out.capacity() + self.queued.capacity() * std::mem::size_of::<QueuedPush>()
     }
 
-    /// Takes the bytes to send, leaving an empty buffer.
+    /// Takes the bytes to send, the queued pushes encoded, leaving nothing allocated.
     pub fn take_output(&mut self) -> Vec<u8> {
+        self.encode_queued();
         std::mem::take(&mut self.out)
+    }
+
+    /// Encodes the queued pushes after what `out` holds, so a packet written next follows them.
+    fn encode_queued(&mut self) {
+        if !self.queued.is_empty() {
+            queued::encode_all(&self.queued, self.version, &mut self.out);
+            self.queued = ThinVec::new();
+        }
     }
 
     /// Bytes read but not yet processed (handed along when the connection moves shard).
@@ -498,13 +518,13 @@ impl Session {
         self.partial = Vec::new();
     }
 
-    /// Queues a QoS 1 push on the inbox topic. The caller checks [`Session::can_push`] first.
-    pub fn push(&mut self, push: PushRef, dup: bool, expiry_s: Option<u32>, topic: &str, json: &[u8]) {
+    /// Queues a QoS 1 push on `topic`. The caller checks [`Session::can_push`] first.
+    pub fn push(&mut self, push: PushRef, dup: bool, expiry_s: Option<u32>, topic: PushTopic, body: &Arc<[u8]>) {
         assert!(self.can_push(), "push() without room in flight");
         let packet_id = self.next_packet_id;
         self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-        let expiry = if self.version == Version::V5 { expiry_s } else { None };
-        proto::encode_publish_qos1(self.version, dup, topic, packet_id, expiry, json, &mut self.out);
+        let expiry_s = if self.version == Version::V5 { expiry_s } else { None };
+        self.queued.push(QueuedPush { packet_id, dup, expiry_s, topic, body: body.clone() });
         self.inflight.push_back((packet_id, push));
     }
 
@@ -543,9 +563,11 @@ impl Session {
     pub fn abandon(&mut self) {
         self.phase = Phase::Closed;
         self.partial = Vec::new();
+        self.queued = ThinVec::new(); // not sent; in flight, so read back on the next connection
     }
 
     fn write(&mut self, packet: &Packet) {
+        self.encode_queued();
         if let Err(e) = proto::encode(packet, self.version, &mut self.out) {
             // Only node-built packets get here; they always fit.
             debug_assert!(false, "encoding a node packet failed: {e}");

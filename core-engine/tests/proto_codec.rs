@@ -6,8 +6,9 @@
 mod proto {
     use bytes::Bytes;
     use core_engine::proto::{
-        decode, encode, encode_publish_qos1, Ack, Auth, Connack, Connect, DecodeError, Disconnect, EncodeError,
-        LastWill, Packet, Properties, Publish, QoS, Suback, Subscribe, SubscribeFilter, Unsuback, Unsubscribe, Version,
+        decode, encode, encode_publish_qos1, publish_qos1_len, Ack, Auth, Connack, Connect, DecodeError, Disconnect,
+        EncodeError, LastWill, Packet, Properties, Publish, QoS, Suback, Subscribe, SubscribeFilter, Unsuback,
+        Unsubscribe, Version,
     };
 
     const NO_LIMIT: usize = usize::MAX;
@@ -441,9 +442,10 @@ mod proto {
         for v in VERSIONS {
             for expiry in [None, Some(0), Some(86_400)] {
                 for dup in [false, true] {
-                    for payload in [&b""[..], &b"payload"[..], &[7u8; 300][..]] {
+                    for payload in [&b""[..], &b"payload"[..], &[7u8; 300][..], &[7u8; 20_000][..]] {
                         let mut fast = vec![0xAA];
                         encode_publish_qos1(v, dup, "t/1", 77, expiry, payload, &mut fast);
+                        assert_eq!(publish_qos1_len(v, "t/1", expiry, payload), fast.len() - 1, "length foretold");
                         let p = Packet::Publish(Publish {
                             dup,
                             qos: QoS::AtLeastOnce,

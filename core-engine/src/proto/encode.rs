@@ -235,6 +235,27 @@ fn unsuback(u: &Unsuback, v5: bool, out: &mut Vec<u8>) -> Result<(), EncodeError
     Ok(())
 }
 
+/// How many bytes [`encode_publish_qos1`] appends for these arguments (0 where it appends
+/// nothing: an over-long topic or packet).
+pub fn publish_qos1_len(version: Version, topic: &str, message_expiry: Option<u32>, payload: &[u8]) -> usize {
+    if topic.len() > usize::from(u16::MAX) {
+        return 0;
+    }
+    let remaining = publish_qos1_remaining(version, topic, message_expiry, payload);
+    varint_bytes(remaining).map_or(0, |(_, n)| 1 + n + remaining)
+}
+
+/// The remaining length of a QoS 1 PUBLISH: topic, packet id, properties, payload.
+fn publish_qos1_remaining(version: Version, topic: &str, message_expiry: Option<u32>, payload: &[u8]) -> usize {
+    let props_len: usize = match (version, message_expiry) {
+        (Version::V311, _) => 0,
+        // property length byte, then optionally id + u32
+        (Version::V5, None) => 1,
+        (Version::V5, Some(_)) => 6,
+    };
+    2 + topic.len() + 2 + props_len + payload.len()
+}
+
 /// Fast path for the server's hot loop: append a QoS 1 PUBLISH (dup flag, topic, packet
 /// id, optional V5 message expiry interval, payload) without building a [`Publish`].
 /// `message_expiry` is ignored for 3.1.1.
@@ -258,13 +279,7 @@ pub fn encode_publish_qos1(
         debug_assert!(false, "topic longer than 65535 bytes");
         return;
     };
-    let props_len: usize = match (version, message_expiry) {
-        (Version::V311, _) => 0,
-        // property length byte, then optionally id + u32
-        (Version::V5, None) => 1,
-        (Version::V5, Some(_)) => 6,
-    };
-    let remaining = 2 + topic.len() + 2 + props_len + payload.len();
+    let remaining = publish_qos1_remaining(version, topic, message_expiry, payload);
     let Some((len_bytes, n)) = varint_bytes(remaining) else {
         debug_assert!(remaining <= MAX_VARINT as usize, "packet too large");
         return;

@@ -15,7 +15,7 @@ mod reader;
 mod writer;
 
 pub use decode::decode;
-pub use encode::{encode, encode_publish_qos1};
+pub use encode::{encode, encode_publish_qos1, publish_qos1_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
     Ack, Auth, Connack, Connect, Disconnect, LastWill, Packet, Publish, QoS, Suback, Subscribe, SubscribeFilter,

@@ -11,6 +11,10 @@ fn bytes(packet: Packet, version: Version) -> Vec<u8> {
     out
 }
 
+fn body(bytes: &[u8]) -> Arc<[u8]> {
+    Arc::from(bytes)
+}
+
 fn connect(version: Version, receive_max: Option<u16>) -> Vec<u8> {
     bytes(
         Packet::Connect(Connect {
@@ -105,8 +109,8 @@ fn first_packet_must_be_connect() {
 #[test]
 fn pushes_respect_receive_maximum_and_acks_free_room() {
     let mut session = connected(Version::V5, Some(2));
-    session.push(PushRef { seq: 1, id: 10, group: false }, false, Some(60), INBOX_TOPIC, b"a");
-    session.push(PushRef { seq: 2, id: 11, group: false }, true, Some(60), INBOX_TOPIC, b"b");
+    session.push(PushRef { seq: 1, id: 10, group: false }, false, Some(60), PushTopic::Inbox, &body(b"a"));
+    session.push(PushRef { seq: 2, id: 11, group: false }, true, Some(60), PushTopic::Inbox, &body(b"b"));
     assert!(!session.can_push());
     let packets = output(&mut session, Version::V5);
     let Packet::Publish(first) = &packets[0] else { panic!("a publish") };
@@ -129,9 +133,45 @@ fn pushes_respect_receive_maximum_and_acks_free_room() {
 }
 
 #[test]
+fn queued_pushes_go_out_before_a_later_packet_in_one_buffer_of_their_size() {
+    for version in [Version::V5, Version::V311] {
+        let mut session = connected(version, None);
+        let shared = body(&[b'x'; 500]);
+        let topic = PushTopic::Named("topic/news".into());
+        for seq in 1..=10 {
+            session.push(PushRef { seq, id: seq, group: true }, false, Some(60), topic.clone(), &shared);
+        }
+        assert_eq!(Arc::strong_count(&shared), 11, "each queued push shares the body");
+        assert!(session.has_output());
+        assert!(session.output_capacity() < 10 * 500, "queued, not encoded yet: {}", session.output_capacity());
+        // A packet written now (the answer to a PINGREQ) follows the queued pushes.
+        let mut events = Vec::new();
+        session.handle_bytes(1, &bytes(Packet::Pingreq, version), LIMITS, &mut events);
+        session.push(PushRef { seq: 11, id: 11, group: false }, false, None, PushTopic::Inbox, &body(b"own"));
+        let out = session.take_output();
+        assert_eq!(Arc::strong_count(&shared), 1, "encoded: the session keeps no reference");
+        assert!(!session.has_output() && session.output_capacity() == 0, "nothing held after taking");
+        let mut rest = &out[..];
+        let mut packets = Vec::new();
+        while !rest.is_empty() {
+            let (packet, used) = decode(rest, version, 1 << 20).unwrap().expect("whole packets");
+            packets.push(packet);
+            rest = &rest[used..];
+        }
+        assert_eq!(packets.len(), 12);
+        for (i, packet) in packets[..10].iter().enumerate() {
+            let Packet::Publish(p) = packet else { panic!("a publish first, got {packet:?}") };
+            assert_eq!((p.topic.as_str(), p.payload.len(), p.packet_id), ("topic/news", 500, Some(i as u16 + 1)));
+        }
+        assert_eq!(packets[10], Packet::Pingresp, "the answer after the pushes queued before it");
+        assert!(matches!(&packets[11], Packet::Publish(p) if p.topic == INBOX_TOPIC && &p.payload[..] == b"own"));
+    }
+}
+
+#[test]
 fn v311_push_has_no_properties() {
     let mut session = connected(Version::V311, None);
-    session.push(PushRef { seq: 1, id: 1, group: false }, false, Some(60), INBOX_TOPIC, b"{}");
+    session.push(PushRef { seq: 1, id: 1, group: false }, false, Some(60), PushTopic::Inbox, &body(b"{}"));
     let packets = output(&mut session, Version::V311);
     assert!(matches!(&packets[0], Packet::Publish(p) if p.properties == Properties::default()));
 }

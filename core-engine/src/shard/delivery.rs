@@ -6,9 +6,8 @@ use super::inbox::{AfterStore, PushPart, Reply, ShardMsg};
 use super::{Device, Shard};
 use crate::ids::{AppId, RegId};
 use crate::push::{Envelope, GroupFilter, TopicOp};
-use crate::session::{PushRef, INBOX_TOPIC, TOPIC_PREFIX};
+use crate::session::{PushRef, PushTopic, TOPIC_PREFIX};
 use crate::store::{GroupMessage, PendingMessage, StoreError, StoreJob, WriteOp};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -23,8 +22,8 @@ struct ResolvedFilter<'a> {
     ids: Vec<Option<u32>>,
     /// The topic every target gets the message on, where it does not depend on the device:
     /// the inbox for a broadcast, else the first topic, unless the expression is a union of
-    /// several (a target is in the first topic of any other).
-    fixed_topic: Option<String>,
+    /// several (a target is in the first topic of any other). One name shared by them all.
+    fixed_topic: Option<PushTopic>,
 }
 
 impl ResolvedFilter<'_> {
@@ -34,14 +33,14 @@ impl ResolvedFilter<'_> {
 
     /// The topic a target gets the message on: the first topic of the expression it is
     /// in, or the inbox for a broadcast.
-    fn topic_for(&self, device: &Device, seq: u64) -> Cow<'_, str> {
+    fn topic_for(&self, device: &Device, seq: u64) -> PushTopic {
         if let Some(topic) = &self.fixed_topic {
-            return Cow::Borrowed(topic);
+            return topic.clone();
         }
         let topics = self.filter.topics();
         let first_in = (0..topics.len()).find(|&i| self.ids[i].is_some_and(|id| device.joined_before(id, seq)));
         let name = first_in.or((!topics.is_empty()).then_some(0)).map_or("", |i| topics[i].as_str());
-        Cow::Owned(format!("{TOPIC_PREFIX}{name}"))
+        PushTopic::Named(format!("{TOPIC_PREFIX}{name}").into())
     }
 }
 
@@ -76,9 +75,9 @@ impl Shard {
     fn resolve<'a>(&self, app_id: AppId, filter: &'a GroupFilter) -> ResolvedFilter<'a> {
         let ids = filter.topics().iter().map(|t| self.topics.id(app_id, t)).collect();
         let fixed_topic = match filter {
-            GroupFilter::All => Some(INBOX_TOPIC.to_owned()),
+            GroupFilter::All => Some(PushTopic::Inbox),
             GroupFilter::Topics { topics, op } if topics.len() == 1 || *op != TopicOp::Union => {
-                topics.first().map(|t| format!("{TOPIC_PREFIX}{t}"))
+                topics.first().map(|t| PushTopic::Named(format!("{TOPIC_PREFIX}{t}").into()))
             }
             GroupFilter::Topics { .. } => None,
         };
@@ -235,11 +234,11 @@ impl Shard {
                 own.into_iter().map(Next::Own).chain(group.into_iter().map(Next::Group)).collect();
             merged.sort_by_key(Next::seq);
             let device = self.devices.get(&regid).expect("checked above");
-            let topics: Vec<String> = merged
+            let topics: Vec<PushTopic> = merged
                 .iter()
                 .map(|n| match n {
-                    Next::Own(_) => INBOX_TOPIC.to_owned(),
-                    Next::Group(m) => self.resolve(app_id, &m.filter).topic_for(device, m.seq).into_owned(),
+                    Next::Own(_) => PushTopic::Inbox,
+                    Next::Group(m) => self.resolve(app_id, &m.filter).topic_for(device, m.seq),
                 })
                 .collect();
             let device = self.devices.get_mut(&regid).expect("checked above");
@@ -256,7 +255,7 @@ impl Shard {
                     Next::Group(m) => (PushRef { seq: m.seq, id: m.id, group: true }, m.expires_at, &m.json),
                 };
                 let dup = push.seq <= device.last_sent;
-                conn.session.push(push, dup, expiry_s(expires_at, now), &topic, json);
+                conn.session.push(push, dup, expiry_s(expires_at, now), topic, json);
                 conn.cursor = push.seq;
                 device.last_sent = device.last_sent.max(push.seq);
             }
@@ -388,7 +387,7 @@ impl Shard {
             let unstored = self.unstored.entry(*regid).or_default();
             unstored.pushes += 1;
             let overtakes = unstored.unsent > 0 || self.unstored_groups > 0;
-            if overtakes || !self.deliver_live(regid, &envelope, seq, false, INBOX_TOPIC, now) {
+            if overtakes || !self.deliver_live(regid, &envelope, seq, false, PushTopic::Inbox, now) {
                 self.unstored.get_mut(regid).expect("inserted above").unsent += 1;
             }
         }
@@ -481,7 +480,7 @@ impl Shard {
                         continue;
                     }
                     let topic = resolved.topic_for(device, seq);
-                    self.deliver_live(&regid, &envelope, seq, true, &topic, now);
+                    self.deliver_live(&regid, &envelope, seq, true, topic, now);
                 }
                 let _ = reply.send(Ok(PushPart { targets, ..PushPart::default() }));
             }
@@ -507,7 +506,7 @@ impl Shard {
         if self.unsynced_acks.get(regid).is_some_and(|acked| acked.contains(&seq)) {
             return;
         }
-        self.deliver_live(regid, envelope, seq, false, INBOX_TOPIC, now);
+        self.deliver_live(regid, envelope, seq, false, PushTopic::Inbox, now);
     }
 
     /// Sends a message to `regid` if it is online and caught up, and says whether it did;
@@ -518,7 +517,7 @@ impl Shard {
         envelope: &Envelope,
         seq: u64,
         group: bool,
-        topic: &str,
+        topic: PushTopic,
         now: u64,
     ) -> bool {
         let Some(device) = self.devices.get_mut(regid) else { return false };
