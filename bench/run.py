@@ -248,7 +248,7 @@ def start_pushnode(n, logs_dir, tag, tls=None):
             # a quarter of that suits a shard that holds 12,500.
             f.write("submission_queue_entries = 1024\ncompletion_queue_entries = 4096\n")
     data = os.path.join(tmp, "data")
-    argv = [os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
+    argv = [os.environ.get("PUSHNODE") or os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
             "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",
             "--durability", "buffered", "--shards", str(shards),
             "--max-connections-per-shard", str(per_shard)]
