@@ -30,7 +30,7 @@ use core_engine::proto::{
 };
 use core_engine::session::{
     reason, CloseReason, Event, PushRef, Session, SessionLimits, ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S,
-    INBOX_TOPIC,
+    INBOX_TOPIC, PushTopic,
 };
 use libfuzzer_sys::fuzz_target;
 use std::collections::{HashMap, VecDeque};
@@ -379,9 +379,10 @@ impl Harness {
         self.m.next_seq += 1;
         let id = (seq as MessageId).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let push = PushRef { seq, id, group };
-        let topic = if group { "topic/news" } else { INBOX_TOPIC };
+        let (topic, shared) =
+            if group { ("topic/news", PushTopic::Named("topic/news".into())) } else { (INBOX_TOPIC, PushTopic::Inbox) };
         let json = payload(seq, len);
-        self.s.push(push, dup, expiry, topic, &json);
+        self.s.push(push, dup, expiry, shared, &std::sync::Arc::from(json.as_slice()));
         self.m.queued.push_back((push, dup, expiry, topic, json));
     }
 
