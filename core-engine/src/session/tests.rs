@@ -148,16 +148,9 @@ fn queued_pushes_go_out_before_a_later_packet_in_one_buffer_of_their_size() {
         let mut events = Vec::new();
         session.handle_bytes(1, &bytes(Packet::Pingreq, version), LIMITS, &mut events);
         session.push(PushRef { seq: 11, id: 11, group: false }, false, None, PushTopic::Inbox, &body(b"own"));
-        let out = session.take_output();
+        let packets = output(&mut session, version);
         assert_eq!(Arc::strong_count(&shared), 1, "encoded: the session keeps no reference");
         assert!(!session.has_output() && session.output_capacity() == 0, "nothing held after taking");
-        let mut rest = &out[..];
-        let mut packets = Vec::new();
-        while !rest.is_empty() {
-            let (packet, used) = decode(rest, version, 1 << 20).unwrap().expect("whole packets");
-            packets.push(packet);
-            rest = &rest[used..];
-        }
         assert_eq!(packets.len(), 12);
         for (i, packet) in packets[..10].iter().enumerate() {
             let Packet::Publish(p) = packet else { panic!("a publish first, got {packet:?}") };
