@@ -426,8 +426,10 @@ impl Shard {
             filter: filter.clone(),
             json: envelope.json.clone(),
         });
-        // Out now to online targets, before the commit, as a device's own messages go; the
-        // writer has the message first, so an acknowledgement's write follows its own.
+        // Out now to online targets, before the commit, as a device's own messages go. They
+        // are sent when this drain ends and acknowledged in a later pass, whose writes reach
+        // the writer after this job; a target that cannot take it now reads it back, from
+        // `recent_groups` until the commit is handed back.
         let now = self.now_unix_s();
         let resolved = self.resolve(envelope.app_id, &filter);
         for regid in self.group_targets(envelope.app_id, &resolved, seq) {
