@@ -202,18 +202,17 @@ impl Shard {
             let app_id = device.record.app_id;
             let after = conn.cursor.max(device.group_cursor);
             let wanted = |m: &GroupMessage| m.app_id == app_id && self.group_member(device, &m.filter, m.seq);
-            // Those on their way through the writer too: they went out to the devices online
-            // when they came, and one this device missed must not be overtaken.
-            let group = match self.recent_groups.after(after, now, PENDING_BATCH, wanted) {
-                Some(kept) => Ok(kept),
-                None => group_store.group_after(after, now, PENDING_BATCH, wanted).map(|mut stored| {
-                    if stored.len() < PENDING_BATCH {
-                        let answered = stored.last().map_or(after, |m| m.seq.max(after));
-                        let room = PENDING_BATCH - stored.len();
-                        stored.extend(self.recent_groups.unstored_after(answered, now, room, wanted));
-                    }
-                    stored
-                }),
+            // From memory only while no group message is on its way through the writer: one
+            // committed but not yet handed back is in the store, not in memory, and an own
+            // message committed after it (read from the store) would move the cursor past it.
+            let recent = if self.unstored_groups == 0 {
+                self.recent_groups.after(after, now, PENDING_BATCH, wanted)
+            } else {
+                None
+            };
+            let group = match recent {
+                Some(recent) => Ok(recent),
+                None => group_store.group_after(after, now, PENDING_BATCH, wanted),
             };
             let (own, group) = match (own, group) {
                 (Ok(own), Ok(group)) => (own, group),
@@ -387,7 +386,7 @@ impl Shard {
         for regid in &targets {
             let unstored = self.unstored.entry(*regid).or_default();
             unstored.pushes += 1;
-            let overtakes = unstored.unsent > 0;
+            let overtakes = unstored.unsent > 0 || self.unstored_groups > 0;
             if overtakes || !self.deliver_live(regid, &envelope, seq, false, PushTopic::Inbox, now) {
                 self.unstored.get_mut(regid).expect("inserted above").unsent += 1;
             }
@@ -418,33 +417,12 @@ impl Shard {
             filter: (*filter).clone(),
             targets,
         };
-        self.recent_groups.sent(GroupMessage {
-            seq,
-            id: envelope.id,
-            app_id: envelope.app_id,
-            expires_at: envelope.expires_at,
-            filter: filter.clone(),
-            json: envelope.json.clone(),
-        });
-        // Out now to online targets, before the commit, as a device's own messages go. They
-        // are sent when this drain ends and acknowledged in a later pass, whose writes reach
-        // the writer after this job; a target that cannot take it now reads it back, from
-        // `recent_groups` until the commit is handed back.
-        let now = self.now_unix_s();
-        let resolved = self.resolve(envelope.app_id, &filter);
-        for regid in self.group_targets(envelope.app_id, &resolved, seq) {
-            let Some(device) = self.devices.get(&regid) else { continue };
-            if device.conn.is_none() {
-                continue;
-            }
-            let topic = resolved.topic_for(device, seq);
-            self.deliver_live(&regid, &envelope, seq, true, topic, now);
-        }
         let inbox = self.shared.inboxes[self.index].clone();
+        self.unstored_groups += 1;
         self.writer.submit(StoreJob {
             ops: vec![op],
             done: Some(Box::new(move |result| {
-                let then = AfterStore::GroupStored { envelope, seq, targets, reply };
+                let then = AfterStore::GroupStored { envelope, seq, filter, targets, reply };
                 inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
         });
@@ -479,13 +457,31 @@ impl Shard {
                 self.count_accepted(envelope.app_id, part.targets, false);
                 let _ = reply.send(Ok(part));
             }
-            AfterStore::GroupStored { envelope, seq, targets, reply } => {
-                self.recent_groups.stored(seq, result.is_ok());
+            AfterStore::GroupStored { envelope, seq, filter, targets, reply } => {
+                self.unstored_groups -= 1;
                 if let Err(e) = result {
                     let _ = reply.send(Err(e));
                     return;
                 }
                 self.count_accepted(envelope.app_id, targets, true);
+                self.recent_groups.push(GroupMessage {
+                    seq,
+                    id: envelope.id,
+                    app_id: envelope.app_id,
+                    expires_at: envelope.expires_at,
+                    filter: filter.clone(),
+                    json: envelope.json.clone(),
+                });
+                let now = self.now_unix_s();
+                let resolved = self.resolve(envelope.app_id, &filter);
+                for regid in self.group_targets(envelope.app_id, &resolved, seq) {
+                    let Some(device) = self.devices.get(&regid) else { continue };
+                    if device.conn.is_none() {
+                        continue;
+                    }
+                    let topic = resolved.topic_for(device, seq);
+                    self.deliver_live(&regid, &envelope, seq, true, topic, now);
+                }
                 let _ = reply.send(Ok(PushPart { targets, ..PushPart::default() }));
             }
         }

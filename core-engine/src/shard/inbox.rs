@@ -137,7 +137,7 @@ pub enum AfterStore {
     /// A push is stored: deliver to online targets and answer the app server.
     Pushed { envelope: Arc<Envelope>, seq: u64, regids: Vec<RegId>, part: PushPart, reply: Reply<PushPart> },
     /// A group message is stored: deliver to online targets and answer.
-    GroupStored { envelope: Arc<Envelope>, seq: u64, targets: u64, reply: Reply<PushPart> },
+    GroupStored { envelope: Arc<Envelope>, seq: u64, filter: Arc<GroupFilter>, targets: u64, reply: Reply<PushPart> },
 }
 
 /// The sending side of a shard's queue, shared by every thread.

@@ -237,6 +237,9 @@ pub struct Shard {
     unsynced_acks: HashMap<RegId, Vec<u64>>,
     /// Devices with pushes sent to the writer and not committed yet.
     unstored: HashMap<RegId, Unstored>,
+    /// Group messages sent to the writer and not committed yet: no push goes out before
+    /// its commit while one is, so it cannot overtake a group message a device is due.
+    unstored_groups: u32,
     /// Connections given pushes while the inbox drains, flushed once it is empty: several
     /// messages for one device (a burst of topic messages committed together) go out in
     /// one send, not one each.
@@ -402,6 +405,7 @@ impl Shard {
             last_stats_flush_s: 0,
             unsynced_acks: HashMap::new(),
             unstored: HashMap::new(),
+            unstored_groups: 0,
             flush_after_drain: Vec::new(),
             pass_acks: pass_acks::PassAcks::default(),
             send_budget,
