@@ -10,7 +10,9 @@
 # seconds (default 2) into /tmp/pstat-TAG.txt; PERF=1 records a profile to /tmp/perf-TAG.data.
 # WORKERS=N: loadgen processes (default 2; each holds < 20,000 descriptors here, so 6+ for 100k).
 # LG=PATH: the loadgen binary (default target/release/loadgen). CONF='key = value': one more
-# line of the node's config. Prints the node's peak RSS (VmHWM) and send deferrals at the end.
+# line of the node's config. DUR=fsync: the node's durability (default buffered, as the bench runs it).
+# Prints the node's peak RSS (VmHWM) and send deferrals at the end.
+# loadgen's JSON report: /tmp/fon-TAG.json (latency from each message's POST to its delivery).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; N=$2; M=$3; TAG=$4
@@ -18,7 +20,7 @@ D=$(mktemp -d /tmp/fon-XXXX)
 free() { ! ss -Htan "sport = :$1" | grep -q .; }
 until MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000)); free $MQ && free $HP; do :; done
 printf "partitions = 16\nconnect_rate_per_ip = 0\n%s\n" "${CONF:-}" > $D/p.toml
-$BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability buffered --shards ${SHARDS:-2} --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
+$BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability ${DUR:-buffered} --shards ${SHARDS:-2} --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf $D' EXIT  # also when a pipe reading this script closes early
 for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/healthz >/dev/null && break; sleep 0.2; done
@@ -30,8 +32,9 @@ for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/he
   [ -n "${PERF:-}" ] && perf record -g -F 999 -p $PID -o /tmp/perf-$TAG.data -- sleep ${PSECS:-2} >/dev/null 2>&1 ) &
 WATCH=$!
 ${LG:-$ROOT/target/release/loadgen} fanout --target pushnode --mqtt 127.0.0.1:$MQ --http http://127.0.0.1:$HP --admin-token-file $D/data/admin.token \
-  --source-ips 127.0.0.2-127.0.0.17 --workers ${WORKERS:-2} --subscribers $N --messages $M --qos 1 --interval-ms 0 --timeout-secs 300 --straggler-secs 15 > $D/lg.out 2>&1
+  --source-ips 127.0.0.2-127.0.0.17 --workers ${WORKERS:-2} --subscribers $N --messages $M --qos 1 --interval-ms 0 --timeout-secs 300 --straggler-secs 15 --json /tmp/fon-$TAG.json > $D/lg.out 2>&1
 grep -E "^fanout|deliveries" $D/lg.out | tr '\n' ' '; echo
+python3 -c "import json,sys; l=json.load(open(sys.argv[1]))['latency_us']; print('latency ms (post -> delivery): p50', l['p50']/1000, 'p99', l['p99']/1000, 'max', l['max']/1000)" /tmp/fon-$TAG.json 2>/dev/null
 wait $WATCH
 echo "node cpu s (user+sys): $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print $14/100, $15/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); u[$1]+=$2; s[$1]+=$3} END {for (k in u) if (u[k] + s[k] > 0.05) printf "%s %.2f+%.2f  ", k, u[k], s[k]}')"
 echo "node peak rss: $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status); $(curl -s 127.0.0.1:$HP/metrics | grep -E '^pushnode_send_deferrals_total' | tr '\n' ' ')"

@@ -4,8 +4,10 @@ limits and isolation between apps."""
 
 import json
 import struct
+import time
 
 import mqttraw
+import pytest
 
 
 def _group_push(node, app, target: dict, **fields) -> dict:
@@ -225,6 +227,37 @@ def test_topics_and_aliases_survive_restart(make_node):
     got = dev.wait_messages(2)
     assert [m["payload"]["id"] for m in got] == [topic_res["id"], alias_res["id"]], got
     assert got[0]["topic"] == "topic/weather" and got[1]["topic"] == "inbox", got
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill-after-a-second"])
+def test_an_acknowledged_topic_message_is_not_sent_again_after_a_restart(make_node, how):
+    """A device's group cursor is held in memory and written at most once a second (and when
+    the node stops): after a stop, or a crash more than a second after the acknowledgement,
+    the device does not get the topic message again; the next one still comes."""
+    node = make_node()
+    app = node.create_app()
+    regid, token, dev = _online(node, app, topics=["once"])
+    # Two, acknowledged one after the other: the first's cursor may be written at once, the
+    # second's then waits in memory.
+    sent = []
+    for n in (1, 2):
+        sent.append(_group_push(node, app, {"topic": "once"})["id"])
+        assert [m["payload"]["id"] for m in dev.wait_messages(n)] == sent
+        node.wait_delivered(app, sent[-1], 1)
+    dev.close()
+    if how == "sigterm":
+        node.restart()
+        assert not node.last_stop_forced, "node did not exit within 10 s of SIGTERM"
+    else:
+        time.sleep(2.5)  # past the cursor's flush interval (1 s) and the log's sync (1 s)
+        node.kill()
+        node.start()
+    third = _group_push(node, app, {"topic": "once"})
+    dev = node.device(app, regid, token)
+    dev.connect()
+    got = dev.wait_messages(1)
+    dev.expect_no_more(1, wait=0.5)
+    assert [m["payload"]["id"] for m in got] == [third["id"]], got
 
 
 def test_bad_targets_are_400(node, app):

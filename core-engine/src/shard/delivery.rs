@@ -151,9 +151,10 @@ impl Shard {
     }
 
     /// Hands the acknowledgements of this pass of the event loop to the store writer, in one
-    /// job, whose completion tells the shard that those of devices' own messages are committed.
-    pub(super) fn write_pass_acks(&mut self) {
-        let Some(writes) = self.pass_acks.take(self.group_partition) else { return };
+    /// job, whose completion tells the shard that those of devices' own messages are committed;
+    /// the group cursors once a second, or all that wait when `stopping`.
+    pub(super) fn write_pass_acks(&mut self, stopping: bool) {
+        let Some(writes) = self.pass_acks.take(self.group_partition, self.pass_ms, stopping) else { return };
         let own = writes.own;
         let done: Option<crate::store::Completion> = (!own.is_empty()).then(|| {
             let inbox = self.shared.inboxes[self.index].clone();

@@ -465,7 +465,7 @@ impl Shard {
             for takeover in takeovers {
                 self.take_over(takeover);
             }
-            self.write_pass_acks();
+            self.write_pass_acks(false);
             self.feed_starved();
             if let Some(since) = self.stopping {
                 if self.conns.is_empty() || since.elapsed() > SHUTDOWN_GRACE {
@@ -474,8 +474,10 @@ impl Shard {
                 }
             }
         }
-        // Let the writer finish what it has: the last counts and buffered commits reach the disk.
-        self.write_pass_acks();
+        // Let the writer finish what it has: the last counts, the group cursors held in memory
+        // and buffered commits reach the disk.
+        self.pass_ms = crate::clock::now_unix_ms();
+        self.write_pass_acks(true);
         self.flush_day_stats();
         let _ = self.ring.submit();
         self.writer.stop();
