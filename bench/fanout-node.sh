@@ -16,14 +16,8 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; N=$2; M=$3; TAG=$4
-D=$(mktemp -d /tmp/fon-XXXX)
-free() { ! ss -Htan "sport = :$1" | grep -q .; }
-until MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000)); free $MQ && free $HP; do :; done
-printf "partitions = 16\nconnect_rate_per_ip = 0\n%s\n" "${CONF:-}" > $D/p.toml
-$BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability ${DUR:-buffered} --shards ${SHARDS:-2} --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; rm -rf $D' EXIT  # also when a pipe reading this script closes early
-for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/healthz >/dev/null && break; sleep 0.2; done
+. "$ROOT/bench/node-lib.sh"
+start_node $BIN ${DUR:-buffered} ${SHARDS:-2} "partitions = 16\nconnect_rate_per_ip = 0\n${CONF:-}"
 ( for i in $(seq 1 600); do
     v=$(curl -s 127.0.0.1:$HP/metrics | awk '/^pushnode_messages_accepted_total/ {print $2}')
     [ "${v:-0}" != "0" ] && break; sleep 0.05
@@ -38,6 +32,5 @@ python3 -c "import json,sys; l=json.load(open(sys.argv[1]))['latency_us']; print
 wait $WATCH
 echo "node cpu s (user+sys): $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print $14/100, $15/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); u[$1]+=$2; s[$1]+=$3} END {for (k in u) if (u[k] + s[k] > 0.05) printf "%s %.2f+%.2f  ", k, u[k], s[k]}')"
 echo "node peak rss: $(awk '/VmHWM/ {print $2, $3}' /proc/$PID/status); $(curl -s 127.0.0.1:$HP/metrics | grep -E '^pushnode_send_deferrals_total' | tr '\n' ' ')"
-kill $PID; wait $PID 2>/dev/null
 [ -n "${PERFSTAT:-}" ] && grep -E "io_uring" /tmp/pstat-$TAG.txt
 exit 0

@@ -12,14 +12,8 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; TAG=$2
 LG=${LG:-$ROOT/target/release/loadgen}
-D=$(mktemp -d /tmp/mix-XXXX)
-free() { ! ss -Htan "sport = :$1" | grep -q .; }
-until MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000)); free $MQ && free $HP; do :; done
-printf "partitions = 16\nconnect_rate_per_ip = 0\n" > $D/p.toml
-$BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability ${DUR:-fsync} --shards 2 --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null; rm -rf $D' EXIT
-for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/healthz >/dev/null && break; sleep 0.2; done
+. "$ROOT/bench/node-lib.sh"
+start_node $BIN ${DUR:-fsync} 2 "partitions = 16\nconnect_rate_per_ip = 0"
 $LG fanout --target pushnode --mqtt 127.0.0.1:$MQ --http http://127.0.0.1:$HP --admin-token-file $D/data/admin.token \
   --source-ips 127.0.0.20-127.0.0.27 --workers 1 --subscribers ${SUBS:-2000} --messages ${MSGS:-300} --qos 1 --interval-ms 50 \
   --timeout-secs 120 --straggler-secs 10 --json /tmp/mixf-$TAG.json > $D/fan.out 2>&1 &

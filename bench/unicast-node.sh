@@ -12,15 +12,9 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1; DUR=$2; RATE=$3; SECS=$4; N=$5; TAG=$6
-D=$(mktemp -d /tmp/fsb-XXXX)
-# Random ports, drawn again while a socket already uses one.
-free() { ! ss -Htan "sport = :$1" | grep -q .; }
-until MQ=$((20000 + RANDOM % 20000)); HP=$((40000 + RANDOM % 20000)); free $MQ && free $HP; do :; done
-printf "partitions = ${PARTS:-16}\n${CFG:-}" > $D/p.toml
-$BIN serve --config $D/p.toml --data-dir $D/data --mqtt-listen 127.0.0.1:$MQ --http-listen 127.0.0.1:$HP --durability $DUR --shards 2 --max-connections-per-shard 16384 --log warn > $D/node.log 2>&1 &
-PID=$!
+. "$ROOT/bench/node-lib.sh"
+start_node $BIN $DUR 2 "partitions = ${PARTS:-16}\n${CFG:-}"
 [ -n "${PERF:-}" ] && (sleep 6; perf record ${PERFOPTS:--F 299 --call-graph dwarf,16384} -p $PID -o /tmp/perf-$TAG.data -- sleep 5 >/dev/null 2>&1 &)
-for i in $(seq 1 100); do [ -f $D/data/admin.token ] && curl -s 127.0.0.1:$HP/healthz >/dev/null && break; sleep 0.2; done
 /usr/bin/time -f "loadgen cpu: %U user %S sys s" -o $D/loadgen.time ${LG:-$ROOT/target/release/loadgen} unicast --mqtt 127.0.0.1:$MQ --http http://127.0.0.1:$HP --admin-token-file $D/data/admin.token \
   --connections $N --rate $RATE --duration-secs $SECS --batch ${BATCH:-100} ${WORKERS:+--workers $WORKERS} ${OFFLINE:+--offline} ${HTTPC:+--http-concurrency $HTTPC} ${H2:+--http2-connections $H2} --straggler-secs 10 --timeout-secs 200 --json /tmp/fsb-$TAG.json > $D/loadgen.out 2>&1
 echo "loadgen rc=$?"; cat $D/loadgen.time
@@ -28,5 +22,4 @@ grep -E "achieved|p50|p99|deliver|latency|lost|sent" $D/loadgen.out | head -20
 curl -s 127.0.0.1:$HP/metrics | grep -E "commit|delivery_latency|http" | grep -v "^#" | head -40
 echo "node cpu: $(awk "{print (\$14+\$15)/100}" /proc/$PID/stat) s; by thread: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 0.05) printf "%s %.2f  ", k, c[k]}')"
 echo "node HTTP threads' cpu s (how evenly connections spread): $(for t in /proc/$PID/task/*; do case "$(cat $t/comm)" in http-*) echo -n "$(cat $t/comm) $(awk '{print ($14+$15)/100}' $t/stat)  ";; esac; done)"
-echo "node context switches (voluntary+involuntary) by thread: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '/ctxt_switches/ {s+=$2} END {print s}' $t/status)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 1000) printf "%s %d  ", k, c[k]}')"; kill $PID; wait $PID 2>/dev/null
-rm -rf $D
+echo "node context switches (voluntary+involuntary) by thread: $(for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '/ctxt_switches/ {s+=$2} END {print s}' $t/status)"; done | awk '{sub(/-[0-9]+$/,"",$1); c[$1]+=$2} END {for (k in c) if (c[k] > 1000) printf "%s %d  ", k, c[k]}')"
