@@ -5,6 +5,7 @@
 //! The loop moves bytes and time between the ring and the sans-IO sessions; what a
 //! session's events mean for devices and messages is in `device.rs`.
 
+mod chunked_submit;
 mod control;
 mod counting;
 mod delivery;
@@ -447,10 +448,10 @@ impl Shard {
             // Takeovers deferred by the last pass complete after this one's completions:
             // entering the ring runs pending task work (the task-run flag makes the crate ask
             // for it even when not waiting), so what the old connections had received is read
-            // first. No waiting while a takeover is due.
+            // first. No waiting while a takeover is due, nor while submissions are left over
+            // (`chunked_submit`).
             let takeovers = std::mem::take(&mut self.takeovers);
-            let want = usize::from(takeovers.is_empty());
-            if let Err(e) = self.ring.submit_and_wait(want) {
+            if let Err(e) = chunked_submit::enter(&mut self.ring, takeovers.is_empty()) {
                 if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                     tracing::error!(shard = self.index, error = %e, "io_uring_enter failed");
                     break;
@@ -501,7 +502,7 @@ impl Shard {
         }
     }
 
-    /// Queues a submission, submitting first when the queue is full.
+    /// Queues a submission, submitting a chunk of the queue first when it is full.
     fn push_sqe(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every entry built in this module points only at memory that outlives the
@@ -513,7 +514,7 @@ impl Shard {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = chunked_submit::enter(&mut self.ring, false) {
                 tracing::error!(shard = self.index, error = %e, "submit failed");
             }
         }
