@@ -58,11 +58,21 @@ pub struct StoreJob {
 
 /// Most jobs grouped into one commit.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
-/// How long a commit waits for more jobs after its first. Nothing a device is sent waits
-/// for it (pushes go out before their commit); HTTP answers and registrations do. Within
-/// it most online devices acknowledge what they were sent, and such a push costs the
-/// partition no pending row at all (`partition/write.rs`).
-const COMMIT_WINDOW: Duration = Duration::from_micros(1000);
+/// The commit windows. A commit holding a push waits 1 ms for more jobs after its first:
+/// the app server waits for the push's answer (nothing a device is sent waits: pushes go
+/// out before their commit). Within it most online devices acknowledge what they were
+/// sent, and such a push costs the partition no pending row at all (`partition/write.rs`).
+/// A commit of other jobs (registrations, acknowledgements, cursors, counts) waits 8 ms:
+/// under load, one commit of many rows costs far less than many commits of a few.
+const WINDOWS: Windows = Windows { urgent: Duration::from_micros(1000), patient: Duration::from_millis(8) };
+
+/// How long a commit waits for more jobs after its first: `urgent` once a job an app server
+/// waits for is among them ([`StoreJob::is_urgent`]), `patient` until then.
+struct Windows {
+    urgent: Duration,
+    patient: Duration,
+}
+
 /// How often buffered commits are fsynced (what a crash can lose under `Buffered`).
 const BUFFERED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the database is checkpointed under `Fsync`, where the log already holds every
@@ -135,6 +145,40 @@ impl StoreWriter {
     }
 }
 
+/// The jobs of one commit: `first` and those that come within its window from `first`
+/// ([`Windows`]).
+///
+/// The writer sleeps through the window, looking at the queue every urgent window: a
+/// sleeping thread is woken on time even on saturated cores. It used to wait on the channel
+/// (`recv_deadline`), which spins and calls `sched_yield` for each job that comes; on
+/// saturated cores a yield gave the CPU away for milliseconds, so while a topic stream's
+/// acknowledgements flowed the 1 ms window stretched to a median 13 ms (up to 50), and the
+/// HTTP answers with it (BENCHMARKS.md, twelfth session: their p50 ~18 -> ~4 ms now). The
+/// yields had one use: handing the CPU to the shards and loadgen made the bench's 19k
+/// connects ~10% faster; the patient window keeps registrations' commits few and large.
+fn gather(rx: &Receiver<StoreJob>, first: StoreJob, windows: &Windows) -> Vec<StoreJob> {
+    let started = Instant::now();
+    let mut urgent = first.is_urgent();
+    let mut batch = vec![first];
+    while batch.len() < MAX_JOBS_PER_COMMIT {
+        let window = if urgent { windows.urgent } else { windows.patient };
+        let Some(left) = (started + window).checked_duration_since(Instant::now()) else { break };
+        std::thread::sleep(left.min(windows.urgent));
+        for job in rx.try_iter().take(MAX_JOBS_PER_COMMIT - batch.len()) {
+            urgent |= job.is_urgent();
+            batch.push(job);
+        }
+    }
+    batch
+}
+
+impl StoreJob {
+    /// Whether an app server waits for this job's commit: a push or a group message.
+    fn is_urgent(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, WriteOp::StorePush { .. } | WriteOp::StoreGroup { .. }))
+    }
+}
+
 /// The partition an op writes to.
 pub(super) fn partition_of(op: &WriteOp) -> u16 {
     match op {
@@ -188,20 +232,7 @@ fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
         let wait = if busy { Duration::ZERO } else { BUFFERED_SYNC_INTERVAL };
         match rx.recv_timeout(wait) {
             Ok(first) => {
-                // Jobs that come within the window join this commit: under load one commit
-                // of many rows costs far less than many commits of a few. `recv_deadline`
-                // spins and yields before it parks, and on busy cores a yield lets the shards
-                // run first, so the window stretches with load: 19,000 registrations took ~100
-                // commits this way and ~550 with a plain 1 ms sleep, for a 20% lower connect
-                // rate (measured; the yields cost the writer some CPU under unicast load).
-                let deadline = Instant::now() + COMMIT_WINDOW;
-                let mut batch = vec![first];
-                while batch.len() < MAX_JOBS_PER_COMMIT {
-                    match rx.recv_deadline(deadline) {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
+                let batch = gather(&rx, first, &WINDOWS);
                 writer.commit(batch);
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -382,5 +413,57 @@ impl WriterLoop {
     fn finish_checkpoint(&mut self) -> bool {
         self.checkpoint_step();
         !self.checkpoint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::RegId;
+    use crate::push::Envelope;
+
+    fn push_job() -> StoreJob {
+        let envelope = Arc::new(Envelope { id: 1, app_id: 7, expires_at: u64::MAX / 2, json: b"{}".to_vec().into() });
+        let regids = vec![RegId::generate(0)];
+        StoreJob { ops: vec![WriteOp::StorePush { envelope, seq: 1, regids }], done: None }
+    }
+
+    fn ack_job(seq: u64) -> StoreJob {
+        StoreJob { ops: vec![WriteOp::GroupCursor { regid: RegId::generate(0), seq }], done: None }
+    }
+
+    /// Wide windows, so that the test's own timing cannot decide it.
+    const WIDE: Windows = Windows { urgent: Duration::from_millis(300), patient: Duration::from_secs(30) };
+
+    #[test]
+    fn a_push_closes_the_window_of_the_jobs_before_it() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            tx.send(push_job()).unwrap();
+            // Past the push's window, well within the patient one.
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = tx.send(ack_job(3));
+        });
+        let batch = gather(&rx, ack_job(1), &WIDE);
+        assert_eq!(batch.len(), 2, "the acknowledgement and the push, not the job after the push's window");
+        assert!(batch[1].is_urgent() && !batch[0].is_urgent());
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn patient_jobs_wait_for_their_window_and_take_what_queued() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for seq in 2..5 {
+            tx.send(ack_job(seq)).unwrap();
+        }
+        let windows = Windows { urgent: Duration::from_millis(5), patient: Duration::from_millis(400) };
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            tx.send(ack_job(5)).unwrap();
+        });
+        let batch = gather(&rx, ack_job(1), &windows);
+        sender.join().unwrap();
+        assert_eq!(batch.len(), 5, "every patient job that came within the patient window");
     }
 }
