@@ -155,7 +155,7 @@ impl StoreWriter {
 /// acknowledgements flowed the 1 ms window stretched to a median 13 ms (up to 50), and the
 /// HTTP answers with it (BENCHMARKS.md, twelfth session: their p50 ~18 -> ~4 ms now). The
 /// yields had one use: handing the CPU to the shards and loadgen made the bench's 19k
-/// connects ~10% faster; the patient window keeps registrations' commits few and large.
+/// connects 5-10% faster; the patient window keeps registrations' commits few and large.
 fn gather(rx: &Receiver<StoreJob>, first: StoreJob, windows: &Windows) -> Vec<StoreJob> {
     let started = Instant::now();
     let mut urgent = first.is_urgent();
