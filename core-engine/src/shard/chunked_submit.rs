@@ -6,7 +6,8 @@
 //! kernel at once they held the shard in one enter for tens of ms, and whatever came
 //! meanwhile (an HTTP push in the inbox, the store's answer to one) waited that long. In
 //! chunks a pass stays near a millisecond and the rest of the queue goes out in the passes
-//! that follow, in the order it was queued.
+//! that follow, in the order it was queued. Before it blocks for completions, the shard
+//! yields its core once ([`enter`]).
 
 use io_uring::{EnterFlags, IoUring};
 
@@ -16,7 +17,23 @@ pub const SUBMIT_CHUNK: usize = 64;
 /// Submits up to [`SUBMIT_CHUNK`] queued entries; waits for a completion only if `wait`
 /// and nothing is left queued (entries left over go out in the next pass, which must not
 /// block).
+///
+/// Before it blocks, a shard with no completion yet yields its core once: when the cores are
+/// busy, whoever runs meanwhile (a device's client, the store writer) makes more for the
+/// shard to do, and the shard takes it in one pass instead of sleeping and being woken for
+/// each. An idle core returns from the yield at once.
 pub fn enter(ring: &mut IoUring, wait: bool) -> std::io::Result<()> {
+    let left = submit_chunk(ring, false)?;
+    if !wait || left > 0 || !ring.completion().is_empty() {
+        return Ok(());
+    }
+    std::thread::yield_now();
+    submit_chunk(ring, true).map(|_| ())
+}
+
+/// One `io_uring_enter`: up to [`SUBMIT_CHUNK`] queued entries, and a wait for one
+/// completion if `wait` and none is left queued. Returns how many are left queued.
+fn submit_chunk(ring: &mut IoUring, wait: bool) -> std::io::Result<usize> {
     let (queued, taskrun, overflow) = {
         let sq = ring.submission();
         (sq.len(), sq.taskrun(), sq.cq_overflow())
@@ -29,7 +46,7 @@ pub fn enter(ring: &mut IoUring, wait: bool) -> std::io::Result<()> {
     // for events.
     let flags = if min_complete > 0 || taskrun || overflow { EnterFlags::GETEVENTS } else { EnterFlags::empty() };
     if to_submit == 0 && flags.is_empty() {
-        return Ok(());
+        return Ok(left);
     }
     // SAFETY: `to_submit` is at most the number of entries queued in the submission ring
     // (each pushed through `Shard::push_sqe`, whose safety note covers the memory they point
@@ -37,7 +54,7 @@ pub fn enter(ring: &mut IoUring, wait: bool) -> std::io::Result<()> {
     let submitted =
         unsafe { ring.submitter().enter::<libc::sigset_t>(to_submit as u32, min_complete, flags.bits(), None) }?;
     debug_assert!(submitted <= to_submit, "the kernel took more entries than it was offered");
-    Ok(())
+    Ok(left)
 }
 
 #[cfg(test)]
@@ -74,5 +91,17 @@ mod tests {
         queue_nops(&mut ring, 1);
         enter(&mut ring, true).expect("enter");
         assert_eq!(ring.completion().count(), 1);
+    }
+
+    #[test]
+    fn a_wait_with_nothing_completed_yet_blocks_until_a_completion_comes() {
+        let mut ring = IoUring::new(8).expect("io_uring");
+        let ts = io_uring::types::Timespec::new().nsec(5_000_000);
+        let timeout = opcode::Timeout::new(&ts).build().user_data(7);
+        // SAFETY: `ts` outlives the operation: the test waits for its completion below.
+        unsafe { ring.submission().push(&timeout) }.expect("the queue has room");
+        enter(&mut ring, true).expect("enter");
+        let done: Vec<_> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        assert_eq!(done, vec![(7, -libc::ETIME)], "the wait returned only once the timeout fired");
     }
 }
