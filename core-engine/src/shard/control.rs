@@ -31,8 +31,11 @@ impl Shard {
         let seq = self.seq.next(self.now_unix_ms());
         let device = self.devices.get_mut(&regid).expect("checked above");
         append(&mut device.extras_mut().topics, (id, seq));
-        self.writer
-            .submit(StoreJob { ops: vec![WriteOp::Subscribe { regid, topic: topic.to_owned(), seq }], done: None });
+        self.writer.submit(StoreJob {
+            ops: vec![WriteOp::Subscribe { regid, topic: topic.to_owned(), seq }],
+            done: None,
+            awaited: false,
+        });
         Ok(true)
     }
 
@@ -48,7 +51,11 @@ impl Shard {
         if self.topics.leave(id, &regid) {
             self.shared.app_topics.vanished(app_id, topic);
         }
-        self.writer.submit(StoreJob { ops: vec![WriteOp::Unsubscribe { regid, topic: topic.to_owned() }], done: None });
+        self.writer.submit(StoreJob {
+            ops: vec![WriteOp::Unsubscribe { regid, topic: topic.to_owned() }],
+            done: None,
+            awaited: false,
+        });
         true
     }
 
@@ -80,7 +87,7 @@ impl Shard {
                 WriteOp::UnsetAlias { regid, alias: alias.to_owned() }
             }
         };
-        self.writer.submit(StoreJob { ops: vec![op], done: None });
+        self.writer.submit(StoreJob { ops: vec![op], done: None, awaited: false });
         Ok(())
     }
 
@@ -95,7 +102,7 @@ impl Shard {
             self.devices.get_mut(&regid).filter(|d| d.record.app_id == app_id).ok_or(ControlError::UnknownDevice)?;
         device.extras_mut().quiet = hours;
         let live = device.conn;
-        self.writer.submit(StoreJob { ops: vec![WriteOp::Quiet { regid, hours }], done: None });
+        self.writer.submit(StoreJob { ops: vec![WriteOp::Quiet { regid, hours }], done: None, awaited: false });
         if let Some(key) = live {
             // Cleared or moved: whatever waited may go now.
             self.conns[key as usize].backlog = true;
@@ -113,7 +120,11 @@ impl Shard {
         device.record.token_hash = crate::ids::secret_hash(&token);
         let record = device.record;
         let live = device.conn;
-        self.writer.submit(StoreJob { ops: vec![WriteOp::RegisterDevice { regid, record }], done: None });
+        self.writer.submit(StoreJob {
+            ops: vec![WriteOp::RegisterDevice { regid, record }],
+            done: None,
+            awaited: false,
+        });
         if let Some(key) = live {
             self.conns[key as usize].session.close(reason::NOT_AUTHORIZED);
             self.close_conn(key, crate::session::CloseReason::Server);
@@ -204,7 +215,11 @@ impl Shard {
             (None, Some(_)) => self.group_partition,
             (None, None) => return reason::PAYLOAD_FORMAT_INVALID,
         };
-        self.writer.submit(StoreJob { ops: vec![WriteOp::Clicked { partition, regid, id }], done: None });
+        self.writer.submit(StoreJob {
+            ops: vec![WriteOp::Clicked { partition, regid, id }],
+            done: None,
+            awaited: false,
+        });
         reason::SUCCESS
     }
 

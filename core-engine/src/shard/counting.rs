@@ -44,7 +44,11 @@ impl Shard {
         self.live(app_id).connected(now);
         if first_today {
             self.count(app_id, |s| s.active += 1);
-            self.writer.submit(StoreJob { ops: vec![WriteOp::ActiveDay { regid, day: today }], done: None });
+            self.writer.submit(StoreJob {
+                ops: vec![WriteOp::ActiveDay { regid, day: today }],
+                done: None,
+                awaited: false,
+            });
         }
     }
 
@@ -178,7 +182,7 @@ impl Shard {
             ops.push(WriteOp::ActiveDay { regid, day: today });
         }
         if !ops.is_empty() {
-            self.writer.submit(StoreJob { ops, done: None });
+            self.writer.submit(StoreJob { ops, done: None, awaited: false });
         }
         tracing::info!(shard = self.index, day = %crate::clock::day_text(today), "day rolled over");
     }
@@ -190,6 +194,6 @@ impl Shard {
         let partition = self.group_partition;
         let ops =
             rows.into_iter().map(|(app_id, day, stats)| WriteOp::DayStats { partition, app_id, day, stats }).collect();
-        self.writer.submit(StoreJob { ops, done: None });
+        self.writer.submit(StoreJob { ops, done: None, awaited: false });
     }
 }

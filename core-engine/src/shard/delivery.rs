@@ -162,7 +162,7 @@ impl Shard {
                 inbox.send_quiet(ShardMsg::AcksCommitted(own));
             }) as crate::store::Completion
         });
-        self.writer.submit(StoreJob { ops: writes.ops, done });
+        self.writer.submit(StoreJob { ops: writes.ops, done, awaited: false });
     }
 
     /// Fills the session's window from the store: the device's own queue and the shard's
@@ -300,6 +300,7 @@ impl Shard {
                             then: AfterStore::RegisteredHttp { regid, token, reply },
                         });
                     })),
+                    awaited: true,
                 });
                 // Indexed now: its record is in the job, and a failed commit removes it.
                 self.devices.insert(regid, device);
@@ -399,6 +400,7 @@ impl Shard {
                 let then = AfterStore::Pushed { envelope, seq, regids: targets, part, reply };
                 inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
+            awaited: true,
         });
     }
 
@@ -426,6 +428,7 @@ impl Shard {
                 let then = AfterStore::GroupStored { envelope, seq, filter, targets, reply };
                 inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
+            awaited: true,
         });
     }
 

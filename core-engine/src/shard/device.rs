@@ -120,6 +120,8 @@ impl Shard {
                 let then = AfterStore::Registered { conn: key, gen, regid, token, record: Box::new(record) };
                 inbox.send_quiet(ShardMsg::Stored { result, then });
             })),
+            // A device waits too, but registrations come in storms: their commits stay large.
+            awaited: false,
         });
     }
 

@@ -54,13 +54,16 @@ pub struct Notify {
 pub struct StoreJob {
     pub ops: Vec<WriteOp>,
     pub done: Option<Completion>,
+    /// An app server waits for this job's commit (a push, a group message, a registration
+    /// over HTTP): its commit takes the short window ([`Windows`]).
+    pub awaited: bool,
 }
 
 /// Most jobs grouped into one commit.
 const MAX_JOBS_PER_COMMIT: usize = 4096;
-/// The commit windows. A commit holding a push waits 1 ms for more jobs after its first:
-/// the app server waits for the push's answer (nothing a device is sent waits: pushes go
-/// out before their commit). Within it most online devices acknowledge what they were
+/// The commit windows. A commit holding a job an app server waits for (a push, a group
+/// message, a registration over HTTP: [`StoreJob::awaited`]) waits 1 ms for more jobs after
+/// its first (nothing a device is sent waits: pushes go out before their commit). Within it most online devices acknowledge what they were
 /// sent, and such a push costs the partition no pending row at all (`partition/write.rs`).
 /// A commit of other jobs (registrations, acknowledgements, cursors, counts) waits 8 ms:
 /// under load, one commit of many rows costs far less than many commits of a few.
@@ -173,9 +176,14 @@ fn gather(rx: &Receiver<StoreJob>, first: StoreJob, windows: &Windows) -> Vec<St
 }
 
 impl StoreJob {
-    /// Whether an app server waits for this job's commit: a push or a group message.
+    /// Whether the commit of this job closes its window early: an app server waits for it.
     fn is_urgent(&self) -> bool {
-        self.ops.iter().any(|op| matches!(op, WriteOp::StorePush { .. } | WriteOp::StoreGroup { .. }))
+        debug_assert!(
+            self.awaited
+                || !self.ops.iter().any(|op| matches!(op, WriteOp::StorePush { .. } | WriteOp::StoreGroup { .. })),
+            "a push or group message is stored for an app server that waits for it"
+        );
+        self.awaited
     }
 }
 
@@ -425,11 +433,11 @@ mod tests {
     fn push_job() -> StoreJob {
         let envelope = Arc::new(Envelope { id: 1, app_id: 7, expires_at: u64::MAX / 2, json: b"{}".to_vec().into() });
         let regids = vec![RegId::generate(0)];
-        StoreJob { ops: vec![WriteOp::StorePush { envelope, seq: 1, regids }], done: None }
+        StoreJob { ops: vec![WriteOp::StorePush { envelope, seq: 1, regids }], done: None, awaited: true }
     }
 
     fn ack_job(seq: u64) -> StoreJob {
-        StoreJob { ops: vec![WriteOp::GroupCursor { regid: RegId::generate(0), seq }], done: None }
+        StoreJob { ops: vec![WriteOp::GroupCursor { regid: RegId::generate(0), seq }], done: None, awaited: false }
     }
 
     /// Wide windows, so that the test's own timing cannot decide it.
