@@ -1,5 +1,5 @@
-# Sourced by bench/unicast-node.sh, fanout-node.sh and mixed-node.sh: one Pushnode node for an
-# A/B run. `start_node BIN DURABILITY SHARDS CONFIG` (CONFIG: the config file's text, `\n`
+# Sourced by bench/unicast-node.sh, fanout-node.sh, mixed-node.sh and register-node.sh: one
+# Pushnode node for an A/B run. `start_node BIN DURABILITY SHARDS CONFIG` (CONFIG: the config file's text, `\n`
 # between lines) starts BIN on random loopback ports no socket uses ($MQ, $HP) with a fresh data
 # directory ($D), sets $PID and returns once it answers; the node is stopped and $D removed
 # when the script exits, also when a pipe reading it closes early.
