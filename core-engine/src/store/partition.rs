@@ -371,6 +371,10 @@ pub struct PartitionStore {
     /// Which seqs wait for each device that has any; kept by the writer's transactions,
     /// read by the shard to find a device's rows.
     pending_index: std::sync::Mutex<pending_index::PendingIndex>,
+    /// No [`MSG_STATS`] row of this partition has a larger message id: a new message's
+    /// counts (ids grow with time) are known to be absent without a look-up. Raised
+    /// before a row is written, so it never understates.
+    stats_id_bound: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionStore {
@@ -381,6 +385,12 @@ impl PartitionStore {
         limits: StoreLimits,
     ) -> Result<Vec<PartitionStore>, StoreError> {
         let mut indexes = pending_index::PendingIndex::load(db, partitions)?;
+        let stats_id_bound = {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(MSG_STATS)?;
+            let last = redb::ReadableTable::last(&table)?;
+            last.map_or(0, |(key, _)| key.value().0)
+        };
         Ok(partitions
             .iter()
             .map(|&partition| PartitionStore {
@@ -389,6 +399,7 @@ impl PartitionStore {
                 limits,
                 lsn_key: applied_lsn_key(partition),
                 pending_index: std::sync::Mutex::new(indexes.remove(&partition).unwrap_or_default()),
+                stats_id_bound: std::sync::atomic::AtomicU64::new(stats_id_bound),
             })
             .collect())
     }
@@ -821,6 +832,26 @@ mod tests {
         assert!(store.expire(now_s + STATS_KEPT_SECS + 60, 1, &mut Vec::new()).unwrap());
         assert!(!store.expire(now_s + STATS_KEPT_SECS + 60, 1, &mut Vec::new()).unwrap());
         assert_eq!((rows(&store, MSG_STATS), rows(&store, CLICKS)), (0, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_message_stored_again_adds_to_its_counts_even_after_a_reopen() {
+        let dir = temp_dir("counts-again");
+        let (a, b, c) = (RegId::generate(3), RegId::generate(3), RegId::generate(3));
+        {
+            let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
+            let first = WriteOp::StorePush { envelope: envelope(10, 100), seq: 1, regids: vec![a] };
+            store.apply(&[&first], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
+            let newer = WriteOp::StorePush { envelope: envelope(20, 100), seq: 2, regids: vec![a] };
+            let again = WriteOp::StorePush { envelope: envelope(10, 100), seq: 3, regids: vec![b] };
+            store.apply(&[&newer, &again], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
+            assert_eq!(store.message_stats(9, 10).unwrap().unwrap().targets, 2, "an older id is looked up");
+        }
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let again = WriteOp::StorePush { envelope: envelope(20, 100), seq: 4, regids: vec![c] };
+        store.apply(&[&again], redb::Durability::Immediate, None, &mut Vec::new()).unwrap();
+        assert_eq!(store.message_stats(9, 20).unwrap().unwrap().targets, 2, "the newest id, after a reopen");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -18,6 +18,7 @@ use super::{
 use crate::ids::{AppId, MessageId, RegId};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! lazy_tables {
     ($($name:ident: $def:ident => <$k:ty, $v:ty>,)*) => {
@@ -63,15 +64,20 @@ lazy_tables! {
 
 /// A partition's message counts read and changed within one transaction, written back once
 /// at its end: the acknowledgements of one message by many devices in one commit cost one write.
-struct StatsCache {
+struct StatsCache<'a> {
     partition: u16,
+    /// The partition's [`PartitionStore::stats_id_bound`].
+    id_bound: &'a AtomicU64,
     changed: HashMap<MessageId, MessageStats>,
 }
 
-impl StatsCache {
+impl StatsCache<'_> {
     fn get(&self, t: &mut Tables<'_>, id: MessageId) -> Result<Option<MessageStats>, StoreError> {
         if let Some(stats) = self.changed.get(&id) {
             return Ok(Some(*stats));
+        }
+        if id > self.id_bound.load(Ordering::Relaxed) {
+            return Ok(None); // a message newer than every stored count: a new one
         }
         Ok(t.msg_stats()?.get((id, self.partition))?.and_then(|v| MessageStats::from_bytes(v.value())))
     }
@@ -81,6 +87,9 @@ impl StatsCache {
     }
 
     fn write_back(&mut self, t: &mut Tables<'_>) -> Result<(), StoreError> {
+        if let Some(&max) = self.changed.keys().max() {
+            self.id_bound.fetch_max(max, Ordering::Relaxed);
+        }
         for (id, stats) in self.changed.drain() {
             t.msg_stats()?.insert((id, self.partition), &stats.to_bytes()[..])?;
         }
@@ -121,7 +130,7 @@ fn be_u64_at(raw: &[u8], at: usize) -> Option<u64> {
 /// What one transaction changes besides its tables.
 struct TxnEffects<'a> {
     pending: PendingTxn<'a>,
-    stats: StatsCache,
+    stats: StatsCache<'a>,
     events: Vec<StoreEvent>,
     rows_delta: i64,
     /// (device, seq) of pushes acknowledged later in the same transaction: their pending
@@ -135,7 +144,7 @@ impl<'a> TxnEffects<'a> {
     fn new(store: &'a PartitionStore, ops: &[&WriteOp]) -> Self {
         TxnEffects {
             pending: PendingTxn::new(&store.pending_index),
-            stats: StatsCache { partition: store.partition, changed: HashMap::new() },
+            stats: StatsCache { partition: store.partition, id_bound: &store.stats_id_bound, changed: HashMap::new() },
             events: Vec::new(),
             rows_delta: 0,
             settled: settled_in(ops),
