@@ -137,6 +137,20 @@ def test_unicast_batched(node, tmp_path):
     assert r["deliveries"] == 400, r
 
 
+def test_unicast_batched_over_two_workers_names_both_workers_devices(node, tmp_path):
+    """Two worker processes, ten RegIDs a request: a request's devices come from both
+    workers (as a real request's are separate phones), and each worker still waits for
+    exactly the deliveries its own devices get."""
+    r = run_loadgen(node, tmp_path, "unicast", "--connections", "100", "--rate", "400",
+                    "--duration-secs", "2", "--batch", "10", "--workers", "2")
+    assert_connected(r, 100)
+    assert r["messages_sent"] == 800, r
+    assert r["deliveries"] == 800, r
+    assert r["latency_us"]["count"] == 800, r
+    # Random picks over 2 x 50 devices: about half the targets are the other worker's.
+    assert 200 <= r["targets_on_other_workers"] <= 600, r
+
+
 def test_unicast_offline_measures_the_http_answers(node, tmp_path):
     """`--offline`: the devices disconnect first, every push is stored for later, and the
     report counts the answered targets and the HTTP answers' latency."""

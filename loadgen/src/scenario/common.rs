@@ -109,31 +109,45 @@ pub enum StdinWait {
 /// Waits up to `limit` for a line equal to `word` (trimmed) on stdin. Reads on a
 /// detached std thread, so a pending read never holds up the runtime's shutdown.
 pub async fn wait_for_stdin_line(word: &'static str, limit: Duration) -> StdinWait {
+    read_stdin_until(move |line| line == word, limit).await.0
+}
+
+/// Reads stdin lines (trimmed) until one for which `is_last` holds, for up to `limit`;
+/// answers how that went and every line read, the last one included. Reads on a detached
+/// std thread, so a pending read never holds up the runtime's shutdown.
+pub async fn read_stdin_until(
+    is_last: impl Fn(&str) -> bool + Send + 'static,
+    limit: Duration,
+) -> (StdinWait, Vec<String>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        let mut lines = Vec::new();
         let mut line = String::new();
         loop {
             line.clear();
             match std::io::stdin().read_line(&mut line) {
                 Ok(0) | Err(_) => {
-                    let _ = tx.send(StdinWait::Eof);
+                    let _ = tx.send((StdinWait::Eof, lines));
                     return;
                 }
-                Ok(_) if line.trim() == word => {
-                    let _ = tx.send(StdinWait::Line);
-                    return;
+                Ok(_) => {
+                    let last = is_last(line.trim());
+                    lines.push(line.trim().to_string());
+                    if last {
+                        let _ = tx.send((StdinWait::Line, lines));
+                        return;
+                    }
                 }
-                Ok(_) => {}
             }
         }
     });
     if spawned.is_err() {
-        return StdinWait::Eof;
+        return (StdinWait::Eof, Vec::new());
     }
     match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(w)) => w,
-        Ok(Err(_)) => StdinWait::Eof,
-        Err(_) => StdinWait::Timeout,
+        Ok(Ok(got)) => got,
+        Ok(Err(_)) => (StdinWait::Eof, Vec::new()),
+        Err(_) => (StdinWait::Timeout, Vec::new()),
     }
 }
 

@@ -46,6 +46,18 @@ impl Rng {
 /// (device index, message id) pairs the server accepted.
 pub type Expected = Rc<RefCell<Vec<(u32, Box<str>)>>>;
 
+/// A device a message may go to.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// Its index among this worker's devices (what churn's tracking keys on); `u32::MAX`
+    /// for another worker's device.
+    pub idx: u32,
+    /// The worker holding it.
+    pub owner: u32,
+    /// Its RegID (pushnode) or topic suffix (plain MQTT).
+    pub address: Box<str>,
+}
+
 /// How an accepted send is followed up.
 #[derive(Clone)]
 pub enum Followed {
@@ -57,11 +69,21 @@ pub enum Followed {
     Answered,
 }
 
-/// Sends `rate` messages/s for `duration_secs` to random live devices of this worker.
+/// Sends `rate` messages/s for `duration_secs` to random live devices of this worker, or
+/// of every worker in a spread run whose deliveries are counted (see `plan`).
 pub async fn send(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos: u8, followed: Followed) {
-    let targets: Vec<(u32, Box<str>)> = {
+    let targets: Vec<Recipient> = if w.plan.spread && matches!(followed, Followed::Delivered) {
+        std::mem::take(&mut *w.spread.borrow_mut())
+    } else {
         let t = w.tally.borrow();
-        t.live.iter().filter_map(|&i| t.addresses.get(i as usize).and_then(|a| a.clone()).map(|a| (i, a))).collect()
+        let owner = w.plan.worker;
+        t.live
+            .iter()
+            .filter_map(|&idx| {
+                let address = t.addresses.get(idx as usize)?.clone()?;
+                Some(Recipient { idx, owner, address })
+            })
+            .collect()
     };
     if targets.is_empty() || rate <= 0.0 {
         return;
@@ -82,7 +104,7 @@ async fn send_http(
     request_rate: f64,
     duration: Duration,
     batch: u32,
-    targets: &[(u32, Box<str>)],
+    targets: &[Recipient],
     rng: &mut Rng,
     followed: Followed,
 ) {
@@ -110,7 +132,7 @@ async fn send_http(
         for k in due.clone() {
             let scheduled_us = start_us + schedule.due(k).as_micros() as u64;
             let picked = pick_distinct(rng, targets, batch as usize);
-            let regids = picked.iter().map(|(_, r)| &**r).collect();
+            let regids = picked.iter().map(|t| &*t.address).collect();
             let body = match PushBody::passthrough(PushTarget::Regids(regids), scheduled_us.to_string()).to_bytes() {
                 Ok(body) => body,
                 Err(e) => {
@@ -129,17 +151,20 @@ async fn send_http(
                 let mut t = tally.borrow_mut();
                 match outcome {
                     Ok(o) => {
-                        let accepted: Vec<&(u32, Box<str>)> =
-                            picked.iter().filter(|(_, r)| !o.invalid.iter().any(|i| **i == **r)).collect();
+                        let accepted: Vec<&Recipient> =
+                            picked.iter().filter(|p| !o.invalid.iter().any(|i| **i == *p.address)).collect();
                         t.note_send(accepted.len() as u64, scheduled_us);
+                        for target in &accepted {
+                            t.note_sent_to(target.owner);
+                        }
                         if !o.invalid.is_empty() {
                             t.count_failure("send: invalid regid".into());
                         }
                         match (&followed, &o.id) {
                             (Followed::Tracked(exp), Some(id)) => {
                                 let mut exp = exp.borrow_mut();
-                                for (idx, _) in accepted {
-                                    exp.push((*idx, id.clone().into_boxed_str()));
+                                for target in accepted {
+                                    exp.push((target.idx, id.clone().into_boxed_str()));
                                 }
                             }
                             (Followed::Answered, _) => {
@@ -158,7 +183,7 @@ async fn send_http(
     w.tally.borrow_mut().send_end_us = unix_micros();
 }
 
-async fn send_mqtt(w: &Rc<Worker>, rate: f64, duration: Duration, qos: u8, targets: &[(u32, Box<str>)], rng: &mut Rng) {
+async fn send_mqtt(w: &Rc<Worker>, rate: f64, duration: Duration, qos: u8, targets: &[Recipient], rng: &mut Rng) {
     let ports = w.ports_for(0);
     let client_id = format!("lg-pub-{}", w.plan.worker);
     let mut publisher = match MqttPublisher::connect(w.server, &ports, w.cfg.version, client_id, w.deadline).await {
@@ -183,8 +208,8 @@ async fn send_mqtt(w: &Rc<Worker>, rate: f64, duration: Duration, qos: u8, targe
             .clone()
             .map(|k| {
                 let scheduled_us = start_us + schedule.due(k).as_micros() as u64;
-                let (_, id) = &targets[rng.below(targets.len())];
-                (format!("lg/{id}"), scheduled_us.to_string().into_bytes())
+                let target = &targets[rng.below(targets.len())];
+                (format!("lg/{}", target.address), scheduled_us.to_string().into_bytes())
             })
             .collect();
         let first_us = start_us + schedule.due(due.start).as_micros() as u64;
@@ -210,7 +235,7 @@ async fn send_mqtt(w: &Rc<Worker>, rate: f64, duration: Duration, qos: u8, targe
 /// `count` different random entries of `targets` (all of them if there are fewer):
 /// the node delivers a message once per device, so a request must not name a device
 /// twice.
-fn pick_distinct(rng: &mut Rng, targets: &[(u32, Box<str>)], count: usize) -> Vec<(u32, Box<str>)> {
+fn pick_distinct(rng: &mut Rng, targets: &[Recipient], count: usize) -> Vec<Recipient> {
     let count = count.min(targets.len());
     let mut chosen: Vec<usize> = Vec::with_capacity(count);
     while chosen.len() < count {
@@ -239,10 +264,11 @@ mod tests {
 
     #[test]
     fn picks_are_distinct() {
-        let targets: Vec<(u32, Box<str>)> = (0..12).map(|i| (i, i.to_string().into())).collect();
+        let targets: Vec<Recipient> =
+            (0..12).map(|i| Recipient { idx: i, owner: i % 2, address: i.to_string().into() }).collect();
         let mut r = Rng::new(7);
         for _ in 0..100 {
-            let mut p: Vec<u32> = pick_distinct(&mut r, &targets, 10).iter().map(|t| t.0).collect();
+            let mut p: Vec<u32> = pick_distinct(&mut r, &targets, 10).iter().map(|t| t.idx).collect();
             p.sort_unstable();
             p.dedup();
             assert_eq!(p.len(), 10);

@@ -19,7 +19,8 @@ use super::common::unix_micros;
 use super::histogram::LatencyHist;
 use super::options::{CommonArgs, Target};
 use super::plan::{
-    default_workers, port_slice, split_connections, AppCreds, Load, Progress, TlsPlan, WorkerMsg, WorkerPlan,
+    default_workers, expect_line, port_slice, split_connections, AppCreds, Load, Progress, SpreadTargets, TlsPlan,
+    WorkerMsg, WorkerPlan,
 };
 use super::report::{per_conn, sum_reports, LoadgenCost, Report, WorkerReport};
 use super::sysinfo::{cpu_seconds, own_rss, process_rss, slab_bytes};
@@ -28,6 +29,8 @@ use super::sysinfo::{cpu_seconds, own_rss, process_rss, slab_bytes};
 const SETTLE: Duration = Duration::from_secs(2);
 /// Reserve of the run's time bound for workers to report and exit.
 const REPORT_RESERVE: Duration = Duration::from_secs(3);
+/// Most connections of a spread run: every worker is sent every RegID.
+const SPREAD_MAX_CONNECTIONS: u64 = 200_000;
 
 /// What the idle scenario adds.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,10 @@ struct WorkerProc {
     stdin: Option<ChildStdin>,
     progress: Progress,
     connected: bool,
+    /// Its devices' RegIDs, until sent to every worker (a spread run).
+    regids: Vec<String>,
+    /// A spread run: its accepted targets by the worker holding them, once it sent them all.
+    sent_to: Option<Vec<u64>>,
     report: Option<WorkerReport>,
     ended: bool,
 }
@@ -68,6 +75,12 @@ pub fn run(common: CommonArgs, spec: Spec) -> anyhow::Result<()> {
     };
     let n = spec.connections;
     let workers = common.workers.unwrap_or_else(|| default_workers(n)).min(u32::try_from(n.max(1)).unwrap_or(u32::MAX));
+    // A request's devices come from every worker (see `plan`) where it matters: a pushnode
+    // unicast of several RegIDs a request, its targets online.
+    let spread = common.target == Target::Pushnode
+        && matches!(spec.load, Load::Unicast { batch: 2.., offline: false, .. })
+        && workers > 1
+        && n <= SPREAD_MAX_CONNECTIONS;
     let worker_deadline_us =
         unix_micros() + (Duration::from_secs(common.timeout_secs).saturating_sub(REPORT_RESERVE)).as_micros() as u64;
 
@@ -101,11 +114,12 @@ pub fn run(common: CommonArgs, spec: Spec) -> anyhow::Result<()> {
             deadline_unix_us: worker_deadline_us,
             publisher: w == 0,
             load: share_of_load(&spec.load, workers),
+            spread,
         };
         procs.push(spawn_worker(w, &plan, tx.clone())?);
     }
     drop(tx);
-    let result = drive(&spec, &mut procs, &rx, hard_deadline);
+    let result = drive(&spec, spread, &mut procs, &rx, hard_deadline);
     // Whatever happened, no worker outlives the run.
     for p in &mut procs {
         p.stdin = None;
@@ -118,7 +132,13 @@ pub fn run(common: CommonArgs, spec: Spec) -> anyhow::Result<()> {
         bail!("{} of {} workers did not report", procs.len() - reports.len(), procs.len());
     }
     let (total, hist) = sum_reports(&reports).map_err(|e| anyhow::anyhow!(e))?;
-    let report = build_report(&common, &spec, &total, &hist, measured, server_rss_before, slab_before);
+    let mut report = build_report(&common, &spec, &total, &hist, measured, server_rss_before, slab_before);
+    if spread {
+        let elsewhere = |(w, p): (usize, &WorkerProc)| {
+            p.sent_to.as_ref().map_or(0, |to| to.iter().sum::<u64>() - to.get(w).copied().unwrap_or(0))
+        };
+        report.targets_on_other_workers = Some(procs.iter().enumerate().map(elsewhere).sum());
+    }
     print!("{}", report.summary());
     std::io::stdout().flush()?;
     if let Some(path) = &common.json {
@@ -207,6 +227,8 @@ fn spawn_worker(w: usize, plan: &WorkerPlan, tx: mpsc::Sender<WorkerLine>) -> an
         stdin: Some(stdin),
         progress: Progress::default(),
         connected: false,
+        regids: Vec::new(),
+        sent_to: None,
         report: None,
         ended: false,
     })
@@ -261,10 +283,12 @@ fn absorb(procs: &mut [WorkerProc], (w, line): WorkerLine) -> anyhow::Result<()>
     };
     match serde_json::from_str::<WorkerMsg>(&line) {
         Ok(WorkerMsg::Progress(pr)) => p.progress = pr,
-        Ok(WorkerMsg::Connected { connected, .. }) => {
+        Ok(WorkerMsg::Connected { connected, regids, .. }) => {
             p.connected = true;
             p.progress.connected = connected;
+            p.regids = regids;
         }
+        Ok(WorkerMsg::Sent { to }) => p.sent_to = Some(to),
         Ok(WorkerMsg::Done(r)) => p.report = Some(*r),
         Ok(WorkerMsg::Error { message }) => bail!("worker {w}: {message}"),
         Err(_) => eprintln!("worker {w}: {line}"),
@@ -275,6 +299,7 @@ fn absorb(procs: &mut [WorkerProc], (w, line): WorkerLine) -> anyhow::Result<()>
 /// Runs the phases: connect, (idle measure + hold), go, load, reports.
 fn drive(
     spec: &Spec,
+    spread: bool,
     procs: &mut [WorkerProc],
     rx: &mpsc::Receiver<WorkerLine>,
     deadline: Instant,
@@ -325,12 +350,19 @@ fn drive(
     }
 
     // Load phase: everyone starts together.
+    let targets =
+        spread.then(|| SpreadTargets { targets: procs.iter_mut().map(|p| std::mem::take(&mut p.regids)).collect() });
+    let targets = targets.map(|t| serde_json::to_string(&t)).transpose()?;
     for p in procs.iter_mut() {
         if let Some(stdin) = p.stdin.as_mut() {
+            if let Some(targets) = &targets {
+                writeln!(stdin, "{targets}").context("telling a worker the targets")?;
+            }
             writeln!(stdin, "go").context("telling a worker to go")?;
             stdin.flush()?;
         }
     }
+    let mut expectations_told = !spread;
     let (len, what) = match &spec.load {
         Load::Fanout { messages, .. } => {
             let connected: u64 = procs.iter().map(|p| p.progress.connected).sum();
@@ -349,9 +381,30 @@ fn drive(
         }
         pump(procs, deadline)?;
         b.set_position(procs.iter().map(|p| p.progress.deliveries).sum());
+        if !expectations_told && procs.iter().all(|p| p.sent_to.is_some()) {
+            tell_expectations(procs)?;
+            expectations_told = true;
+        }
     }
     b.finish();
     Ok(measured)
+}
+
+/// A spread run whose workers all sent: tells each how many deliveries its devices get.
+fn tell_expectations(procs: &mut [WorkerProc]) -> anyhow::Result<()> {
+    let mut expected = vec![0u64; procs.len()];
+    for sent_to in procs.iter().filter_map(|p| p.sent_to.as_ref()) {
+        for (total, n) in expected.iter_mut().zip(sent_to) {
+            *total += n;
+        }
+    }
+    for (p, n) in procs.iter_mut().zip(expected) {
+        if let Some(stdin) = p.stdin.as_mut() {
+            writeln!(stdin, "{}", expect_line(n)).context("telling a worker what to expect")?;
+            stdin.flush()?;
+        }
+    }
+    Ok(())
 }
 
 fn build_report(

@@ -2,6 +2,13 @@
 //! on a worker's stdin, later the line `go` (start the load phase); the worker writes
 //! [`WorkerMsg`] JSON lines on its stdout: progress, `connected` (its connect phase
 //! is over), then `done` with its [`WorkerReport`](super::report::WorkerReport).
+//!
+//! With [`WorkerPlan::spread`], a request's devices are drawn from every worker, as a
+//! real request's devices are separate phones (one worker reading a 100-device request's
+//! deliveries one after another would add its own queue to their latency): `connected`
+//! carries the worker's RegIDs, the parent writes every worker's ([`SpreadTargets`])
+//! before `go`, each worker reports whose devices its accepted targets were (`sent`), and
+//! the parent tells each worker how many deliveries to wait for (`expect N`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -89,6 +96,25 @@ pub struct WorkerPlan {
     /// This worker sends the fan-out messages.
     pub publisher: bool,
     pub load: Load,
+    /// Unicast requests name devices of every worker (see the module docs).
+    #[serde(default)]
+    pub spread: bool,
+}
+
+/// Every worker's device RegIDs, by worker: the targets of a spread run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SpreadTargets {
+    pub targets: Vec<Vec<String>>,
+}
+
+/// The line telling a spread run's worker how many deliveries its devices will get.
+pub fn expect_line(deliveries: u64) -> String {
+    format!("expect {deliveries}")
+}
+
+/// The count of an [`expect_line`].
+pub fn parse_expect_line(line: &str) -> Option<u64> {
+    line.strip_prefix("expect ")?.trim().parse().ok()
 }
 
 /// Counters a worker reports a few times a second.
@@ -105,9 +131,21 @@ pub struct Progress {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WorkerMsg {
     Progress(Progress),
-    Connected { connected: u64, failed: BTreeMap<String, u64> },
+    Connected {
+        connected: u64,
+        failed: BTreeMap<String, u64>,
+        /// Its devices' RegIDs (a spread run only).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        regids: Vec<String>,
+    },
+    /// A spread run's sending is over: its accepted targets, by the worker holding them.
+    Sent {
+        to: Vec<u64>,
+    },
     Done(Box<WorkerReport>),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Splits `n` connections over `workers`: (first index, count) per worker.
@@ -161,6 +199,13 @@ mod tests {
             assert!(pair[0].1 < pair[1].0, "{pair:?}");
         }
         assert!(slices.iter().all(|(a, b)| a <= b && *a >= 1024));
+    }
+
+    #[test]
+    fn expect_lines_round_trip() {
+        assert_eq!(parse_expect_line(&expect_line(1234)), Some(1234));
+        assert_eq!(parse_expect_line("go"), None);
+        assert_eq!(parse_expect_line("expect many"), None);
     }
 
     #[test]

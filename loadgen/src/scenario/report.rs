@@ -121,6 +121,9 @@ pub struct Report {
     pub kernel_bytes_per_conn: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// A spread unicast run (see `plan`): accepted targets whose device another worker held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets_on_other_workers: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicates: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

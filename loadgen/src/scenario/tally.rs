@@ -24,6 +24,8 @@ pub struct Tally {
     pub connect_start_us: u64,
     pub connect_end_us: u64,
     pub sent: u64,
+    /// Accepted targets by the worker holding them (a spread run).
+    pub sent_to: Vec<u64>,
     pub deliveries: u64,
     pub first_send_us: u64,
     pub last_delivery_us: u64,
@@ -136,6 +138,15 @@ impl Tally {
         if self.first_send_us == 0 || send_us < self.first_send_us {
             self.first_send_us = send_us;
         }
+    }
+
+    /// One accepted target held by worker `owner`.
+    pub fn note_sent_to(&mut self, owner: u32) {
+        let owner = owner as usize;
+        if self.sent_to.len() <= owner {
+            self.sent_to.resize(owner + 1, 0);
+        }
+        self.sent_to[owner] += 1;
     }
 
     /// Of `expected` (device, message id) pairs, how many never arrived.

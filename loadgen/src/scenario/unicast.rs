@@ -1,7 +1,8 @@
 //! `loadgen unicast`: N connected devices; open-loop at R messages/s to random devices
 //! for T seconds, latency from each message's scheduled send time (no coordinated
 //! omission); then wait (bounded) for late deliveries and report the achieved rate
-//! and latency percentiles. Every worker sends R / workers to its own devices.
+//! and latency percentiles. Every worker sends R / workers, to its own devices or, in a
+//! spread run (several RegIDs a request, several workers), to every worker's.
 //! `--offline` (pushnode): the devices disconnect once registered and connected, and the
 //! sends measure the HTTP frontend and the store alone: "deliveries" are stored targets
 //! and the latency is from the scheduled send time to the HTTP answer.
@@ -10,11 +11,13 @@ use std::rc::Rc;
 
 use tokio::time::Instant;
 
+use super::common::read_stdin_until;
 use super::open_loop;
 use super::options::{parse_rate_or_zero, CommonArgs};
 use super::parent::{self, Spec};
 use super::plan::Load;
-use super::worker::{wait_for, Worker};
+use super::plan::{parse_expect_line, WorkerMsg};
+use super::worker::{emit, wait_for, Worker};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UnicastArgs {
@@ -82,10 +85,22 @@ pub async fn load(w: &Rc<Worker>, rate: f64, duration_secs: f64, batch: u32, qos
     }
     let followed = if offline { open_loop::Followed::Answered } else { open_loop::Followed::Delivered };
     open_loop::send(w, rate, duration_secs, batch, qos, followed).await;
-    let until = (Instant::now() + std::time::Duration::from_secs(w.plan.straggler_secs)).min(w.deadline);
+    let straggle = std::time::Duration::from_secs(w.plan.straggler_secs);
+    let expected = if w.plan.spread && !offline {
+        // Other workers' requests name this worker's devices: the parent counts them.
+        let mut to = w.tally.borrow().sent_to.clone();
+        to.resize(w.plan.workers as usize, 0);
+        emit(&WorkerMsg::Sent { to });
+        let limit = straggle.min(w.time_left());
+        let (_, lines) = read_stdin_until(|line| parse_expect_line(line).is_some(), limit).await;
+        lines.iter().find_map(|line| parse_expect_line(line))
+    } else {
+        None
+    };
+    let until = (Instant::now() + straggle).min(w.deadline);
     wait_for(until, || {
         let t = w.tally.borrow();
-        t.deliveries >= t.sent
+        t.deliveries >= expected.unwrap_or(t.sent)
     })
     .await;
 }

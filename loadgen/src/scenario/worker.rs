@@ -20,10 +20,11 @@ use loadgen::mqtt_client::{resolve, SourcePorts};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{sleep, sleep_until, Instant};
 
-use super::common::{unix_micros, wait_for_stdin_line, StdinWait};
+use super::common::{read_stdin_until, unix_micros, StdinWait};
 use super::device::{run_device, DeviceCfg, Subscription};
+use super::open_loop::Recipient;
 use super::options::Target;
-use super::plan::{Load, WorkerMsg, WorkerPlan};
+use super::plan::{Load, SpreadTargets, WorkerMsg, WorkerPlan};
 use super::report::WorkerReport;
 use super::sender::qos_of;
 use super::sysinfo::{cpu_seconds, own_rss};
@@ -45,6 +46,8 @@ pub struct Worker {
     pub signals: Vec<Rc<Notify>>,
     pub http: Option<HttpClient>,
     pub deadline: Instant,
+    /// A spread run's targets: every worker's devices (see `plan`).
+    pub spread: RefCell<Vec<Recipient>>,
 }
 
 impl Worker {
@@ -150,7 +153,17 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
     let signals = if churn_on || offline { (0..n).map(|_| Rc::new(Notify::new())).collect() } else { Vec::new() };
     let mut tally = Tally::new(n);
     tally.track_ids = churn_on;
-    let w = Rc::new(Worker { plan, tally: Rc::new(RefCell::new(tally)), cfg, server, ports, signals, http, deadline });
+    let w = Rc::new(Worker {
+        plan,
+        tally: Rc::new(RefCell::new(tally)),
+        cfg,
+        server,
+        ports,
+        signals,
+        http,
+        deadline,
+        spread: RefCell::new(Vec::new()),
+    });
 
     // Progress lines until the process ends.
     let progress_tally = w.tally.clone();
@@ -166,13 +179,31 @@ async fn worker_main(plan: WorkerPlan) -> anyhow::Result<()> {
     let (rss_after, _) = own_rss();
     {
         let t = w.tally.borrow();
-        emit(&WorkerMsg::Connected { connected: t.connected, failed: t.failed.clone() });
+        let regids = if w.plan.spread {
+            t.live.iter().filter_map(|&i| t.addresses.get(i as usize)?.as_deref().map(str::to_string)).collect()
+        } else {
+            Vec::new()
+        };
+        emit(&WorkerMsg::Connected { connected: t.connected, failed: t.failed.clone(), regids });
     }
 
-    match wait_for_stdin_line("go", w.time_left()).await {
+    let (waited, lines) = read_stdin_until(|line| line == "go", w.time_left()).await;
+    match waited {
         StdinWait::Line => {}
         StdinWait::Eof => anyhow::bail!("stdin closed before `go`"),
         StdinWait::Timeout => anyhow::bail!("no `go` before the deadline"),
+    }
+    if w.plan.spread {
+        let line = lines.iter().find(|l| l.starts_with('{')).context("a spread run without its targets")?;
+        let spread: SpreadTargets = serde_json::from_str(line).context("parsing the targets")?;
+        *w.spread.borrow_mut() = spread
+            .targets
+            .into_iter()
+            .enumerate()
+            .flat_map(|(owner, regids)| {
+                regids.into_iter().map(move |r| Recipient { idx: u32::MAX, owner: owner as u32, address: r.into() })
+            })
+            .collect();
     }
     match w.plan.load.clone() {
         Load::Connect | Load::Idle => {}
