@@ -20,6 +20,7 @@ pub mod open_loop;
 pub mod options;
 pub mod parent;
 pub mod plan;
+pub mod precise_timer;
 pub mod report;
 pub mod schedule;
 pub mod sender;

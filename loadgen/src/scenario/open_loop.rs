@@ -1,7 +1,7 @@
 //! The open-loop unicast sender shared by `unicast` and `churn`: messages to random
 //! connected devices at a fixed rate for a fixed time ([`Schedule`]), each stamped
 //! with its scheduled send time (unix micros) so latency counts any delay of the
-//! sender itself. Pushnode: `POST /v1/messages` with `batch` RegIDs per request (a
+//! sender itself (woken by a [`PreciseTimer`], not tokio's millisecond timer). Pushnode: `POST /v1/messages` with `batch` RegIDs per request (a
 //! bounded number in flight); plain MQTT: PUBLISH to `lg/<id>`, every message due at
 //! once going out in one write.
 
@@ -13,6 +13,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::common::unix_micros;
 use super::options::Target;
+use super::precise_timer::PreciseTimer;
 use super::schedule::Schedule;
 use super::sender::{qos_of, HttpSender, MqttPublisher, PushBody, PushTarget};
 use super::worker::Worker;
@@ -119,6 +120,7 @@ async fn send_http(
         }
     };
     let schedule = Schedule::new(request_rate, duration);
+    let timer = PreciseTimer::new();
     let start = Instant::now();
     let start_us = unix_micros();
     w.tally.borrow_mut().send_start_us = start_us;
@@ -126,7 +128,7 @@ async fn send_http(
     while next < schedule.total() && Instant::now() < w.deadline {
         let due = schedule.due_range(next, start.elapsed(), MAX_BURST);
         if due.is_empty() {
-            sleep_until(start + schedule.due(next)).await;
+            timer.sleep_until(start + schedule.due(next)).await;
             continue;
         }
         for k in due.clone() {
@@ -194,6 +196,7 @@ async fn send_mqtt(w: &Rc<Worker>, rate: f64, duration: Duration, qos: u8, targe
         }
     };
     let schedule = Schedule::new(rate, duration);
+    let timer = PreciseTimer::new();
     let start = Instant::now();
     let start_us = unix_micros();
     w.tally.borrow_mut().send_start_us = start_us;
@@ -201,7 +204,7 @@ async fn send_mqtt(w: &Rc<Worker>, rate: f64, duration: Duration, qos: u8, targe
     while next < schedule.total() && Instant::now() < w.deadline {
         let due = schedule.due_range(next, start.elapsed(), MAX_BURST);
         if due.is_empty() {
-            sleep_until(start + schedule.due(next)).await;
+            timer.sleep_until(start + schedule.due(next)).await;
             continue;
         }
         let messages: Vec<(String, Vec<u8>)> = due
