@@ -66,6 +66,13 @@ def assert_connected(report: dict, n: int) -> None:
     assert report["loadgen"]["max_rss_bytes"] > 0, report
 
 
+def assert_all_delivered(report: dict, n: int) -> None:
+    """`n` pushes accepted, `n` delivered, each with its latency."""
+    assert report["messages_sent"] == n, report
+    assert report["deliveries"] == n, report
+    assert report["latency_us"]["count"] == n, report
+
+
 def test_connect(node, tmp_path):
     r = run_loadgen(node, tmp_path, "connect", "--connections", "200")
     assert r["scenario"] == "connect" and r["target"] == "pushnode"
@@ -111,9 +118,7 @@ def test_unicast(node, tmp_path):
     r = run_loadgen(node, tmp_path, "unicast", "--connections", "100", "--rate", "200",
                     "--duration-secs", "3")
     assert_connected(r, 100)
-    assert r["messages_sent"] == 600, r
-    assert r["deliveries"] == 600, r
-    assert r["latency_us"]["count"] == 600, r
+    assert_all_delivered(r, 600)
     assert r["achieved_rate_per_s"] > 100, r
     lat = r["latency_us"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"], lat
@@ -124,17 +129,14 @@ def test_unicast_over_http2(node, tmp_path):
     r = run_loadgen(node, tmp_path, "unicast", "--connections", "100", "--rate", "300",
                     "--duration-secs", "2", "--http2-connections", "2", "--http-concurrency", "64")
     assert_connected(r, 100)
-    assert r["messages_sent"] == 600, r
-    assert r["deliveries"] == 600, r
-    assert r["latency_us"]["count"] == 600, r
+    assert_all_delivered(r, 600)
 
 
 def test_unicast_batched(node, tmp_path):
     r = run_loadgen(node, tmp_path, "unicast", "--connections", "100", "--rate", "200",
                     "--duration-secs", "2", "--batch", "10")
     assert_connected(r, 100)
-    assert r["messages_sent"] == 400, r
-    assert r["deliveries"] == 400, r
+    assert_all_delivered(r, 400)
 
 
 def test_unicast_batched_over_two_workers_names_both_workers_devices(node, tmp_path):
@@ -144,9 +146,7 @@ def test_unicast_batched_over_two_workers_names_both_workers_devices(node, tmp_p
     r = run_loadgen(node, tmp_path, "unicast", "--connections", "100", "--rate", "400",
                     "--duration-secs", "2", "--batch", "10", "--workers", "2")
     assert_connected(r, 100)
-    assert r["messages_sent"] == 800, r
-    assert r["deliveries"] == 800, r
-    assert r["latency_us"]["count"] == 800, r
+    assert_all_delivered(r, 800)
     # Random picks over 2 x 50 devices: about half the targets are the other worker's.
     assert 200 <= r["targets_on_other_workers"] <= 600, r
 
