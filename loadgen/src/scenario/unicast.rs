@@ -32,7 +32,8 @@ pub struct UnicastArgs {
     /// How long to send, seconds.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration_secs: u64,
-    /// RegIDs per HTTP request (pushnode), 1..=100.
+    /// RegIDs per HTTP request (pushnode), 1..=100; with several workers (up to 200,000
+    /// connections), drawn from every worker's devices.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub batch: u32,
     /// QoS of the subscriptions and plain-MQTT publishes.
