@@ -1,9 +1,9 @@
 //! The open-loop unicast sender shared by `unicast` and `churn`: messages to random
 //! connected devices at a fixed rate for a fixed time ([`Schedule`]), each stamped
 //! with its scheduled send time (unix micros) so latency counts any delay of the
-//! sender itself (woken by a [`PreciseTimer`], not tokio's millisecond timer). Pushnode: `POST /v1/messages` with `batch` RegIDs per request (a
-//! bounded number in flight); plain MQTT: PUBLISH to `lg/<id>`, every message due at
-//! once going out in one write.
+//! sender itself (woken by a [`PreciseTimer`], not tokio's millisecond timer). Pushnode:
+//! `POST /v1/messages` with `batch` RegIDs per request (a bounded number in flight); plain
+//! MQTT: PUBLISH to `lg/<id>`, every message due at once going out in one write.
 
 use std::cell::RefCell;
 use std::rc::Rc;
