@@ -31,6 +31,13 @@ COLUMNS = [
 HTTP_COLUMNS = [
     ("HTTP frontend req/s", "http", lambda d: d.get("achieved_rate_per_s"), "rate"),
 ]
+# Shown only when the run had the `fsync` scenario (Pushnode's HTTP unicast, fsync durability).
+FSYNC_COLUMNS = [
+    ("fsync p50 ms", "fsync", lambda d: lat(d, "p50"), "ms"),
+    ("fsync p99 ms", "fsync", lambda d: lat(d, "p99"), "ms"),
+    ("fsync p99.9 ms", "fsync", lambda d: lat(d, "p999"), "ms"),
+    ("fsync max ms", "fsync", lambda d: lat(d, "max"), "ms"),
+]
 # Shown only when the run had the `idle-tls` scenario (idle connections over MQTT-over-TLS).
 TLS_COLUMNS = [
     ("user B / idle TLS conn", "idle-tls", lambda d: d.get("user_bytes_per_conn"), "bytes"),
@@ -118,6 +125,8 @@ def render(out_dir):
     columns = COLUMNS[:2] + TLS_COLUMNS + COLUMNS[2:] if "idle-tls" in ran else list(COLUMNS)
     if "http" in ran:
         columns += HTTP_COLUMNS
+    if "fsync" in ran:
+        columns += FSYNC_COLUMNS
 
     docs = {}
     for t in targets:
@@ -209,6 +218,16 @@ def render(out_dir):
             "stored for its offline device (buffered durability)"
             + (f"; median of {len(reps)} runs, each on a fresh node: "
                + " / ".join(f"{r:,.0f}" for r in reps) + " requests/s" if reps else "") + ".")
+    if "fsync" in ran:
+        fs = load(os.path.join(out_dir, "pushnode-fsync.json")) or {}
+        lines.append(
+            f"fsync is Pushnode's unicast through the HTTP API with `durability = \"fsync\"`: "
+            f"{p.get('fsync_devices'):,} devices online, loadgen offers {p.get('fsync_rate'):,} "
+            f"target deliveries/s for {p.get('fsync_s')} s, 100 RegIDs per `POST /v1/messages`, "
+            "each request's devices spread over two loadgen workers; latency from the scheduled "
+            "send time to the device's receipt"
+            + (f"; achieved {fs['achieved_rate_per_s']:,.0f}/s, {fs.get('deliveries', 0):,} of "
+               f"{fs.get('messages_sent', 0):,} delivered" if fs.get("achieved_rate_per_s") else "") + ".")
     if "idle-tls" in ran:
         lines.append("idle-tls is idle over MQTT-over-TLS (TLS 1.3 unless a side refuses it; "
                      "throwaway CA, ECDSA P-256 certificate): Pushnode's rustls listener, "

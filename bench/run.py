@@ -52,11 +52,12 @@ PEER_CAP = 19_000
 ALL_TARGETS = ["pushnode", "pushnode-cap", "mosquitto", "nats-server", "rumqttd", "bare"]
 # Pushnode again at the peers' cap, so rates and latencies compare at equal scale too.
 PEERS_AND_PUSHNODE = [t for t in ALL_TARGETS if t != "pushnode-cap"]
-ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "http", "churn", "idle-tls"]
+ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "http", "fsync", "churn", "idle-tls"]
 # Bench scenarios that run a loadgen scenario of another name, over TLS.
 TLS_SCENARIOS = {"idle-tls": "idle"}
 # `http`: the HTTP frontend alone (loadgen's `unicast --offline`, one RegID a request).
-LOADGEN_SCENARIO = {**TLS_SCENARIOS, "http": "unicast"}
+# `fsync`: unicast through the HTTP API with `durability = "fsync"`, 100 RegIDs a request.
+LOADGEN_SCENARIO = {**TLS_SCENARIOS, "http": "unicast", "fsync": "unicast"}
 # What a repeated scenario keeps the median run of.
 REPEATED = {"connect": ("connect_repeats", "connect_rate_per_s"), "http": ("http_repeats", "achieved_rate_per_s")}
 
@@ -64,26 +65,29 @@ REPEATED = {"connect": ("connect_repeats", "connect_rate_per_s"), "http": ("http
 PROFILES = {
     "smoke": dict(
         connections=500, peer_cap=500, targets=["pushnode", "bare"],
-        scenarios=["connect", "idle", "fanout", "unicast", "http", "churn"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn"],
         idle_hold_s=2, fanout_messages=5, fanout_interval_ms=100,
         unicast_rate=1000, unicast_s=3, unicast_batch=100,
         http_devices=200, http_rate=1000, http_s=3,
+        fsync_devices=200, fsync_rate=2000, fsync_s=3,
         churn_per_s=50, churn_rate=500, churn_s=3, timeout_s=30, straggler_s=3,
     ),
     "quick": dict(
         connections=10_000, peer_cap=10_000, targets=PEERS_AND_PUSHNODE,
-        scenarios=["connect", "idle", "fanout", "unicast", "http", "churn", "idle-tls"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn", "idle-tls"],
         idle_hold_s=3, fanout_messages=10, fanout_interval_ms=0,
         unicast_rate=20_000, unicast_s=5, unicast_batch=10, connect_repeats=3,
         http_devices=2_000, http_rate=30_000, http_s=5,
+        fsync_devices=2_000, fsync_rate=10_000, fsync_s=5,
         churn_per_s=500, churn_rate=5_000, churn_s=5, timeout_s=60, straggler_s=5,
     ),
     "full": dict(
         connections=100_000, peer_cap=PEER_CAP, targets=ALL_TARGETS,
-        scenarios=["connect", "idle", "fanout", "unicast", "http", "churn"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn"],
         idle_hold_s=15, fanout_messages=10, fanout_interval_ms=0,
         unicast_rate=20_000, unicast_s=30, unicast_batch=10, connect_repeats=3,
         http_devices=10_000, http_rate=60_000, http_s=15, http_repeats=3,
+        fsync_devices=10_000, fsync_rate=30_000, fsync_s=10,
         churn_per_s=2_000, churn_rate=20_000, churn_s=30, timeout_s=600, straggler_s=15,
     ),
 }
@@ -98,7 +102,9 @@ ONLY_FOR = {"churn": ({"pushnode", "pushnode-cap"}, "churn checks Pushnode's no-
             "idle-tls": ({"pushnode", "mosquitto"}, "the bench sets up an MQTT TLS listener "
                          "for Pushnode and mosquitto only"),
             "http": ({"pushnode"}, "the HTTP push API is Pushnode's own; peers are sent to over "
-                     "MQTT (unicast)")}
+                     "MQTT (unicast)"),
+            "fsync": ({"pushnode"}, "pushes through the HTTP API with every one durable on disk "
+                      "before its answer are Pushnode's own (the peers' MQTT unicast is in `unicast`)")}
 
 
 def log(msg):
@@ -228,7 +234,7 @@ def pushnode_layout(n):
     return shards, per_shard
 
 
-def start_pushnode(n, logs_dir, tag, tls=None):
+def start_pushnode(n, logs_dir, tag, tls=None, durability="buffered"):
     tmp = tempfile.mkdtemp(prefix="bench-pushnode-")
     mqtt, http = free_port(), free_port()
     shards, per_shard = pushnode_layout(n)
@@ -250,7 +256,7 @@ def start_pushnode(n, logs_dir, tag, tls=None):
     data = os.path.join(tmp, "data")
     argv = [os.environ.get("PUSHNODE") or os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
             "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",
-            "--durability", "buffered", "--shards", str(shards),
+            "--durability", durability, "--shards", str(shards),
             "--max-connections-per-shard", str(per_shard)]
     mqtts = None
     if tls:
@@ -377,6 +383,9 @@ def loadgen_scenarios():
 def loadgen_argv(scenario, srv, n, p, json_path):
     """THE loadgen invocation: the one place that knows loadgen's CLI."""
     workers = max(1, math.ceil((n + 100) / (FD_LIMIT - 2_000)))
+    if scenario == "fsync":
+        # Two workers: a request's 100 devices are then read by both (loadgen's spread runs).
+        workers = max(2, workers)
     # At most 40,000 connections per loopback source address (of ~64,500 ports), so ports
     # left in TIME_WAIT by an earlier run never run out.
     source_ips = max(16, math.ceil(n / 40_000))
@@ -403,6 +412,9 @@ def loadgen_argv(scenario, srv, n, p, json_path):
         argv += ["--connections", str(n), "--rate", str(p["http_rate"]),
                  "--duration-secs", str(p["http_s"]), "--batch", "1", "--offline",
                  "--http2-connections", "4", "--http-concurrency", "256"]
+    elif scenario == "fsync":
+        argv += ["--connections", str(n), "--rate", str(p["fsync_rate"]),
+                 "--duration-secs", str(p["fsync_s"]), "--batch", "100"]
     elif scenario == "churn":
         argv += ["--connections", str(n), "--churn-per-sec", str(p["churn_per_s"]),
                  "--rate", str(p["churn_rate"]), "--duration-secs", str(p["churn_s"])]
@@ -502,7 +514,7 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
         given = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
         capped = not target.startswith("pushnode") and given < p["connections"]
         for scenario in scenarios:
-            n = min(given, p["http_devices"]) if scenario == "http" else given
+            n = min(given, p[f"{scenario}_devices"]) if scenario in ("http", "fsync") else given
             tag = f"{target}-{scenario}"
             json_path = os.path.join(out, f"{tag}.json")
             run = {"target": target, "scenario": scenario, "connections": n, "capped": capped}
@@ -522,6 +534,8 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
                         tls["dir"] = tempfile.mkdtemp(prefix="bench-tls-")
                         tls["files"] = make_tls_files(tls["dir"])
                     srv = STARTERS[target](n, logs, tag, tls=tls["files"])
+                elif scenario == "fsync":
+                    srv = start_pushnode(n, logs, tag, durability="fsync")
                 else:
                     srv = STARTERS[target](n, logs, tag)
             except (RuntimeError, OSError, KeyError, ValueError,
