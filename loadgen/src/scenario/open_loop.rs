@@ -146,6 +146,7 @@ async fn send_http(
                 return;
             };
             let (sender, tally, followed) = (sender.clone(), w.tally.clone(), followed.clone());
+            let spread = w.plan.spread;
             let limit = w.time_left();
             tokio::task::spawn_local(async move {
                 let outcome = sender.post(&body, limit).await;
@@ -156,8 +157,10 @@ async fn send_http(
                         let accepted: Vec<&Recipient> =
                             picked.iter().filter(|p| !o.invalid.iter().any(|i| **i == *p.address)).collect();
                         t.note_send(accepted.len() as u64, scheduled_us);
-                        for target in &accepted {
-                            t.note_sent_to(target.owner);
+                        if spread {
+                            for target in &accepted {
+                                t.note_sent_to(target.owner);
+                            }
                         }
                         if !o.invalid.is_empty() {
                             t.count_failure("send: invalid regid".into());
