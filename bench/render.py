@@ -204,6 +204,8 @@ def render(out_dir):
             f"Scenarios: idle holds {p.get('idle_hold_s')} s; fan-out publishes "
             f"{p.get('fanout_messages')} QoS 1 messages to every subscriber of one topic, "
             + (f"{p.get('fanout_interval_ms')} ms apart" if p.get('fanout_interval_ms') else "back to back")
+            + (f" (the median of {p['fanout_repeats']} runs, each on a fresh server)"
+               if (p.get("fanout_repeats") or 1) > 1 else "")
             + f"; unicast sends open-loop at "
             f"{p.get('unicast_rate'):,}/s for {p.get('unicast_s')} s to random devices "
             f"(latency from the scheduled send time; Pushnode: {p.get('unicast_batch')} RegIDs "

@@ -59,7 +59,8 @@ TLS_SCENARIOS = {"idle-tls": "idle"}
 # `fsync`: unicast through the HTTP API with `durability = "fsync"`, 100 RegIDs a request.
 LOADGEN_SCENARIO = {**TLS_SCENARIOS, "http": "unicast", "fsync": "unicast"}
 # What a repeated scenario keeps the median run of.
-REPEATED = {"connect": ("connect_repeats", "connect_rate_per_s"), "http": ("http_repeats", "achieved_rate_per_s")}
+REPEATED = {"connect": ("connect_repeats", "connect_rate_per_s"), "fanout": ("fanout_repeats", "deliveries_per_s"),
+            "http": ("http_repeats", "achieved_rate_per_s")}
 
 # Profiles: connections is what Pushnode gets; peers get min(connections, peer_cap).
 PROFILES = {
@@ -75,7 +76,7 @@ PROFILES = {
     "quick": dict(
         connections=10_000, peer_cap=10_000, targets=PEERS_AND_PUSHNODE,
         scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn", "idle-tls"],
-        idle_hold_s=3, fanout_messages=10, fanout_interval_ms=0,
+        idle_hold_s=3, fanout_messages=10, fanout_interval_ms=0, fanout_repeats=3,
         unicast_rate=20_000, unicast_s=5, unicast_batch=10, connect_repeats=3,
         http_devices=2_000, http_rate=30_000, http_s=5,
         fsync_devices=2_000, fsync_rate=10_000, fsync_s=5,
@@ -84,7 +85,7 @@ PROFILES = {
     "full": dict(
         connections=100_000, peer_cap=PEER_CAP, targets=ALL_TARGETS,
         scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn"],
-        idle_hold_s=15, fanout_messages=10, fanout_interval_ms=0,
+        idle_hold_s=15, fanout_messages=10, fanout_interval_ms=0, fanout_repeats=3,
         unicast_rate=20_000, unicast_s=30, unicast_batch=10, connect_repeats=3,
         http_devices=10_000, http_rate=60_000, http_s=15, http_repeats=3,
         fsync_devices=10_000, fsync_rate=30_000, fsync_s=10,
@@ -580,8 +581,9 @@ def measure_once(srv, run, target, tag, scenario, n, p, logs, json_path):
 def measure_median(srv, run, target, scenario, n, p, logs, json_path, repeats):
     """`repeats` runs of `scenario` (in REPEATED), each on a fresh server (`srv` is the first);
     keeps the run with the median rate as `json_path` and `run`, and every run's rate in
-    `run["repeat_rates"]`. A connect run lasts a second or two, and the HTTP frontend's
-    rate swings with whatever else the shared machine runs: one run cannot stand for it."""
+    `run["repeat_rates"]`. A connect run lasts a second or two, a fan-out burst half a
+    second, and the HTTP frontend's rate swings with whatever else the shared machine runs:
+    one run cannot stand for any of them."""
     key = REPEATED[scenario][1]
     tag = f"{target}-{scenario}"
     tries = []
