@@ -10,8 +10,9 @@
 
 use super::partition::{
     self, StoreError, StoreLimits, ACTIVE_DAYS, ALIASES, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY, GROUP,
-    GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, QUIET, SUBSCRIPTIONS,
+    GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, PUSH_EXPIRY_BY_PARTITION, QUIET, SUBSCRIPTIONS,
 };
+use super::partition::{push_expiry_key_of_old, split_push_expiry_key};
 use super::shard_db::ShardDb;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use std::path::{Path, PathBuf};
@@ -180,15 +181,13 @@ fn copy_device_tables(
         + copy_bytes_keyed(src, QUIET, dst, QUIET, route)?)
 }
 
-/// Copies the tables keyed partition first (daily counts, the expiry indexes) with `route`.
+/// Copies the tables keyed partition first (daily counts, the group expiry index) with `route`.
 fn copy_partition_first_tables(
     src: &ReadTransaction,
     dst: &[&WriteTransaction],
     route: impl Fn(&[u8]) -> Option<(usize, Vec<u8>)> + Copy,
 ) -> Result<u64, StoreError> {
-    Ok(copy_bytes_keyed(src, DAY_STATS, dst, DAY_STATS, route)?
-        + copy_bytes_keyed(src, EXPIRY, dst, EXPIRY, route)?
-        + copy_bytes_keyed(src, PUSH_EXPIRY, dst, PUSH_EXPIRY, route)?)
+    Ok(copy_bytes_keyed(src, DAY_STATS, dst, DAY_STATS, route)? + copy_bytes_keyed(src, EXPIRY, dst, EXPIRY, route)?)
 }
 
 /// Copies the rows of a database of another shard count, each to the file of its partition.
@@ -200,6 +199,13 @@ fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], shards: usize) 
     let mut rows = 0;
     rows += copy_device_tables(src, &dst, lead)?;
     rows += copy_partition_first_tables(src, &dst, lead)?;
+    rows += copy_bytes_keyed(src, PUSH_EXPIRY, &dst, PUSH_EXPIRY, |key| {
+        split_push_expiry_key(key).map(|(p, ..)| (usize::from(p) % shards, key.to_vec()))
+    })?;
+    rows += copy_bytes_keyed(src, PUSH_EXPIRY_BY_PARTITION, &dst, PUSH_EXPIRY, |key| {
+        let p = leading_partition(key)?;
+        push_expiry_key_of_old(key, None).map(|new| (usize::from(p) % shards, new.to_vec()))
+    })?;
     rows += copy_bytes_keyed(src, PENDING, &dst, PENDING, after)?;
     rows += copy_bytes_keyed(src, CLICKS, &dst, CLICKS, after)?;
     for def in [BODIES, MSG_STATS, GROUP] {
@@ -234,6 +240,9 @@ fn copy_legacy(src: &ReadTransaction, p: u16, dst: &WriteTransaction) -> Result<
     rows += copy_bytes_keyed(src, PENDING, &dst, PENDING, same)?;
     rows += copy_bytes_keyed(src, CLICKS, &dst, CLICKS, same)?;
     rows += copy_partition_first_tables(src, &dst, prefixed)?;
+    rows += copy_bytes_keyed(src, PUSH_EXPIRY_BY_PARTITION, &dst, PUSH_EXPIRY, |key| {
+        push_expiry_key_of_old(key, Some(p)).map(|new| (0, new.to_vec()))
+    })?;
     // (regid, seq) -> (seq, regid).
     rows += copy_bytes_keyed(src, LEGACY_PENDING_BY_DEVICE, &dst, PENDING, |key| {
         let (regid, seq) = (key.get(..12)?, key.get(12..20)?);

@@ -128,4 +128,43 @@ mod tests {
         assert_eq!(events, vec![StoreEvent::Expired { app_id: 9, count: 1 }, StoreEvent::PendingRows(-1)]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn sweeps_of_small_bites_expire_every_partitions_pushes() {
+        let dir = temp_dir("bites");
+        let db = ShardDb::open(&dir.join("db.redb"), &[1, 3], 1 << 20, LIMITS).unwrap();
+        // 100 pushes for partition 1 due before partition 3's 5 (the expiry rows sort by time):
+        // a sweep of partition 3 reads past partition 1's rows to find its own.
+        let (a, b) = (RegId::generate(1), RegId::generate(3));
+        let mut ops_1 = Vec::new();
+        for seq in 1..=100u64 {
+            ops_1.push(WriteOp::StorePush { envelope: envelope(seq, 50), seq, regids: vec![a] });
+        }
+        let ops_3: Vec<_> = (101..=105u64)
+            .map(|seq| WriteOp::StorePush { envelope: envelope(seq, 60), seq, regids: vec![b] })
+            .collect();
+        let grouped = BTreeMap::from([(1, ops_1.iter().collect()), (3, ops_3.iter().collect())]);
+        db.commit(&grouped, None, &mut Vec::new()).unwrap();
+        let [one, three] = db.partitions() else { panic!("two partitions") };
+        assert_eq!((one.pending_rows(), three.pending_rows()), (10, 5), "a device keeps its newest 10");
+        let mut expired = BTreeMap::new();
+        let mut sweeps = 0;
+        loop {
+            sweeps += 1;
+            assert!(sweeps <= 120, "sweeps of one row each must finish");
+            let mut events = Vec::new();
+            let more = one.expire(100, 1, &mut events).unwrap() | three.expire(100, 1, &mut events).unwrap();
+            for e in events {
+                if let StoreEvent::Expired { count, .. } = e {
+                    *expired.entry(sweeps).or_insert(0) += count;
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        assert_eq!((one.pending_rows(), three.pending_rows()), (0, 0));
+        assert_eq!(expired.values().sum::<u64>(), 15, "each pending push counted once");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

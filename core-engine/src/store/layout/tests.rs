@@ -47,6 +47,9 @@ fn write_legacy(dir: &Path, regid: RegId, seq: u64, id: u64, by_device: bool) {
         }
         txn.open_table(LEGACY_BODIES).unwrap().insert(id, &body(id)[..]).unwrap();
         txn.open_table(LEGACY_MSG_STATS).unwrap().insert(id, &stats_bytes(1, 0)[..]).unwrap();
+        // expires_at ++ seq ++ id, without the partition, as a partition's own file had it.
+        let due = [100u64.to_be_bytes(), seq.to_be_bytes(), id.to_be_bytes()].concat();
+        txn.open_table(PUSH_EXPIRY_BY_PARTITION).unwrap().insert(&due[..], &regid.0[..]).unwrap();
         let day_key = [&9u32.to_be_bytes()[..], &20_000u32.to_be_bytes()[..]].concat();
         let stats = DayStats { total: 3, ..Default::default() };
         txn.open_table(DAY_STATS).unwrap().insert(&day_key[..], &stats.to_bytes()[..]).unwrap();
@@ -94,6 +97,61 @@ fn check_rows(dbs: &[ShardDb], a: &RegId, b: &RegId) {
     }
 }
 
+/// Expires what is due at 100 s in every partition of `dbs`: each device's one pending push
+/// goes, found through its expiry row.
+fn expire_both(dbs: &[ShardDb], a: &RegId, b: &RegId) {
+    for regid in [a, b] {
+        let store = partition(dbs, regid.partition());
+        let mut events = Vec::new();
+        assert!(!store.expire(100, 100, &mut events).unwrap());
+        assert_eq!(store.pending_rows(), 0, "the push expired through its expiry row");
+        assert!(
+            events.iter().any(|e| matches!(e, crate::store::StoreEvent::Expired { app_id: 9, count: 1 })),
+            "counted as expired: {events:?}"
+        );
+    }
+}
+
+/// Puts the push expiry rows of the one-shard database in `dir` back in the table keyed
+/// partition first, as a node from before the time-first table left them.
+fn make_push_expiry_partition_first(dir: &Path) {
+    let db = Database::open(shard_db_path(dir, 0, 1)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let new = txn.open_table(PUSH_EXPIRY).unwrap();
+        let mut old = txn.open_table(PUSH_EXPIRY_BY_PARTITION).unwrap();
+        for row in new.iter().unwrap() {
+            let (k, v) = row.unwrap();
+            let (p, expires_at, seq, id) = split_push_expiry_key(k.value()).unwrap();
+            let key = [&p.to_be_bytes()[..], &expires_at.to_be_bytes(), &seq.to_be_bytes(), &id.to_be_bytes()].concat();
+            old.insert(&key[..], v.value()).unwrap();
+        }
+    }
+    txn.delete_table(PUSH_EXPIRY).unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn push_expiry_rows_keyed_partition_first_are_re_keyed_on_open_and_on_a_move() {
+    for (name, shards) in [("rekey-same", 1), ("rekey-move", 2)] {
+        let (dir, a, b) = legacy_folder(name, false);
+        drop(open_as(&dir, 1, None));
+        make_push_expiry_partition_first(&dir);
+        let (dbs, _) = open_as(&dir, shards, Some(1));
+        check_rows(&dbs, &a, &b);
+        expire_both(&dbs, &a, &b);
+        drop(dbs);
+        for i in 0..shards {
+            let txn = Database::open(shard_db_path(&dir, i, shards)).unwrap().begin_read().unwrap();
+            assert!(
+                matches!(txn.open_table(PUSH_EXPIRY_BY_PARTITION), Err(TableError::TableDoesNotExist(_))),
+                "the old table is gone"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 /// A folder of two partition files: device a in partition 0 (its pending row in the table
 /// keyed by device when `a_by_device`), b in partition 1.
 fn legacy_folder(name: &str, a_by_device: bool) -> (PathBuf, RegId, RegId) {
@@ -126,6 +184,7 @@ fn a_folder_of_partition_files_moves_into_shard_databases_and_between_shard_coun
     let (dbs, recorded) = open_as(&dir, 2, Some(2));
     assert_eq!(recorded, None);
     check_rows(&dbs, &a, &b);
+    expire_both(&dbs, &a, &b);
     drop(dbs);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,9 +11,10 @@
 
 use super::pending_index::PendingTxn;
 use super::{
-    day_stats_key, decode_group, encode_group, expiry_key, pending_key, suffixed_key, MessageStats, PartitionStore,
-    StoreError, StoreEvent, WriteOp, ACTIVE_DAYS, ALIASES, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY, EXPIRY_BODY,
-    EXPIRY_GROUP, GROUP, GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, QUIET, SUBSCRIPTIONS,
+    day_stats_key, decode_group, encode_group, expiry_key, pending_key, push_expiry_key, split_push_expiry_key,
+    suffixed_key, MessageStats, PartitionStore, StoreError, StoreEvent, WriteOp, ACTIVE_DAYS, ALIASES, BODIES, CLICKS,
+    DAY_STATS, DEVICES, EXPIRY, EXPIRY_BODY, EXPIRY_GROUP, GROUP, GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY,
+    QUIET, SUBSCRIPTIONS,
 };
 use crate::ids::{AppId, MessageId, RegId};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
@@ -97,15 +98,6 @@ impl StatsCache<'_> {
     }
 }
 
-fn push_expiry_key(partition: u16, expires_at: u64, seq: u64, id: MessageId) -> [u8; 26] {
-    let mut key = [0u8; 26];
-    key[..2].copy_from_slice(&partition.to_be_bytes());
-    key[2..10].copy_from_slice(&expires_at.to_be_bytes());
-    key[10..18].copy_from_slice(&seq.to_be_bytes());
-    key[18..].copy_from_slice(&id.to_be_bytes());
-    key
-}
-
 /// The keys (made owned by `owned`) of the first `limit` rows of `rows`, and whether a row
 /// follows them: a sweep takes a bounded bite and says if it should come back.
 fn keys_up_to<K: redb::Key + 'static, V: redb::Value + 'static, T>(
@@ -121,10 +113,6 @@ fn keys_up_to<K: redb::Key + 'static, V: redb::Value + 'static, T>(
         keys.push(owned(&row?.0));
     }
     Ok((keys, false))
-}
-
-fn be_u64_at(raw: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(raw.get(at..at + 8)?.try_into().ok()?))
 }
 
 /// What one transaction changes besides its tables.
@@ -435,21 +423,29 @@ impl PartitionStore {
         limit: usize,
         expired_by_app: &mut BTreeMap<AppId, u64>,
     ) -> Result<(usize, bool), StoreError> {
-        let start = self.partition.to_be_bytes();
-        let end = push_expiry_key(self.partition, now_s, u64::MAX, u64::MAX);
+        // The rows due are every partition's of this database, time first: this one's are
+        // picked out, and a sweep reads at most `SCAN_PER_ROW` rows for each it may take.
+        const SCAN_PER_ROW: usize = 32;
+        let end = push_expiry_key(u16::MAX, now_s, u64::MAX, u64::MAX);
         let mut due = Vec::new();
         let mut more = false;
-        for row in t.push_expiry()?.range(&start[..]..=&end[..])? {
-            if due.len() >= limit {
+        for (scanned, row) in t.push_expiry()?.range(..=&end[..])?.enumerate() {
+            if due.len() >= limit || scanned >= limit.saturating_mul(SCAN_PER_ROW) {
                 more = true;
                 break;
             }
             let (key, targets) = row?;
-            due.push((key.value().to_vec(), targets.value().to_vec()));
+            match split_push_expiry_key(key.value()) {
+                Some((p, _, seq, id)) if p == self.partition => {
+                    due.push((key.value().to_vec(), seq, id, targets.value().to_vec()));
+                }
+                Some(_) => {}
+                None => tracing::warn!(partition = self.partition, "skipping a malformed push expiry row"),
+            }
         }
-        for (key, targets) in &due {
+        for (key, seq, id, targets) in &due {
+            let (seq, id) = (*seq, *id);
             t.push_expiry()?.remove(&key[..])?;
-            let (Some(seq), Some(id)) = (be_u64_at(key, 10), be_u64_at(key, 18)) else { continue };
             let stats = t.msg_stats()?.get((id, self.partition))?.and_then(|v| MessageStats::from_bytes(v.value()));
             let app_id = stats.map(|s| s.app_id);
             t.bodies()?.remove((id, self.partition))?;
