@@ -8,11 +8,11 @@
 //! the old files. Files of the new layout found before the count is recorded are what an
 //! interrupted move left: they are made again from the old ones.
 
+use super::partition::split_push_row_key;
 use super::partition::{
     self, StoreError, StoreLimits, ACTIVE_DAYS, ALIASES, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY, GROUP,
-    GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY, PUSH_EXPIRY_BY_PARTITION, QUIET, SUBSCRIPTIONS,
+    GROUP_CURSORS, META, MSG_STATS, OLD_PENDING, OLD_PUSH_EXPIRY, PENDING, PUSH_ROWS, QUIET, SUBSCRIPTIONS,
 };
-use super::partition::{push_expiry_key_of_old, split_push_expiry_key};
 use super::shard_db::ShardDb;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use std::path::{Path, PathBuf};
@@ -181,13 +181,16 @@ fn copy_device_tables(
         + copy_bytes_keyed(src, QUIET, dst, QUIET, route)?)
 }
 
-/// Copies the tables keyed partition first (daily counts, the group expiry index) with `route`.
+/// Copies the tables keyed partition first (daily counts, the expiry indexes; the pushes'
+/// as files before push rows had it, moved when the new file opens) with `route`.
 fn copy_partition_first_tables(
     src: &ReadTransaction,
     dst: &[&WriteTransaction],
     route: impl Fn(&[u8]) -> Option<(usize, Vec<u8>)> + Copy,
 ) -> Result<u64, StoreError> {
-    Ok(copy_bytes_keyed(src, DAY_STATS, dst, DAY_STATS, route)? + copy_bytes_keyed(src, EXPIRY, dst, EXPIRY, route)?)
+    Ok(copy_bytes_keyed(src, DAY_STATS, dst, DAY_STATS, route)?
+        + copy_bytes_keyed(src, EXPIRY, dst, EXPIRY, route)?
+        + copy_bytes_keyed(src, OLD_PUSH_EXPIRY, dst, OLD_PUSH_EXPIRY, route)?)
 }
 
 /// Copies the rows of a database of another shard count, each to the file of its partition.
@@ -199,14 +202,11 @@ fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], shards: usize) 
     let mut rows = 0;
     rows += copy_device_tables(src, &dst, lead)?;
     rows += copy_partition_first_tables(src, &dst, lead)?;
-    rows += copy_bytes_keyed(src, PUSH_EXPIRY, &dst, PUSH_EXPIRY, |key| {
-        split_push_expiry_key(key).map(|(p, ..)| (usize::from(p) % shards, key.to_vec()))
-    })?;
-    rows += copy_bytes_keyed(src, PUSH_EXPIRY_BY_PARTITION, &dst, PUSH_EXPIRY, |key| {
-        let p = leading_partition(key)?;
-        push_expiry_key_of_old(key, None).map(|new| (usize::from(p) % shards, new.to_vec()))
+    rows += copy_bytes_keyed(src, PUSH_ROWS, &dst, PUSH_ROWS, |key| {
+        split_push_row_key(key).map(|(p, ..)| (usize::from(p) % shards, key.to_vec()))
     })?;
     rows += copy_bytes_keyed(src, PENDING, &dst, PENDING, after)?;
+    rows += copy_bytes_keyed(src, OLD_PENDING, &dst, OLD_PENDING, after)?;
     rows += copy_bytes_keyed(src, CLICKS, &dst, CLICKS, after)?;
     for def in [BODIES, MSG_STATS, GROUP] {
         let Some(table) = source_table(src, def)? else { continue };
@@ -237,14 +237,11 @@ fn copy_legacy(src: &ReadTransaction, p: u16, dst: &WriteTransaction) -> Result<
     let prefixed = |key: &[u8]| Some((0, [&p.to_be_bytes()[..], key].concat()));
     let mut rows = 0;
     rows += copy_device_tables(src, &dst, same)?;
-    rows += copy_bytes_keyed(src, PENDING, &dst, PENDING, same)?;
+    rows += copy_bytes_keyed(src, OLD_PENDING, &dst, OLD_PENDING, same)?;
     rows += copy_bytes_keyed(src, CLICKS, &dst, CLICKS, same)?;
     rows += copy_partition_first_tables(src, &dst, prefixed)?;
-    rows += copy_bytes_keyed(src, PUSH_EXPIRY_BY_PARTITION, &dst, PUSH_EXPIRY, |key| {
-        push_expiry_key_of_old(key, Some(p)).map(|new| (0, new.to_vec()))
-    })?;
     // (regid, seq) -> (seq, regid).
-    rows += copy_bytes_keyed(src, LEGACY_PENDING_BY_DEVICE, &dst, PENDING, |key| {
+    rows += copy_bytes_keyed(src, LEGACY_PENDING_BY_DEVICE, &dst, OLD_PENDING, |key| {
         let (regid, seq) = (key.get(..12)?, key.get(12..20)?);
         Some((0, [seq, regid].concat()))
     })?;

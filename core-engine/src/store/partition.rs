@@ -1,8 +1,9 @@
 //! One partition's rows in its shard's redb database (`shard_db.rs`), and the operations
 //! on them. Rows keyed by RegID carry the partition in the RegID's first two bytes; rows
-//! keyed by a message id or a seq carry it after the id (`(id, partition)`), so a commit
-//! that writes several partitions still appends to one place in each table; the expiry
-//! indexes and daily counts are keyed partition first, so a partition sweeps its own range.
+//! keyed by a message id or a seq carry it after the id (`(id, partition)`), and push rows
+//! after their expiry time and seq, so a commit that writes several partitions still
+//! appends to one place in each table; the group expiry index and daily counts are keyed
+//! partition first, so a partition sweeps its own range.
 
 use crate::ids::{AppId, MessageId, RegId};
 use crate::push::{Envelope, GroupFilter};
@@ -10,15 +11,19 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use std::sync::Arc;
 
 mod pending_index;
+mod upgrade;
 mod write;
+
+pub(super) use upgrade::{OLD_PENDING, OLD_PUSH_EXPIRY};
 
 pub(super) use write::apply_together;
 
 pub(super) const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
-/// (seq, regid) -> message id: every device's queue, in its home shard's order; a device's
-/// rows are found through [`pending_index`].
-pub(super) const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending_by_seq");
-/// (message id, partition) -> expires_at (LE) ++ the envelope's JSON.
+/// (seq, regid) -> (message id, expires_at): every device's queue, in its home shard's
+/// order; a device's rows are found through [`pending_index`], each row's push in
+/// [`PUSH_ROWS`] (whose key the row gives).
+pub(super) const PENDING: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("pending_rows");
+/// (message id, partition) -> expires_at (LE) ++ the envelope's JSON: a group message's body.
 pub(super) const BODIES: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("bodies");
 /// regid ++ alias -> (): a device's aliases.
 pub(super) const ALIASES: TableDefinition<&[u8], ()> = TableDefinition::new("aliases");
@@ -70,20 +75,18 @@ pub(super) fn applied_lsn_key(partition: u16) -> String {
 pub(super) const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 const EXPIRY_BODY: u8 = 1;
 const EXPIRY_GROUP: u8 = 2;
-/// expires_at (BE) ++ seq (BE) ++ partition (BE) ++ message id (BE) -> the RegIDs it was
-/// queued for: when one push's pending rows and its body go. One row per push and
-/// partition, not per target. Time first, so that a database's new rows (one TTL, rising
-/// seqs) all go to one leaf, whichever of its partitions they are for: keyed partition
+/// expires_at (BE) ++ seq (BE) ++ partition (BE) ++ message id (BE) -> a push row: the
+/// number of RegIDs the push was queued for in the partition (u32 LE), those RegIDs, and the
+/// envelope's JSON. One row per push and partition, not per target: what its pending rows
+/// deliver, and when they and it go. Time first, so that a database's new rows (one TTL,
+/// rising seqs) go to one leaf whichever of its partitions they are for (keyed partition
 /// first, each of a 2-shard node's 8 partitions per file dirtied a leaf of its own in every
-/// commit (~10% of the writer's CPU in an HTTP send run).
-pub(super) const PUSH_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("push_due");
-/// [`PUSH_EXPIRY`] as files made before it was keyed time first had it: partition (BE) ++
-/// expires_at (BE) ++ seq (BE) ++ message id (BE) (one file per partition: without the
-/// partition). Its rows move to [`PUSH_EXPIRY`] when such a file opens or is copied.
-pub(super) const PUSH_EXPIRY_BY_PARTITION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("push_expiry");
+/// commit: ~10% of the writer's CPU in an HTTP send run); the body in the row, not in a
+/// row of its own, saves a B-tree insert and a remove per push (~13% more).
+pub(super) const PUSH_ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("push_rows");
 
-/// The [`PUSH_EXPIRY`] key of a push.
-pub(super) fn push_expiry_key(partition: u16, expires_at: u64, seq: u64, id: MessageId) -> [u8; 26] {
+/// The [`PUSH_ROWS`] key of a push.
+pub(super) fn push_row_key(partition: u16, expires_at: u64, seq: u64, id: MessageId) -> [u8; 26] {
     let mut key = [0u8; 26];
     key[..8].copy_from_slice(&expires_at.to_be_bytes());
     key[8..16].copy_from_slice(&seq.to_be_bytes());
@@ -92,8 +95,8 @@ pub(super) fn push_expiry_key(partition: u16, expires_at: u64, seq: u64, id: Mes
     key
 }
 
-/// The parts of a [`PUSH_EXPIRY`] key: (partition, expires_at, seq, id).
-pub(super) fn split_push_expiry_key(key: &[u8]) -> Option<(u16, u64, u64, MessageId)> {
+/// The parts of a [`PUSH_ROWS`] key: (partition, expires_at, seq, id).
+pub(super) fn split_push_row_key(key: &[u8]) -> Option<(u16, u64, u64, MessageId)> {
     if key.len() != 26 {
         return None;
     }
@@ -101,18 +104,38 @@ pub(super) fn split_push_expiry_key(key: &[u8]) -> Option<(u16, u64, u64, Messag
     Some((u16::from_be_bytes([key[16], key[17]]), u64_at(0), u64_at(8), u64_at(18)))
 }
 
-/// The [`PUSH_EXPIRY`] key of a [`PUSH_EXPIRY_BY_PARTITION`] key (`partition` given for
-/// the keys of a file of one partition, which lack it).
-pub(super) fn push_expiry_key_of_old(key: &[u8], partition: Option<u16>) -> Option<[u8; 26]> {
-    let (partition, rest) = match partition {
-        Some(p) => (p, key),
-        None => (u16::from_be_bytes(key.get(..2)?.try_into().ok()?), key.get(2..)?),
-    };
-    if rest.len() != 24 {
-        return None;
+/// A [`PUSH_ROWS`] value under construction: RegIDs are added, then the JSON.
+pub(super) struct PushRow(Vec<u8>);
+
+impl PushRow {
+    pub(super) fn with_capacity(targets: usize, json: usize) -> Self {
+        let mut raw = Vec::with_capacity(4 + 12 * targets + json);
+        raw.extend_from_slice(&[0; 4]);
+        PushRow(raw)
     }
-    let u64_at = |at: usize| u64::from_be_bytes(rest[at..at + 8].try_into().expect("8 bytes"));
-    Some(push_expiry_key(partition, u64_at(0), u64_at(8), u64_at(16)))
+
+    pub(super) fn add_target(&mut self, regid: &RegId) {
+        self.0.extend_from_slice(&regid.0);
+    }
+
+    pub(super) fn targets(&self) -> usize {
+        (self.0.len() - 4) / 12
+    }
+
+    /// The row's bytes, with `json` behind the targets.
+    pub(super) fn finish(mut self, json: &[u8]) -> Vec<u8> {
+        let count = u32::try_from(self.targets()).expect("a push's targets in one partition fit a u32");
+        self.0[..4].copy_from_slice(&count.to_le_bytes());
+        self.0.extend_from_slice(json);
+        self.0
+    }
+}
+
+/// A [`PUSH_ROWS`] value's (RegIDs, 12 bytes each; the envelope's JSON).
+pub(super) fn split_push_row(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let count = u32::from_le_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let end = count.checked_mul(12)?.checked_add(4)?;
+    Some((raw.get(4..end)?, raw.get(end..)?))
 }
 
 fn expiry_key(partition: u16, expires_at: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
@@ -382,8 +405,7 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreErr
     txn.open_table(MSG_STATS)?;
     txn.open_table(CLICKS)?;
     txn.open_table(EXPIRY)?;
-    txn.open_table(PUSH_EXPIRY)?;
-    move_push_expiry_rows(txn)?;
+    txn.open_table(PUSH_ROWS)?;
     txn.open_table(DAY_STATS)?;
     txn.open_table(ACTIVE_DAYS)?;
     txn.open_table(QUIET)?;
@@ -392,34 +414,7 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreErr
     txn.open_table(GROUP)?;
     txn.open_table(GROUP_CURSORS)?;
     txn.open_table(META)?;
-    Ok(())
-}
-
-/// Moves the rows of a file's [`PUSH_EXPIRY_BY_PARTITION`] (made before [`PUSH_EXPIRY`] was
-/// keyed time first) to [`PUSH_EXPIRY`] and drops the old table; nothing if it has none.
-fn move_push_expiry_rows(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    use redb::{ReadableTable, TableHandle};
-    // (Opening a table in a write transaction would make it.)
-    if !txn.list_tables()?.any(|t| t.name() == PUSH_EXPIRY_BY_PARTITION.name()) {
-        return Ok(());
-    }
-    let mut rows = 0u64;
-    {
-        let old = txn.open_table(PUSH_EXPIRY_BY_PARTITION)?;
-        let mut new = txn.open_table(PUSH_EXPIRY)?;
-        for row in old.iter()? {
-            let (k, v) = row?;
-            let Some(key) = push_expiry_key_of_old(k.value(), None) else {
-                tracing::warn!("skipping a malformed push expiry row");
-                continue;
-            };
-            new.insert(&key[..], v.value())?;
-            rows += 1;
-        }
-    }
-    txn.delete_table(PUSH_EXPIRY_BY_PARTITION)?;
-    tracing::info!(rows, "push expiry rows re-keyed time first");
-    Ok(())
+    upgrade::move_old_push_rows(txn)
 }
 
 /// The keys of a table keyed by RegID that belong to `partition`: those that begin with it.
@@ -535,24 +530,23 @@ impl PartitionStore {
         }
         let txn = self.db.begin_read()?;
         let pending = txn.open_table(PENDING)?;
-        let bodies = txn.open_table(BODIES)?;
+        let pushes = txn.open_table(PUSH_ROWS)?;
         let mut out = Vec::new();
         for seq in seqs {
-            let Some(id) = pending.get(&pending_key(regid, seq)[..])?.map(|v| v.value()) else {
+            let Some((id, expires_at)) = pending.get(&pending_key(regid, seq)[..])?.map(|v| v.value()) else {
                 continue; // acknowledged since the seqs were read
             };
-            let Some(body) = bodies.get((id, self.partition))? else {
-                continue;
-            };
-            let raw = body.value();
-            if raw.len() < 8 {
-                continue;
-            }
-            let expires_at = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
             if expires_at <= now_s {
                 continue;
             }
-            out.push(PendingMessage { seq, id, expires_at, json: raw[8..].into() });
+            let Some(row) = pushes.get(&push_row_key(self.partition, expires_at, seq, id)[..])? else {
+                continue;
+            };
+            let Some((_, json)) = split_push_row(row.value()) else {
+                tracing::warn!(partition = self.partition, "skipping a malformed push row");
+                continue;
+            };
+            out.push(PendingMessage { seq, id, expires_at, json: json.into() });
             if out.len() >= limit {
                 break;
             }
@@ -815,7 +809,7 @@ mod tests {
         let acked = WriteOp::Acked { regid: a, seq: 1, id: 10 };
         store.apply(&[&push], redb::Durability::None, None, &mut Vec::new()).unwrap();
         store.apply(&[&acked], redb::Durability::None, None, &mut Vec::new()).unwrap();
-        assert_eq!((rows(&store, PUSH_EXPIRY), rows(&store, BODIES)), (0, 0));
+        assert_eq!(rows(&store, PUSH_ROWS), 0);
         let mut events = Vec::new();
         assert!(!store.expire(100, 100, &mut events).unwrap());
         assert!(events.is_empty());
@@ -841,7 +835,7 @@ mod tests {
         let acked_b = WriteOp::Acked { regid: b, seq: 1, id: 10 };
         store.apply(&[&acked_b], redb::Durability::None, None, &mut Vec::new()).unwrap();
         assert_eq!(store.message_stats(9, 10).unwrap().map(|s| s.delivered), Some(2));
-        assert_eq!((rows(&store, PUSH_EXPIRY), rows(&store, BODIES), rows(&store, PENDING)), (0, 0, 0));
+        assert_eq!((rows(&store, PUSH_ROWS), rows(&store, PENDING)), (0, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,6 +5,7 @@ use super::*;
 use crate::ids::RegId;
 use crate::stats::DayStats;
 use crate::store::PartitionStore;
+use redb::TableHandle;
 use std::cell::Cell;
 
 const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 10 };
@@ -43,13 +44,13 @@ fn write_legacy(dir: &Path, regid: RegId, seq: u64, id: u64, by_device: bool) {
             txn.open_table(LEGACY_PENDING_BY_DEVICE).unwrap().insert(&key[..], id).unwrap();
         } else {
             let key = [&seq.to_be_bytes()[..], &regid.0[..]].concat();
-            txn.open_table(PENDING).unwrap().insert(&key[..], id).unwrap();
+            txn.open_table(OLD_PENDING).unwrap().insert(&key[..], id).unwrap();
         }
         txn.open_table(LEGACY_BODIES).unwrap().insert(id, &body(id)[..]).unwrap();
         txn.open_table(LEGACY_MSG_STATS).unwrap().insert(id, &stats_bytes(1, 0)[..]).unwrap();
         // expires_at ++ seq ++ id, without the partition, as a partition's own file had it.
         let due = [100u64.to_be_bytes(), seq.to_be_bytes(), id.to_be_bytes()].concat();
-        txn.open_table(PUSH_EXPIRY_BY_PARTITION).unwrap().insert(&due[..], &regid.0[..]).unwrap();
+        txn.open_table(OLD_PUSH_EXPIRY).unwrap().insert(&due[..], &regid.0[..]).unwrap();
         let day_key = [&9u32.to_be_bytes()[..], &20_000u32.to_be_bytes()[..]].concat();
         let stats = DayStats { total: 3, ..Default::default() };
         txn.open_table(DAY_STATS).unwrap().insert(&day_key[..], &stats.to_bytes()[..]).unwrap();
@@ -112,41 +113,54 @@ fn expire_both(dbs: &[ShardDb], a: &RegId, b: &RegId) {
     }
 }
 
-/// Puts the push expiry rows of the one-shard database in `dir` back in the table keyed
-/// partition first, as a node from before the time-first table left them.
-fn make_push_expiry_partition_first(dir: &Path) {
+/// Puts the pushes of the one-shard database in `dir` back in the tables a node from before
+/// push rows kept them in: pending rows of message ids, bodies of their own, expiry rows
+/// keyed partition first.
+fn make_push_tables_old(dir: &Path) {
     let db = Database::open(shard_db_path(dir, 0, 1)).unwrap();
     let txn = db.begin_write().unwrap();
     {
-        let new = txn.open_table(PUSH_EXPIRY).unwrap();
-        let mut old = txn.open_table(PUSH_EXPIRY_BY_PARTITION).unwrap();
-        for row in new.iter().unwrap() {
+        let pending = txn.open_table(PENDING).unwrap();
+        let mut old_pending = txn.open_table(OLD_PENDING).unwrap();
+        for row in pending.iter().unwrap() {
             let (k, v) = row.unwrap();
-            let (p, expires_at, seq, id) = split_push_expiry_key(k.value()).unwrap();
+            old_pending.insert(k.value(), v.value().0).unwrap();
+        }
+        let pushes = txn.open_table(PUSH_ROWS).unwrap();
+        let mut old_expiry = txn.open_table(OLD_PUSH_EXPIRY).unwrap();
+        let mut bodies = txn.open_table(BODIES).unwrap();
+        for row in pushes.iter().unwrap() {
+            let (k, v) = row.unwrap();
+            let (p, expires_at, seq, id) = split_push_row_key(k.value()).unwrap();
+            let (targets, json) = partition::split_push_row(v.value()).unwrap();
             let key = [&p.to_be_bytes()[..], &expires_at.to_be_bytes(), &seq.to_be_bytes(), &id.to_be_bytes()].concat();
-            old.insert(&key[..], v.value()).unwrap();
+            old_expiry.insert(&key[..], targets).unwrap();
+            bodies.insert((id, p), &[&expires_at.to_le_bytes()[..], json].concat()[..]).unwrap();
         }
     }
-    txn.delete_table(PUSH_EXPIRY).unwrap();
+    txn.delete_table(PENDING).unwrap();
+    txn.delete_table(PUSH_ROWS).unwrap();
     txn.commit().unwrap();
 }
 
 #[test]
-fn push_expiry_rows_keyed_partition_first_are_re_keyed_on_open_and_on_a_move() {
-    for (name, shards) in [("rekey-same", 1), ("rekey-move", 2)] {
+fn pushes_in_the_tables_before_push_rows_move_to_push_rows_on_open_and_on_a_move() {
+    for (name, shards) in [("old-pushes-same", 1), ("old-pushes-move", 2)] {
         let (dir, a, b) = legacy_folder(name, false);
         drop(open_as(&dir, 1, None));
-        make_push_expiry_partition_first(&dir);
+        make_push_tables_old(&dir);
         let (dbs, _) = open_as(&dir, shards, Some(1));
         check_rows(&dbs, &a, &b);
         expire_both(&dbs, &a, &b);
         drop(dbs);
         for i in 0..shards {
-            let txn = Database::open(shard_db_path(&dir, i, shards)).unwrap().begin_read().unwrap();
-            assert!(
-                matches!(txn.open_table(PUSH_EXPIRY_BY_PARTITION), Err(TableError::TableDoesNotExist(_))),
-                "the old table is gone"
-            );
+            let db = Database::open(shard_db_path(&dir, i, shards)).unwrap();
+            let txn = db.begin_read().unwrap();
+            for old in [OLD_PENDING.name(), OLD_PUSH_EXPIRY.name()] {
+                assert!(!txn.list_tables().unwrap().any(|t| t.name() == old), "{old} is gone");
+            }
+            let bodies = txn.open_table(BODIES).unwrap();
+            assert_eq!(redb::ReadableTableMetadata::len(&bodies).unwrap(), 0, "the push bodies moved");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -11,10 +11,10 @@
 
 use super::pending_index::PendingTxn;
 use super::{
-    day_stats_key, decode_group, encode_group, expiry_key, pending_key, push_expiry_key, split_push_expiry_key,
-    suffixed_key, MessageStats, PartitionStore, StoreError, StoreEvent, WriteOp, ACTIVE_DAYS, ALIASES, BODIES, CLICKS,
-    DAY_STATS, DEVICES, EXPIRY, EXPIRY_BODY, EXPIRY_GROUP, GROUP, GROUP_CURSORS, META, MSG_STATS, PENDING, PUSH_EXPIRY,
-    QUIET, SUBSCRIPTIONS,
+    day_stats_key, decode_group, encode_group, expiry_key, pending_key, push_row_key, split_push_row,
+    split_push_row_key, suffixed_key, MessageStats, PartitionStore, PushRow, StoreError, StoreEvent, WriteOp,
+    ACTIVE_DAYS, ALIASES, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY, EXPIRY_BODY, EXPIRY_GROUP, GROUP, GROUP_CURSORS,
+    META, MSG_STATS, PENDING, PUSH_ROWS, QUIET, SUBSCRIPTIONS,
 };
 use crate::ids::{AppId, MessageId, RegId};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
@@ -47,7 +47,7 @@ macro_rules! lazy_tables {
 
 lazy_tables! {
     devices: DEVICES => <&'static [u8], &'static [u8]>,
-    pending: PENDING => <&'static [u8], u64>,
+    pending: PENDING => <&'static [u8], (u64, u64)>,
     bodies: BODIES => <(u64, u16), &'static [u8]>,
     msg_stats: MSG_STATS => <(u64, u16), &'static [u8]>,
     clicks: CLICKS => <&'static [u8], ()>,
@@ -56,7 +56,7 @@ lazy_tables! {
     group: GROUP => <(u64, u16), &'static [u8]>,
     cursors: GROUP_CURSORS => <&'static [u8], u64>,
     expiry: EXPIRY => <&'static [u8], ()>,
-    push_expiry: PUSH_EXPIRY => <&'static [u8], &'static [u8]>,
+    push_rows: PUSH_ROWS => <&'static [u8], &'static [u8]>,
     day_stats: DAY_STATS => <&'static [u8], &'static [u8]>,
     active_days: ACTIVE_DAYS => <&'static [u8], u32>,
     quiet: QUIET => <&'static [u8], &'static [u8]>,
@@ -236,7 +236,7 @@ impl PartitionStore {
                 t.devices()?.insert(&regid.0[..], &record.to_bytes()[..])?;
             }
             WriteOp::StorePush { envelope, seq, regids } => {
-                let mut targets = Vec::with_capacity(12 * regids.len());
+                let mut push = PushRow::with_capacity(regids.len(), envelope.json.len());
                 for regid in regids {
                     debug_assert_eq!(regid.partition(), self.partition);
                     if fx.settled.contains(&(regid.0, *seq)) {
@@ -246,21 +246,18 @@ impl PartitionStore {
                         self.drop_oldest(t, fx, regid, envelope.app_id)?;
                     }
                     if fx.pending.insert(regid.0, *seq) {
-                        let before = t.pending()?.insert(&pending_key(regid, *seq)[..], envelope.id)?;
+                        let row = (envelope.id, envelope.expires_at);
+                        let before = t.pending()?.insert(&pending_key(regid, *seq)[..], row)?;
                         assert!(before.is_none(), "a pending row the index did not know: seq {seq}");
                         fx.rows_delta += 1;
                     }
-                    targets.extend_from_slice(&regid.0);
+                    push.add_target(regid);
                 }
-                if targets.is_empty() {
+                if push.targets() == 0 {
                     fx.bodiless.insert(envelope.id);
                 } else {
-                    let mut body = Vec::with_capacity(8 + envelope.json.len());
-                    body.extend_from_slice(&envelope.expires_at.to_le_bytes());
-                    body.extend_from_slice(&envelope.json);
-                    t.bodies()?.insert((envelope.id, self.partition), &body[..])?;
-                    let key = push_expiry_key(self.partition, envelope.expires_at, *seq, envelope.id);
-                    t.push_expiry()?.insert(&key[..], &targets[..])?;
+                    let key = push_row_key(self.partition, envelope.expires_at, *seq, envelope.id);
+                    t.push_rows()?.insert(&key[..], &push.finish(&envelope.json)[..])?;
                 }
                 let mut counts = fx.stats.get(t, envelope.id)?.unwrap_or(MessageStats {
                     app_id: envelope.app_id,
@@ -357,9 +354,8 @@ impl PartitionStore {
                 fx.stats.put(*id, counts);
                 if counts.delivered >= counts.targets && !fx.bodiless.contains(id) {
                     // Delivered everywhere in this partition: nothing is left to expire.
-                    t.bodies()?.remove((*id, self.partition))?;
-                    let key = push_expiry_key(self.partition, counts.expires_at, *seq, *id);
-                    t.push_expiry()?.remove(&key[..])?;
+                    let key = push_row_key(self.partition, counts.expires_at, *seq, *id);
+                    t.push_rows()?.remove(&key[..])?;
                 }
             }
         }
@@ -426,29 +422,29 @@ impl PartitionStore {
         // The rows due are every partition's of this database, time first: this one's are
         // picked out, and a sweep reads at most `SCAN_PER_ROW` rows for each it may take.
         const SCAN_PER_ROW: usize = 32;
-        let end = push_expiry_key(u16::MAX, now_s, u64::MAX, u64::MAX);
+        let end = push_row_key(u16::MAX, now_s, u64::MAX, u64::MAX);
         let mut due = Vec::new();
         let mut more = false;
-        for (scanned, row) in t.push_expiry()?.range(..=&end[..])?.enumerate() {
+        for (scanned, row) in t.push_rows()?.range(..=&end[..])?.enumerate() {
             if due.len() >= limit || scanned >= limit.saturating_mul(SCAN_PER_ROW) {
                 more = true;
                 break;
             }
-            let (key, targets) = row?;
-            match split_push_expiry_key(key.value()) {
+            let (key, row) = row?;
+            match split_push_row_key(key.value()) {
                 Some((p, _, seq, id)) if p == self.partition => {
-                    due.push((key.value().to_vec(), seq, id, targets.value().to_vec()));
+                    let targets = split_push_row(row.value()).map_or_else(Vec::new, |(targets, _)| targets.to_vec());
+                    due.push((key.value().to_vec(), seq, id, targets));
                 }
                 Some(_) => {}
-                None => tracing::warn!(partition = self.partition, "skipping a malformed push expiry row"),
+                None => tracing::warn!(partition = self.partition, "skipping a malformed push row key"),
             }
         }
         for (key, seq, id, targets) in &due {
             let (seq, id) = (*seq, *id);
-            t.push_expiry()?.remove(&key[..])?;
+            t.push_rows()?.remove(&key[..])?;
             let stats = t.msg_stats()?.get((id, self.partition))?.and_then(|v| MessageStats::from_bytes(v.value()));
             let app_id = stats.map(|s| s.app_id);
-            t.bodies()?.remove((id, self.partition))?;
             for regid in targets.chunks_exact(12) {
                 let regid = RegId(regid.try_into().expect("chunks of 12 bytes"));
                 if fx.pending.remove(regid.0, seq) {
