@@ -9,8 +9,9 @@
 //! seq whose row is not committed yet and never waits for a transaction.
 
 use super::{StoreError, PENDING};
+use foldhash::HashMap;
 use redb::{Database, ReadableDatabase, ReadableTable};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
 type Queue = VecDeque<u64>;
@@ -87,7 +88,7 @@ enum Change {
 
 impl<'a> PendingTxn<'a> {
     pub(super) fn new(shared: &'a Mutex<PendingIndex>) -> Self {
-        PendingTxn { shared, changed: HashMap::new() }
+        PendingTxn { shared, changed: HashMap::default() }
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'a, PendingIndex> {

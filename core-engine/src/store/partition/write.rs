@@ -17,8 +17,9 @@ use super::{
     META, MSG_STATS, PENDING, PUSH_ROWS, QUIET, SUBSCRIPTIONS,
 };
 use crate::ids::{AppId, MessageId, RegId};
+use foldhash::{HashMap, HashSet};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! lazy_tables {
@@ -132,11 +133,15 @@ impl<'a> TxnEffects<'a> {
     fn new(store: &'a PartitionStore, ops: &[&WriteOp]) -> Self {
         TxnEffects {
             pending: PendingTxn::new(&store.pending_index),
-            stats: StatsCache { partition: store.partition, id_bound: &store.stats_id_bound, changed: HashMap::new() },
+            stats: StatsCache {
+                partition: store.partition,
+                id_bound: &store.stats_id_bound,
+                changed: HashMap::default(),
+            },
             events: Vec::new(),
             rows_delta: 0,
             settled: settled_in(ops),
-            bodiless: HashSet::new(),
+            bodiless: HashSet::default(),
         }
     }
 
@@ -184,11 +189,11 @@ pub(in crate::store) fn apply_together(
 /// The pushes in `ops` that a later op of `ops` acknowledges. A device on loopback or a
 /// good network acknowledges within a commit window, so most pushes never reach a table.
 fn settled_in(ops: &[&WriteOp]) -> HashSet<([u8; 12], u64)> {
-    let mut settled = HashSet::new();
+    let mut settled = HashSet::default();
     if !ops.iter().any(|op| matches!(op, WriteOp::Acked { .. })) {
         return settled;
     }
-    let mut pushed = HashSet::new();
+    let mut pushed = HashSet::default();
     for op in ops {
         match op {
             WriteOp::StorePush { seq, regids, .. } => pushed.extend(regids.iter().map(|r| (r.0, *seq))),
