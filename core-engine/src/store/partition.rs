@@ -831,7 +831,7 @@ mod tests {
         assert_eq!(store.pending_for(&b, 0, 50, 10).unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), vec![10]);
         let counts = store.message_stats(9, 10).unwrap().unwrap();
         assert_eq!((counts.targets, counts.delivered), (2, 1), "the duplicate ack counted once");
-        // b's ack in a later commit finishes the message: its body and expiry row go.
+        // b's ack in a later commit finishes the message: its push row goes.
         let acked_b = WriteOp::Acked { regid: b, seq: 1, id: 10 };
         store.apply(&[&acked_b], redb::Durability::None, None, &mut Vec::new()).unwrap();
         assert_eq!(store.message_stats(9, 10).unwrap().map(|s| s.delivered), Some(2));
@@ -859,7 +859,7 @@ mod tests {
             "b had acknowledged it"
         );
         assert_eq!(store.pending_for(&a, 0, 0, 10).unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), vec![11]);
-        // The expired message's body is gone; its counts stay for status queries.
+        // The expired message's push row is gone; its counts stay for status queries.
         assert_eq!(store.message_stats(9, 10).unwrap().map(|s| s.delivered), Some(1));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -4,10 +4,11 @@
 //! Kept cheap per row: a table is opened only when an op first needs it (a commit touches a
 //! few of the fifteen, and opening and closing one costs about what writing a row does), a
 //! message's counts are read and written once per transaction however many acks it gets,
-//! a push acknowledged within the same transaction writes no pending row, body or expiry
-//! row at all, each push keeps one expiry row per partition (not one per target), pending
-//! rows append in seq order, and each device's queue lives in memory (`pending_index.rs`;
-//! a failed transaction drops its changes to it unpublished).
+//! a push acknowledged within the same transaction writes no pending row or push row at
+//! all, each push keeps one push row per partition (its body and targets, keyed by its
+//! expiry: not one per target), pending and push rows append in seq order, and each
+//! device's queue lives in memory (`pending_index.rs`; a failed transaction drops its
+//! changes to it unpublished).
 
 use super::pending_index::PendingTxn;
 use super::{
@@ -125,7 +126,7 @@ struct TxnEffects<'a> {
     /// (device, seq) of pushes acknowledged later in the same transaction: their pending
     /// rows are neither written nor removed.
     settled: HashSet<([u8; 12], u64)>,
-    /// Messages whose every target in this transaction was settled: no body was written.
+    /// Messages whose every target in this transaction was settled: no push row was written.
     bodiless: HashSet<MessageId>,
 }
 
@@ -414,7 +415,7 @@ impl PartitionStore {
         Ok(more)
     }
 
-    /// Removes the pending rows and bodies of pushes due by `now_s`, at most `limit` pushes;
+    /// Removes the pending rows and push rows of pushes due by `now_s`, at most `limit` pushes;
     /// answers how many it took and whether more are due.
     fn expire_pushes(
         &self,
