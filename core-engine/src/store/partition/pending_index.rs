@@ -149,6 +149,7 @@ impl<'a> PendingTxn<'a> {
         }
     }
 
+    /// Adds `seq` to the device's queue; false if it was there.
     pub(super) fn insert(&mut self, regid: [u8; 12], seq: u64) -> bool {
         let newest = self.newest(regid);
         if newest == Some(seq) {
@@ -171,6 +172,7 @@ impl<'a> PendingTxn<'a> {
         }
     }
 
+    /// Takes `seq` out of the device's queue; false if it was not there.
     pub(super) fn remove(&mut self, regid: [u8; 12], seq: u64) -> bool {
         if self.oldest(regid) == Some(seq) {
             match self.change(regid) {
@@ -194,6 +196,7 @@ impl<'a> PendingTxn<'a> {
         }
     }
 
+    /// Makes the changes visible: call once the transaction has committed.
     pub(super) fn publish(self) {
         let mut index = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         for (regid, change) in self.changed {
