@@ -35,6 +35,11 @@ pub struct Config {
     pub shards: usize,
     /// Partitions of a new data folder; fixed once the folder exists. At least `shards`.
     pub partitions: u16,
+    /// Store databases, each with a writer thread that group-commits its shards' writes;
+    /// must divide `shards`. 0: one per shard, or fewer when the shards outnumber the cores
+    /// (the most that divides `shards` and is at most the core count). Changing it moves
+    /// the store's rows into the new count's files at start, like changing `shards`.
+    pub store_writers: usize,
     /// Connections one shard can hold (its io_uring fixed-file table).
     pub max_connections_per_shard: u32,
     /// Receive buffers per shard, a power of two, shared by all its connections. Filled
@@ -110,6 +115,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             shards: 0,
             partitions: 16,
+            store_writers: 0,
             max_connections_per_shard: 16_384,
             recv_buffers: 8192,
             recv_buffer_bytes: 512,
@@ -154,8 +160,13 @@ impl Config {
 
     /// Checks the settings and derives the engine's.
     pub fn engine(&self) -> anyhow::Result<EngineConfig> {
-        let shards =
-            if self.shards == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { self.shards };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = if self.shards == 0 { cores } else { self.shards };
+        let store_writers = match self.store_writers {
+            0 => core_engine::node::store_writers_for(shards, cores),
+            n if shards.is_multiple_of(n) => n,
+            n => bail!("store_writers must divide the shard count ({shards}), got {n}"),
+        };
         if !self.recv_buffers.is_power_of_two() {
             bail!("recv_buffers must be a power of two, got {}", self.recv_buffers);
         }
@@ -220,6 +231,7 @@ impl Config {
             data_dir: self.data_dir.clone(),
             shards,
             partitions: self.partitions.max(shards as u16),
+            store_writers,
             max_connections_per_shard: self.max_connections_per_shard,
             recv_buffers: self.recv_buffers,
             recv_buffer_bytes: self.recv_buffer_bytes,

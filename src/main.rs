@@ -72,6 +72,10 @@ struct ServeArgs {
     /// Shard threads (0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// Store databases and their writer threads; must divide the shard count (0 = one per
+    /// shard, fewer when shards outnumber cores).
+    #[arg(long)]
+    store_writers: Option<usize>,
     #[arg(long)]
     max_connections_per_shard: Option<u32>,
     /// New connections a second per source address (IPv4, or IPv6 /64); 0 = no limit.
@@ -130,6 +134,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.shards {
         config.shards = v;
+    }
+    if let Some(v) = args.store_writers {
+        config.store_writers = v;
     }
     if let Some(v) = args.max_connections_per_shard {
         config.max_connections_per_shard = v;

@@ -1,12 +1,13 @@
 //! A node: starts the shards (one pinned thread each), their store partitions and the
-//! app registry, and gives the HTTP frontend a handle that routes requests to shards.
+//! store's writers, the app registry, and gives the HTTP frontend a handle that routes
+//! requests to shards.
 
 use crate::apps::AppRegistry;
 use crate::ids::message_id_text;
 use crate::ids::{AppId, MessageId, MessageIdSource, RegId};
 use crate::push::{GroupFilter, PushError, SendRequest, Target};
 use crate::shard::{ControlError, Relayed, Shard, ShardInbox, ShardMsg, ShardSetup};
-use crate::store::{Durability, MessageStats, PartitionStore, ShardDb, StoreError};
+use crate::store::{Durability, MessageStats, Notify, PartitionStore, ShardDb, StoreError, StoreWriter};
 use crate::sys::BufRingError;
 use futures_channel::oneshot;
 use std::net::SocketAddr;
@@ -24,6 +25,10 @@ pub struct EngineConfig {
     pub shards: usize,
     /// Partitions of a new data folder (fixed once created; at least `shards`).
     pub partitions: u16,
+    /// Store databases, each with its writer thread; divides `shards`. Shard `i` keeps its
+    /// partitions in database `i % store_writers`, whose writer commits several shards'
+    /// jobs together when shards outnumber writers ([`store_writers_for`]).
+    pub store_writers: usize,
     /// Size of each shard's fixed-file table: the connections one shard can hold.
     pub max_connections_per_shard: u32,
     pub recv_buffers: u16,
@@ -69,6 +74,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the data folder has {partitions} partitions, fewer than the {shards} shards asked for; use at most {partitions} shards")]
     TooManyShards { shards: usize, partitions: u16 },
+    #[error("store_writers must be at least 1 and divide the shard count: {writers} writers for {shards} shards")]
+    StoreWriters { writers: usize, shards: usize },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("mqtt_tls_listen needs tls_cert and tls_key")]
@@ -163,12 +170,63 @@ pub struct Node {
     message_ids: Arc<MessageIdSource>,
 }
 
+/// The store writers for `shards` shards on `cores` cores: one per shard while shards do
+/// not outnumber the cores, else the most that divides the shard count and does not
+/// outnumber the cores. Each writer commits every ~1 ms while pushes flow, whatever its
+/// load: at 100k connections (8 shards on 2 cores) eight writers cost the node a third of
+/// its CPU in small commits and context switches, two cost a fraction (BENCHMARKS.md).
+pub fn store_writers_for(shards: usize, cores: usize) -> usize {
+    assert!(shards >= 1, "at least one shard");
+    (1..=shards.min(cores.max(1))).rev().find(|&w| shards.is_multiple_of(w)).expect("1 divides every count")
+}
+
+/// Starts one writer per database; gives each shard its handle (index = shard index).
+/// Database `w` serves shards `w`, `w + writers`, ...; its events go to shard `w`.
+fn start_writers(
+    config: &EngineConfig,
+    shared: &Arc<NodeShared>,
+    dbs: &[Arc<ShardDb>],
+    wal_paths: &[[PathBuf; 2]],
+    next_lsn: u64,
+) -> Result<Vec<Option<StoreWriter>>, EngineError> {
+    let mut handles: Vec<Option<StoreWriter>> = (0..config.shards).map(|_| None).collect();
+    for (w, db) in dbs.iter().enumerate() {
+        let served: Vec<usize> = (w..config.shards).step_by(dbs.len()).collect();
+        let lead = shared.inboxes[w].clone();
+        let on_events: crate::store::EventSink = Box::new(move |events| {
+            lead.send_quiet(ShardMsg::StoreEvents(events));
+        });
+        let wakes = served
+            .iter()
+            .map(|&shard| {
+                let inbox = shared.inboxes[shard].clone();
+                Arc::new(move || inbox.wake()) as Arc<dyn Fn() + Send + Sync>
+            })
+            .collect();
+        let wal = crate::store::WalSetup { paths: wal_paths[w].clone(), next_lsn };
+        let started = StoreWriter::start(
+            format!("store-{w}"),
+            db.clone(),
+            config.durability,
+            &wal,
+            Notify { on_events, wakes },
+            shared.metrics[w].clone(),
+        )
+        .map_err(|e| EngineError::Store(StoreError(e.to_string())))?;
+        for (shard, handle) in served.into_iter().zip(started) {
+            handles[shard] = Some(handle);
+        }
+    }
+    Ok(handles)
+}
+
 /// `data/node.json`: what the data folder was made with.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct NodeMeta {
     partitions: u16,
-    /// The shard count the store's files are laid out for (`store/layout.rs`); absent in a
-    /// folder from before shard databases (one file per partition).
+    /// The count of store files (one per writer) the store is laid out for
+    /// (`store/layout.rs`); absent in a folder from before shard databases (one file per
+    /// partition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     store_shards: Option<usize>,
 }
@@ -182,7 +240,7 @@ fn read_or_create_meta(config: &EngineConfig) -> Result<NodeMeta, EngineError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let partitions = config.partitions.max(config.shards as u16).max(1);
-            let meta = NodeMeta { partitions, store_shards: Some(config.shards) };
+            let meta = NodeMeta { partitions, store_shards: Some(config.store_writers) };
             write_meta(&config.data_dir, &meta).map_err(|e| io("writing data/node.json", e))?;
             Ok(meta)
         }
@@ -212,6 +270,10 @@ impl Node {
         if config.shards > usize::from(partitions) {
             return Err(EngineError::TooManyShards { shards: config.shards, partitions });
         }
+        let writers = config.store_writers;
+        if writers == 0 || !config.shards.is_multiple_of(writers) {
+            return Err(EngineError::StoreWriters { writers, shards: config.shards });
+        }
         let apps = Arc::new(AppRegistry::open(&config.data_dir)?);
         let tls = match (&config.mqtt_tls_listen, &config.tls_cert, &config.tls_key) {
             (None, _, _) => None,
@@ -226,23 +288,23 @@ impl Node {
             inboxes.push(inbox);
             receivers.push(rx);
         }
-        // One node-wide cache budget, shared by the shards' databases.
-        let cache_bytes = config.store_cache_bytes / config.shards;
+        // One node-wide cache budget, shared by the databases.
+        let cache_bytes = config.store_cache_bytes / writers;
         let limits = crate::store::StoreLimits { max_pending_per_device: config.max_pending_per_device };
         let dbs = crate::store::layout::open(
             &config.data_dir,
             partitions,
-            config.shards,
+            writers,
             meta.store_shards,
             cache_bytes,
             limits,
-            |shards| {
-                write_meta(&config.data_dir, &NodeMeta { partitions, store_shards: Some(shards) })
+            |files| {
+                write_meta(&config.data_dir, &NodeMeta { partitions, store_shards: Some(files) })
                     .map_err(|e| StoreError(format!("writing data/node.json: {e}")))
             },
         )?;
         let dbs: Vec<Arc<ShardDb>> = dbs.into_iter().map(Arc::new).collect();
-        let wal_paths: Vec<_> = (0..config.shards).map(|i| crate::store::wal::paths_of(&config.data_dir, i)).collect();
+        let wal_paths: Vec<_> = (0..writers).map(|i| crate::store::wal::paths_of(&config.data_dir, i)).collect();
         let in_use: Vec<_> = wal_paths.iter().flatten().cloned().collect();
         let keep: &[_] = if config.durability == crate::store::Durability::Fsync { &in_use } else { &[] };
         let all: std::collections::BTreeMap<u16, Arc<PartitionStore>> =
@@ -274,11 +336,14 @@ impl Node {
             handoff_ids: AtomicU64::new(1),
             next_register_shard: std::sync::atomic::AtomicUsize::new(0),
         });
+        let mut handles = start_writers(&config, &shared, &dbs, &wal_paths, recovered.next_lsn)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<i32, String>)>();
         let go = Arc::new(std::sync::Barrier::new(config.shards + 1));
         let mut threads = Vec::new();
-        for (index, (inbox_rx, db)) in receivers.into_iter().zip(dbs).enumerate() {
+        for (index, inbox_rx) in receivers.into_iter().enumerate() {
+            let db = dbs[index % writers].clone();
+            let writer = handles[index].take().expect("every shard has a writer");
             let mut listeners = vec![crate::sys::reuseport_listener(config.mqtt_listen, config.listen_backlog)
                 .map_err(|source| EngineError::Io { what: "listening for MQTT", source })?];
             if let Some(addr) = config.mqtt_tls_listen {
@@ -287,8 +352,7 @@ impl Node {
                         .map_err(|source| EngineError::Io { what: "listening for MQTT over TLS", source })?,
                 );
             }
-            let wal = crate::store::WalSetup { paths: wal_paths[index].clone(), next_lsn: recovered.next_lsn };
-            let setup = ShardSetup { index, shared: shared.clone(), listeners, inbox_rx, db, wal };
+            let setup = ShardSetup { index, shared: shared.clone(), listeners, inbox_rx, db, writer };
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let ready = ready_tx.clone();
             let go = go.clone();
@@ -647,5 +711,19 @@ impl NodeHandle {
     /// (app, devices online) for every app seen since start.
     pub fn online_by_app(&self) -> Vec<(AppId, u64)> {
         self.shared.live.online()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store_writers_for;
+
+    #[test]
+    fn writers_are_the_most_dividing_the_shards_within_the_cores() {
+        let cases = [((2, 2), 2), ((1, 8), 1), ((8, 2), 2), ((3, 2), 1), ((6, 4), 3), ((12, 8), 6), ((7, 64), 7)];
+        for ((shards, cores), writers) in cases {
+            assert_eq!(store_writers_for(shards, cores), writers, "{shards} shards on {cores} cores");
+        }
+        assert_eq!(store_writers_for(5, 0), 1, "no core count known: one writer");
     }
 }

@@ -277,10 +277,11 @@ pub struct ShardSetup {
     pub shared: Arc<NodeShared>,
     pub listeners: Vec<TcpListener>,
     pub inbox_rx: Receiver<ShardMsg>,
-    /// The shard's database and the partitions in it.
+    /// The database holding the shard's partitions (and, when several shards share a
+    /// writer, theirs too).
     pub db: Arc<crate::store::ShardDb>,
-    /// This shard's write-ahead log (used under `fsync` durability).
-    pub wal: crate::store::WalSetup,
+    /// The shard's handle to that database's writer.
+    pub writer: StoreWriter,
 }
 
 impl Shard {
@@ -304,7 +305,10 @@ impl Shard {
         let mut devices = HashMap::new();
         let mut topics = groups::TopicIndex::default();
         let mut aliases = groups::AliasIndex::default();
-        let stores: Vec<Arc<PartitionStore>> = setup.db.partitions().to_vec();
+        let ours = crate::store::layout::partitions_of(setup.index, cfg.shards, setup.shared.partitions);
+        let stores: Vec<Arc<PartitionStore>> =
+            setup.db.partitions().iter().filter(|s| ours.contains(&s.partition)).cloned().collect();
+        assert_eq!(stores.len(), ours.len(), "the shard's database holds every partition the shard owns");
         for store in &stores {
             for (regid, record) in store.load_devices()? {
                 devices.insert(regid, Device::new(record, 0));
@@ -360,20 +364,6 @@ impl Shard {
             }
         }
         metrics.pending.store(pending_rows as i64, std::sync::atomic::Ordering::Relaxed);
-        let inbox = setup.shared.inboxes[setup.index].clone();
-        let on_events: crate::store::EventSink = Box::new(move |events| {
-            inbox.send_quiet(ShardMsg::StoreEvents(events));
-        });
-        let inbox = setup.shared.inboxes[setup.index].clone();
-        let writer = StoreWriter::start(
-            format!("store-{}", setup.index),
-            setup.db.clone(),
-            cfg.durability,
-            &setup.wal,
-            crate::store::Notify { on_events, wake: std::sync::Arc::new(move || inbox.wake()) },
-            metrics.clone(),
-        )
-        .map_err(|e| EngineError::Store(crate::store::StoreError(e.to_string())))?;
         tracing::info!(
             shard = setup.index,
             devices = devices.len(),
@@ -415,7 +405,7 @@ impl Shard {
             stores: stores.into_iter().map(|s| (s.partition, s)).collect(),
             owned_partitions,
             next_partition: 0,
-            writer,
+            writer: setup.writer,
             seq: MessageIdSource::default(),
             wake_buf: Box::new([0; 8]),
             tick_ts: Box::new(types::Timespec::from(TICK)),

@@ -313,9 +313,9 @@ fn open_file(path: &Path, capacity: u64) -> Result<File, WalError> {
     Ok(file)
 }
 
-/// The two log files of shard `shard`'s writer.
-pub fn paths_of(dir: &Path, shard: usize) -> [PathBuf; 2] {
-    [dir.join(format!("wal-{shard:03}-a.log")), dir.join(format!("wal-{shard:03}-b.log"))]
+/// The two log files of writer `writer` (one writer per store database).
+pub fn paths_of(dir: &Path, writer: usize) -> [PathBuf; 2] {
+    [dir.join(format!("wal-{writer:03}-a.log")), dir.join(format!("wal-{writer:03}-b.log"))]
 }
 
 /// What [`recover`] found.

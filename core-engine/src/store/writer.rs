@@ -1,6 +1,8 @@
-//! The writer thread of one shard's database: takes write jobs from the shard, applies
-//! every job that queued up meanwhile in one transaction (group commit), then runs each
-//! job's completion. The shard's event loop never waits on the disk.
+//! The writer thread of one database: takes write jobs from the shards whose partitions
+//! the database holds, applies every job that queued up meanwhile in one transaction (group
+//! commit), then runs each job's completion. A shard's event loop never waits on the disk.
+//! A node has one writer per database, and fewer databases than shards when the shards
+//! outnumber the cores (`node.rs`): one commit then carries several shards' jobs.
 //!
 //! Under `fsync` durability a commit is made durable by one fdatasync of the shard's
 //! write-ahead log (`wal.rs`), not by fsyncing the database. A checkpoint switches the log
@@ -12,7 +14,8 @@ use super::shard_db::ShardDb;
 use super::wal::{self, Wal};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How far a commit goes before a job completes.
@@ -43,11 +46,14 @@ pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// Receives what commits and sweeps decided that statistics count.
 pub type EventSink = Box<dyn Fn(Vec<StoreEvent>) + Send>;
 
-/// How the writer tells its shard about finished work: events and completions queue
-/// quietly, then one `wake` per commit (not one wake-up, a syscall, per job).
+/// How the writer tells the shards it serves about finished work: events and completions
+/// queue quietly, then each shard that had a job in a commit is woken once (not one
+/// wake-up, a syscall, per job).
 pub struct Notify {
+    /// Takes every event of the writer's database (they are counts; one shard keeps them).
     pub on_events: EventSink,
-    pub wake: Arc<dyn Fn() + Send + Sync>,
+    /// Wakes each shard the writer serves, one per handle; `wakes[0]` reads `on_events`.
+    pub wakes: Vec<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Writes for one or more partitions of the shard, and what to do when they are durable.
@@ -83,16 +89,34 @@ const BUFFERED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// bounds it too: see [`Wal::wants_checkpoint`]).
 const LOGGED_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Handle to a shard's writer thread.
+/// A job, and which of the writer's shards sent it (its index in [`Notify::wakes`]).
+struct Queued {
+    from: usize,
+    job: StoreJob,
+}
+
+/// A shard's handle to the writer thread of its database.
 pub struct StoreWriter {
-    jobs: Option<Sender<StoreJob>>,
+    jobs: Option<Sender<Queued>>,
+    /// This handle's index in [`Notify::wakes`].
+    from: usize,
     /// Wakes the shard after a job completed here because the writer is gone.
     wake: Arc<dyn Fn() + Send + Sync>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Arc<WriterThread>,
+}
+
+/// The writer thread, shared by its handles.
+struct WriterThread {
+    /// Unparked after each job is queued ([`next_job`]).
+    thread: std::thread::Thread,
+    join: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Handles not stopped yet; the last to stop waits for the thread to end.
+    live: AtomicUsize,
 }
 
 impl StoreWriter {
-    /// Starts the writer thread for `db`; under `Fsync` durability it logs to `wal`.
+    /// Starts the writer thread for `db`; under `Fsync` durability it logs to `wal`. Gives
+    /// one handle per entry of `notify.wakes`, in that order: the shards it serves.
     pub fn start(
         name: String,
         db: Arc<ShardDb>,
@@ -100,13 +124,14 @@ impl StoreWriter {
         wal: &WalSetup,
         notify: Notify,
         metrics: Arc<crate::stats::ShardMetrics>,
-    ) -> Result<Self, wal::WalError> {
+    ) -> Result<Vec<Self>, wal::WalError> {
+        assert!(!notify.wakes.is_empty(), "a writer serves at least one shard");
         let wal = match durability {
             Durability::Fsync => Some(Wal::open(&wal.paths, WAL_BYTES, wal.next_lsn)?),
             Durability::Buffered => None,
         };
         let (jobs, rx) = crossbeam_channel::unbounded();
-        let wake = notify.wake.clone();
+        let wakes = notify.wakes.clone();
         let writer = WriterLoop {
             db,
             metrics,
@@ -124,27 +149,50 @@ impl StoreWriter {
             .name(name)
             .spawn(move || run(rx, writer))
             .map_err(|source| wal::WalError::Io { path: "(writer thread)".into(), source })?;
-        Ok(StoreWriter { jobs: Some(jobs), wake, thread: Some(thread) })
+        let thread = Arc::new(WriterThread {
+            thread: thread.thread().clone(),
+            join: Mutex::new(Some(thread)),
+            live: AtomicUsize::new(wakes.len()),
+        });
+        let handles = wakes.into_iter().enumerate();
+        Ok(handles
+            .map(|(from, wake)| StoreWriter { jobs: Some(jobs.clone()), from, wake, thread: thread.clone() })
+            .collect())
     }
 
-    /// Lets the writer commit what is queued, then waits for it to exit.
+    /// Sends nothing more. The last handle to stop lets the writer commit what is queued
+    /// and waits for it to exit, so once every shard has stopped, the store is on disk.
     pub fn stop(&mut self) {
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if self.jobs.take().is_none() {
+            return;
+        }
+        self.thread.thread.unpark();
+        if self.thread.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let join = self.thread.join.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(join) = join {
+                let _ = join.join();
+            }
         }
     }
 
     /// Queues a job; it completes with an error if the writer is gone.
     pub fn submit(&self, job: StoreJob) {
         let rejected = match &self.jobs {
-            Some(jobs) => jobs.send(job).err().map(|e| e.0),
+            Some(jobs) => jobs.send(Queued { from: self.from, job }).err().map(|e| e.0.job),
             None => Some(job),
         };
+        // One atomic swap unless the writer is parked waiting for work.
+        self.thread.thread.unpark();
         if let Some(done) = rejected.and_then(|job| job.done) {
             done(Err(StoreError("store writer stopped".into())));
             (self.wake)();
         }
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -159,16 +207,16 @@ impl StoreWriter {
 /// HTTP answers with it (BENCHMARKS.md, twelfth session: their p50 ~18 -> ~4 ms now). The
 /// yields had one use: handing the CPU to the shards and loadgen made the bench's 19k
 /// connects 5-10% faster; the patient window keeps registrations' commits few and large.
-fn gather(rx: &Receiver<StoreJob>, first: StoreJob, windows: &Windows) -> Vec<StoreJob> {
+fn gather(rx: &Receiver<Queued>, first: Queued, windows: &Windows) -> Vec<Queued> {
     let started = Instant::now();
-    let mut urgent = first.is_urgent();
+    let mut urgent = first.job.is_urgent();
     let mut batch = vec![first];
     while batch.len() < MAX_JOBS_PER_COMMIT {
         let window = if urgent { windows.urgent } else { windows.patient };
         let Some(left) = (started + window).checked_duration_since(Instant::now()) else { break };
         std::thread::sleep(left.min(windows.urgent));
         for job in rx.try_iter().take(MAX_JOBS_PER_COMMIT - batch.len()) {
-            urgent |= job.is_urgent();
+            urgent |= job.job.is_urgent();
             batch.push(job);
         }
     }
@@ -233,18 +281,46 @@ struct WriterLoop {
     last_sweep: Instant,
 }
 
-fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
+/// What the idle writer waited for.
+enum Waited {
+    Job(Queued),
+    Timeout,
+    /// The handle is gone: nothing more will come.
+    Stopped,
+}
+
+/// Waits up to `wait` for the next job, parked: [`StoreWriter::submit`] unparks the writer
+/// after each job it queues, so a job queued after the last look leaves the park token set
+/// and the park returns at once. (A channel's own blocking receive spins first, calling
+/// `sched_yield` a few times each time the writer goes idle: at 100k connections, with 8
+/// writers going idle ~1,000 times a second each, that spinning was 16% of their samples.)
+fn next_job(rx: &Receiver<Queued>, wait: Duration) -> Waited {
+    let deadline = Instant::now() + wait;
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Waited::Job(job),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return Waited::Stopped,
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            return Waited::Timeout;
+        };
+        std::thread::park_timeout(left);
+    }
+}
+
+fn run(rx: Receiver<Queued>, mut writer: WriterLoop) {
     loop {
         // A running checkpoint goes on between commits; otherwise wait for work.
         let busy = writer.checkpoint && !writer.checkpoint_failed;
         let wait = if busy { Duration::ZERO } else { BUFFERED_SYNC_INTERVAL };
-        match rx.recv_timeout(wait) {
-            Ok(first) => {
+        match next_job(&rx, wait) {
+            Waited::Job(first) => {
                 let batch = gather(&rx, first, &WINDOWS);
                 writer.commit(batch);
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Waited::Timeout => {}
+            Waited::Stopped => break,
         }
         if writer.log_unsynced && writer.log_synced_at.elapsed() >= BUFFERED_SYNC_INTERVAL {
             if let Err(e) = writer.sync_log() {
@@ -270,9 +346,9 @@ fn run(rx: Receiver<StoreJob>, mut writer: WriterLoop) {
 }
 
 impl WriterLoop {
-    fn commit(&mut self, batch: Vec<StoreJob>) {
+    fn commit(&mut self, batch: Vec<Queued>) {
         let mut grouped: BTreeMap<u16, Vec<&WriteOp>> = BTreeMap::new();
-        for job in &batch {
+        for Queued { job, .. } in &batch {
             for op in &job.ops {
                 grouped.entry(partition_of(op)).or_default().push(op);
             }
@@ -283,9 +359,9 @@ impl WriterLoop {
         // is the only one this commit waits for.
         let mut lsn = None;
         let mut log_error = None;
-        let must_sync = batch.iter().flat_map(|j| &j.ops).any(wal::needs_sync);
+        let must_sync = batch.iter().flat_map(|q| &q.job.ops).any(wal::needs_sync);
         if let Some(wal) = self.wal.as_mut() {
-            let ops: Vec<&WriteOp> = batch.iter().flat_map(|j| &j.ops).collect();
+            let ops: Vec<&WriteOp> = batch.iter().flat_map(|q| &q.job.ops).collect();
             if !ops.is_empty() {
                 match wal.append(&ops) {
                     Ok(n) => lsn = Some(n),
@@ -326,15 +402,19 @@ impl WriterLoop {
         }
         self.metrics.commit_latency_us.record(started.elapsed().as_micros() as u64);
         self.metrics.commit_batch_ops.record(op_count as u64);
-        self.publish(events);
-        for job in batch {
+        let mut woken = vec![false; self.notify.wakes.len()];
+        woken[0] = self.publish(events);
+        for Queued { from, job } in batch {
+            woken[from] = true;
             if let Some(done) = job.done {
                 let error = job.ops.iter().find_map(|op| failed.get(&partition_of(op)));
                 let error = error.or(log_error.as_ref().filter(|_| job.ops.iter().any(wal::needs_sync)));
                 done(error.map_or(Ok(()), |e| Err(e.clone())));
             }
         }
-        (self.notify.wake)();
+        for (wake, _) in self.notify.wakes.iter().zip(woken).filter(|(_, woken)| *woken) {
+            wake();
+        }
     }
 
     fn sweep(&mut self) {
@@ -348,14 +428,16 @@ impl WriterLoop {
             }
         }
         self.dirty = true;
-        self.publish(events);
-        (self.notify.wake)();
+        if self.publish(events) {
+            (self.notify.wakes[0])();
+        }
         // Sweep again at once while rows are left, otherwise after the interval.
         self.last_sweep = if more { Instant::now() - EXPIRY_SWEEP_INTERVAL } else { Instant::now() };
     }
 
-    /// Keeps the pending gauge and queues the rest for the shard (the caller wakes it).
-    fn publish(&self, mut events: Vec<StoreEvent>) {
+    /// Keeps the pending gauge and queues the rest for the first shard; true if any were
+    /// queued (the caller wakes it).
+    fn publish(&self, mut events: Vec<StoreEvent>) -> bool {
         events.retain(|e| match e {
             StoreEvent::PendingRows(delta) => {
                 self.metrics.pending.fetch_add(*delta, std::sync::atomic::Ordering::Relaxed);
@@ -363,9 +445,11 @@ impl WriterLoop {
             }
             _ => true,
         });
-        if !events.is_empty() {
+        let any = !events.is_empty();
+        if any {
             (self.notify.on_events)(events);
         }
+        any
     }
 
     /// fdatasyncs the log: every record appended so far is durable.
@@ -427,17 +511,21 @@ impl WriterLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::super::PartitionStore;
     use crate::ids::RegId;
     use crate::push::Envelope;
 
-    fn push_job() -> StoreJob {
+    fn push_job() -> Queued {
         let envelope = Arc::new(Envelope { id: 1, app_id: 7, expires_at: u64::MAX / 2, json: b"{}".to_vec().into() });
         let regids = vec![RegId::generate(0)];
-        StoreJob { ops: vec![WriteOp::StorePush { envelope, seq: 1, regids }], done: None, awaited: true }
+        let job = StoreJob { ops: vec![WriteOp::StorePush { envelope, seq: 1, regids }], done: None, awaited: true };
+        Queued { from: 0, job }
     }
 
-    fn ack_job(seq: u64) -> StoreJob {
-        StoreJob { ops: vec![WriteOp::GroupCursor { regid: RegId::generate(0), seq }], done: None, awaited: false }
+    fn ack_job(seq: u64) -> Queued {
+        let job =
+            StoreJob { ops: vec![WriteOp::GroupCursor { regid: RegId::generate(0), seq }], done: None, awaited: false };
+        Queued { from: 0, job }
     }
 
     /// Wide windows, so that the test's own timing cannot decide it.
@@ -455,8 +543,36 @@ mod tests {
         });
         let batch = gather(&rx, ack_job(1), &WIDE);
         assert_eq!(batch.len(), 2, "the acknowledgement and the push, not the job after the push's window");
-        assert!(batch[1].is_urgent() && !batch[0].is_urgent());
+        assert!(batch[1].job.is_urgent() && !batch[0].job.is_urgent());
         sender.join().unwrap();
+    }
+
+    #[test]
+    fn a_parked_writer_wakes_for_a_job_and_for_the_end() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = std::thread::current();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            tx.send(ack_job(1)).unwrap();
+            writer.unpark();
+            std::thread::sleep(Duration::from_millis(100));
+            drop(tx);
+            writer.unpark();
+        });
+        // A wake-up lost would show as a wait of the whole minute.
+        let started = Instant::now();
+        assert!(matches!(next_job(&rx, Duration::from_secs(60)), Waited::Job(_)));
+        assert!(matches!(next_job(&rx, Duration::from_secs(60)), Waited::Stopped));
+        assert!(started.elapsed() < Duration::from_secs(30), "parked through a job and the end");
+        assert!(matches!(next_job(&rx, Duration::ZERO), Waited::Stopped));
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn an_idle_writer_waits_out_its_timeout() {
+        let (_tx, rx) = crossbeam_channel::unbounded::<Queued>();
+        std::thread::current().unpark(); // a stale token from a job already taken
+        assert!(matches!(next_job(&rx, Duration::from_millis(20)), Waited::Timeout));
     }
 
     #[test]
@@ -473,5 +589,59 @@ mod tests {
         let batch = gather(&rx, ack_job(1), &windows);
         sender.join().unwrap();
         assert_eq!(batch.len(), 5, "every patient job that came within the patient window");
+    }
+
+    /// Two shards share one writer: each is woken for its own commits, the writer outlives
+    /// the first to stop, and the last to stop finds every job committed.
+    #[test]
+    fn one_writer_serves_several_shards() {
+        use std::sync::atomic::AtomicU64;
+        let dir = std::env::temp_dir().join(format!("pushnode-writer-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = super::super::StoreLimits { max_pending_per_device: 10 };
+        let db = Arc::new(ShardDb::open(&dir.join("db.redb"), &[0, 2], 1 << 20, limits).unwrap());
+        let wakes: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::default()).collect();
+        let notify = Notify {
+            on_events: Box::new(|_| {}),
+            wakes: wakes
+                .iter()
+                .map(|count| {
+                    let count = count.clone();
+                    Arc::new(move || {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }) as Arc<dyn Fn() + Send + Sync>
+                })
+                .collect(),
+        };
+        let wal = WalSetup { paths: [dir.join("wal-a.log"), dir.join("wal-b.log")], next_lsn: 1 };
+        let mut handles =
+            StoreWriter::start("test-writer".into(), db.clone(), Durability::Buffered, &wal, notify, Arc::default())
+                .unwrap();
+        assert_eq!(handles.len(), 2);
+        let register = |partition: u16, done: crossbeam_channel::Sender<Result<(), StoreError>>| {
+            let regid = RegId::generate(partition);
+            let record = super::super::DeviceRecord { app_id: 7, token_hash: [1; 16], created_at: 1 };
+            let ops = vec![WriteOp::RegisterDevice { regid, record }];
+            (regid, StoreJob { ops, done: Some(Box::new(move |r| done.send(r).unwrap())), awaited: true })
+        };
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (first, job) = register(0, done_tx.clone());
+        handles[1].submit(job);
+        done_rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+        assert_eq!(wakes[1].load(Ordering::Relaxed), 1, "the shard whose job it was is woken");
+        assert_eq!(wakes[0].load(Ordering::Relaxed), 0, "the other is not");
+        let mut second = handles.pop().unwrap();
+        let mut lead = handles.pop().unwrap();
+        lead.stop();
+        let (other, job) = register(2, done_tx);
+        second.submit(job);
+        second.stop();
+        assert!(done_rx.recv_timeout(Duration::ZERO).unwrap().is_ok(), "committed before the last stop returned");
+        let stores = db.partitions();
+        let has = |store: &PartitionStore, regid| store.load_devices().unwrap().iter().any(|(r, _)| *r == regid);
+        assert!(has(&stores[0], first) && has(&stores[1], other), "each shard's registration is in its partition");
+        drop((lead, second, db));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
