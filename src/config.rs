@@ -62,7 +62,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// "fsync" (an answered push survives power loss) or "buffered" (fsync every second).
     pub durability: Durability,
-    /// redb page cache of all shards' databases together, in bytes; each gets an equal share.
+    /// redb page cache of all store databases together, in bytes; each gets an equal share.
     pub store_cache_bytes: usize,
     /// Bytes all shards together may hold for sending to devices (encoded messages the
     /// kernel has not taken yet); each shard gets an equal share, at least 64 KiB. Past its

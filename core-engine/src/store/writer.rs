@@ -510,8 +510,8 @@ impl WriterLoop {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::PartitionStore;
+    use super::*;
     use crate::ids::RegId;
     use crate::push::Envelope;
 
