@@ -7,7 +7,7 @@ use crate::ids::message_id_text;
 use crate::ids::{AppId, MessageId, MessageIdSource, RegId};
 use crate::push::{GroupFilter, PushError, SendRequest, Target};
 use crate::shard::{ControlError, Relayed, Shard, ShardInbox, ShardMsg, ShardSetup};
-use crate::store::{Durability, MessageStats, Notify, PartitionStore, ShardDb, StoreError, StoreWriter};
+use crate::store::{Durability, MessageStats, Notify, PartitionStore, StoreDb, StoreError, StoreWriter};
 use crate::sys::BufRingError;
 use futures_channel::oneshot;
 use std::net::SocketAddr;
@@ -185,7 +185,7 @@ pub fn store_writers_for(shards: usize, cores: usize) -> usize {
 fn start_writers(
     config: &EngineConfig,
     shared: &Arc<NodeShared>,
-    dbs: &[Arc<ShardDb>],
+    dbs: &[Arc<StoreDb>],
     wal_paths: &[[PathBuf; 2]],
     next_lsn: u64,
 ) -> Result<Vec<Option<StoreWriter>>, EngineError> {
@@ -303,7 +303,7 @@ impl Node {
                     .map_err(|e| StoreError(format!("writing data/node.json: {e}")))
             },
         )?;
-        let dbs: Vec<Arc<ShardDb>> = dbs.into_iter().map(Arc::new).collect();
+        let dbs: Vec<Arc<StoreDb>> = dbs.into_iter().map(Arc::new).collect();
         let wal_paths: Vec<_> = (0..writers).map(|i| crate::store::wal::paths_of(&config.data_dir, i)).collect();
         let in_use: Vec<_> = wal_paths.iter().flatten().cloned().collect();
         let keep: &[_] = if config.durability == crate::store::Durability::Fsync { &in_use } else { &[] };

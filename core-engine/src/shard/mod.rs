@@ -279,7 +279,7 @@ pub struct ShardSetup {
     pub inbox_rx: Receiver<ShardMsg>,
     /// The database holding the shard's partitions (and, when several shards share a
     /// writer, theirs too).
-    pub db: Arc<crate::store::ShardDb>,
+    pub db: Arc<crate::store::StoreDb>,
     /// The shard's handle to that database's writer.
     pub writer: StoreWriter,
 }

@@ -1,8 +1,10 @@
 //! Which database file holds which partitions, and moving rows when that changes.
 //!
-//! Shard `i` of `n` keeps the partitions `p` with `p % n == i` in `store-{i}-of-{n}.redb`
-//! (`shard_db.rs`). The shard count the files were made for is recorded in `node.json`; a
-//! node started with another count (or on a data folder from before, with one
+//! File `i` of `n` (one per store writer) keeps the partitions `p` with `p % n == i` in
+//! `store-{i}-of-{n}.redb` (`store_db.rs`); `n` divides the shard count, so a shard's
+//! partitions are all in one file. The file count the files were made for is recorded in
+//! `node.json` (files from before store writers were shared are one per shard); a node
+//! started with another count (or on a data folder from before, with one
 //! `partition-NNNN.redb` per partition) first copies every row into new files of its own
 //! layout, in one durable transaction per file, then records the new count, then removes
 //! the old files. Files of the new layout found before the count is recorded are what an
@@ -13,7 +15,7 @@ use super::partition::{
     self, StoreError, StoreLimits, ACTIVE_DAYS, ALIASES, BODIES, CLICKS, DAY_STATS, DEVICES, EXPIRY, GROUP,
     GROUP_CURSORS, META, MSG_STATS, OLD_PENDING, OLD_PUSH_EXPIRY, PENDING, PUSH_ROWS, QUIET, SUBSCRIPTIONS,
 };
-use super::shard_db::ShardDb;
+use super::store_db::StoreDb;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
 use std::path::{Path, PathBuf};
 
@@ -25,49 +27,48 @@ const LEGACY_GROUP: TableDefinition<u64, &[u8]> = TableDefinition::new("group");
 const LEGACY_PENDING_BY_DEVICE: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
 const LEGACY_APPLIED_LSN: &str = "applied_lsn";
 
-/// The database file of shard `index` of `shards`.
-pub fn shard_db_path(dir: &Path, index: usize, shards: usize) -> PathBuf {
-    dir.join(format!("store-{index}-of-{shards}.redb"))
+/// Database file `index` of `files`.
+pub fn db_path(dir: &Path, index: usize, files: usize) -> PathBuf {
+    dir.join(format!("store-{index}-of-{files}.redb"))
 }
 
 fn legacy_path(dir: &Path, partition: u16) -> PathBuf {
     dir.join(format!("partition-{partition:04}.redb"))
 }
 
-/// The partitions shard `index` of `shards` owns.
+/// The partitions shard `index` of `shards` owns; with files for shards, the partitions
+/// file `index` of `shards` files holds.
 pub fn partitions_of(index: usize, shards: usize, partitions: u16) -> Vec<u16> {
     (0..partitions).filter(|&p| usize::from(p) % shards == index).collect()
 }
 
-/// Opens the databases of `shards` shards over `partitions` partitions. `found` is the
-/// shard count the folder's files were made for (`None`: one file per partition, or a new
-/// folder); if it differs, the rows move first and `record(shards)` must make the new count
-/// durable before the old files go.
+/// Opens `files` databases over `partitions` partitions. `found` is the file count the
+/// folder's files were made for (`None`: one file per partition, or a new folder); if it
+/// differs, the rows move first and `record(files)` must make the new count durable before
+/// the old files go.
 pub fn open(
     dir: &Path,
     partitions: u16,
-    shards: usize,
+    files: usize,
     found: Option<usize>,
     cache_bytes: usize,
     limits: StoreLimits,
     record: impl FnOnce(usize) -> Result<(), StoreError>,
-) -> Result<Vec<ShardDb>, StoreError> {
-    assert!(shards >= 1 && usize::from(partitions) >= shards, "every shard owns a partition");
-    if found != Some(shards) {
+) -> Result<Vec<StoreDb>, StoreError> {
+    assert!(files >= 1 && usize::from(partitions) >= files, "every file holds a partition");
+    if found != Some(files) {
         let old = old_files(dir, partitions, found);
         if !old.is_empty() {
-            tracing::info!(files = old.len(), from = ?found, to = shards, "moving the store to this shard count's files");
-            move_rows(dir, shards, &old)?;
+            tracing::info!(files = old.len(), from = ?found, to = files, "moving the store's rows into files for the new file count");
+            move_rows(dir, files, &old)?;
         }
-        record(shards)?;
+        record(files)?;
         for OldFile { path, .. } in &old {
             std::fs::remove_file(path).map_err(|e| StoreError(format!("removing {}: {e}", path.display())))?;
         }
     }
-    (0..shards)
-        .map(|i| {
-            ShardDb::open(&shard_db_path(dir, i, shards), &partitions_of(i, shards, partitions), cache_bytes, limits)
-        })
+    (0..files)
+        .map(|i| StoreDb::open(&db_path(dir, i, files), &partitions_of(i, files, partitions), cache_bytes, limits))
         .collect()
 }
 
@@ -83,16 +84,16 @@ struct OldFile {
 fn old_files(dir: &Path, partitions: u16, found: Option<usize>) -> Vec<OldFile> {
     let files: Vec<OldFile> = match found {
         None => (0..partitions).map(|p| OldFile { path: legacy_path(dir, p), legacy_partition: Some(p) }).collect(),
-        Some(n) => (0..n).map(|i| OldFile { path: shard_db_path(dir, i, n), legacy_partition: None }).collect(),
+        Some(n) => (0..n).map(|i| OldFile { path: db_path(dir, i, n), legacy_partition: None }).collect(),
     };
     files.into_iter().filter(|f| f.path.exists()).collect()
 }
 
 /// Copies every row of `old` into new files for `shards`.
-fn move_rows(dir: &Path, shards: usize, old: &[OldFile]) -> Result<(), StoreError> {
-    let mut targets = Vec::with_capacity(shards);
-    for i in 0..shards {
-        let path = shard_db_path(dir, i, shards);
+fn move_rows(dir: &Path, files: usize, old: &[OldFile]) -> Result<(), StoreError> {
+    let mut targets = Vec::with_capacity(files);
+    for i in 0..files {
+        let path = db_path(dir, i, files);
         if path.exists() {
             // Left by a move that did not finish: made again from the old files.
             std::fs::remove_file(&path).map_err(|e| StoreError(format!("removing {}: {e}", path.display())))?;
@@ -109,8 +110,8 @@ fn move_rows(dir: &Path, shards: usize, old: &[OldFile]) -> Result<(), StoreErro
         let db = Database::open(&file.path)?;
         let src = db.begin_read()?;
         rows += match file.legacy_partition {
-            Some(p) => copy_legacy(&src, p, &txns[usize::from(p) % shards])?,
-            None => copy_routed(&src, &txns, shards)?,
+            Some(p) => copy_legacy(&src, p, &txns[usize::from(p) % files])?,
+            None => copy_routed(&src, &txns, files)?,
         };
     }
     for txn in txns {
@@ -193,17 +194,17 @@ fn copy_partition_first_tables(
         + copy_bytes_keyed(src, OLD_PUSH_EXPIRY, dst, OLD_PUSH_EXPIRY, route)?)
 }
 
-/// Copies the rows of a database of another shard count, each to the file of its partition.
-fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], shards: usize) -> Result<u64, StoreError> {
+/// Copies the rows of a database of another file count, each to the file of its partition.
+fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], files: usize) -> Result<u64, StoreError> {
     let dst: Vec<&WriteTransaction> = txns.iter().collect();
-    let to = |p: Option<u16>, key: &[u8]| p.map(|p| (usize::from(p) % shards, key.to_vec()));
+    let to = |p: Option<u16>, key: &[u8]| p.map(|p| (usize::from(p) % files, key.to_vec()));
     let lead = |key: &[u8]| to(leading_partition(key), key);
     let after = |key: &[u8]| to(partition_after_u64(key), key);
     let mut rows = 0;
     rows += copy_device_tables(src, &dst, lead)?;
     rows += copy_partition_first_tables(src, &dst, lead)?;
     rows += copy_bytes_keyed(src, PUSH_ROWS, &dst, PUSH_ROWS, |key| {
-        split_push_row_key(key).map(|(p, ..)| (usize::from(p) % shards, key.to_vec()))
+        split_push_row_key(key).map(|(p, ..)| (usize::from(p) % files, key.to_vec()))
     })?;
     rows += copy_bytes_keyed(src, PENDING, &dst, PENDING, after)?;
     rows += copy_bytes_keyed(src, OLD_PENDING, &dst, OLD_PENDING, after)?;
@@ -214,7 +215,7 @@ fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], shards: usize) 
         for row in table.iter()? {
             let (k, v) = row?;
             let key = k.value();
-            outs[usize::from(key.1) % shards].insert(key, v.value())?;
+            outs[usize::from(key.1) % files].insert(key, v.value())?;
             rows += 1;
         }
     }
@@ -223,7 +224,7 @@ fn copy_routed(src: &ReadTransaction, txns: &[WriteTransaction], shards: usize) 
         for row in meta.iter()? {
             let (k, v) = row?;
             let Some(p) = k.value().strip_prefix("applied_lsn/").and_then(|p| p.parse::<u16>().ok()) else { continue };
-            outs[usize::from(p) % shards].insert(k.value(), v.value())?;
+            outs[usize::from(p) % files].insert(k.value(), v.value())?;
         }
     }
     Ok(rows)

@@ -1,4 +1,4 @@
-//! One partition's rows in its shard's redb database (`shard_db.rs`), and the operations
+//! One partition's rows in its shard's redb database (`store_db.rs`), and the operations
 //! on them. Rows keyed by RegID carry the partition in the RegID's first two bytes; rows
 //! keyed by a message id or a seq carry it after the id (`(id, partition)`), and push rows
 //! after their expiry time and seq, so a commit that writes several partitions still
@@ -397,7 +397,7 @@ fn decode_group(raw: &[u8]) -> Option<(MessageId, AppId, u64, GroupFilter)> {
     Some((id, app_id, expires_at, filter))
 }
 
-/// Every table a shard's database holds; `ShardDb::open` creates them.
+/// Every table a store database holds; `StoreDb::open` creates them.
 pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(DEVICES)?;
     txn.open_table(PENDING)?;
@@ -424,7 +424,7 @@ fn partition_range(partition: u16) -> (Vec<u8>, Option<Vec<u8>>) {
     (start, end)
 }
 
-/// One partition of a shard's database.
+/// One partition of a store database.
 pub struct PartitionStore {
     pub partition: u16,
     db: Arc<Database>,

@@ -10,7 +10,7 @@
 //! file written before the switch is free to be written over at the next switch.
 
 use super::partition::{StoreError, StoreEvent, WriteOp};
-use super::shard_db::ShardDb;
+use super::store_db::StoreDb;
 use super::wal::{self, Wal};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::BTreeMap;
@@ -119,7 +119,7 @@ impl StoreWriter {
     /// one handle per entry of `notify.wakes`, in that order: the shards it serves.
     pub fn start(
         name: String,
-        db: Arc<ShardDb>,
+        db: Arc<StoreDb>,
         durability: Durability,
         wal: &WalSetup,
         notify: Notify,
@@ -261,7 +261,7 @@ const EXPIRY_SWEEP_ROWS: usize = 20_000;
 
 /// The writer's loop: group-commit jobs, checkpoint (sync) the database, sweep expired messages.
 struct WriterLoop {
-    db: Arc<ShardDb>,
+    db: Arc<StoreDb>,
     metrics: Arc<crate::stats::ShardMetrics>,
     /// The write-ahead log under `Fsync` durability.
     wal: Option<Wal>,
@@ -600,7 +600,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let limits = super::super::StoreLimits { max_pending_per_device: 10 };
-        let db = Arc::new(ShardDb::open(&dir.join("db.redb"), &[0, 2], 1 << 20, limits).unwrap());
+        let db = Arc::new(StoreDb::open(&dir.join("db.redb"), &[0, 2], 1 << 20, limits).unwrap());
         let wakes: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::default()).collect();
         let notify = Notify {
             on_events: Box::new(|_| {}),

@@ -61,7 +61,7 @@ fn write_legacy(dir: &Path, regid: RegId, seq: u64, id: u64, by_device: bool) {
 
 /// Opens `dir` for `shards` shards from the layout `found`; answers the databases and the
 /// shard count recorded (if one was).
-fn open_as(dir: &Path, shards: usize, found: Option<usize>) -> (Vec<ShardDb>, Option<usize>) {
+fn open_as(dir: &Path, shards: usize, found: Option<usize>) -> (Vec<StoreDb>, Option<usize>) {
     let recorded = Cell::new(None);
     let dbs = open(dir, 2, shards, found, 1 << 20, LIMITS, |n| {
         recorded.set(Some(n));
@@ -72,12 +72,12 @@ fn open_as(dir: &Path, shards: usize, found: Option<usize>) -> (Vec<ShardDb>, Op
 }
 
 /// Every partition of `dbs` by number.
-fn partition(dbs: &[ShardDb], p: u16) -> &PartitionStore {
+fn partition(dbs: &[StoreDb], p: u16) -> &PartitionStore {
     dbs.iter().flat_map(|db| db.partitions()).find(|s| s.partition == p).expect("partition held")
 }
 
 /// What the two devices of the test folder should find, whatever the layout.
-fn check_rows(dbs: &[ShardDb], a: &RegId, b: &RegId) {
+fn check_rows(dbs: &[StoreDb], a: &RegId, b: &RegId) {
     for (regid, id) in [(a, 10u64), (b, 11)] {
         let store = partition(dbs, regid.partition());
         let devices = store.load_devices().unwrap();
@@ -100,7 +100,7 @@ fn check_rows(dbs: &[ShardDb], a: &RegId, b: &RegId) {
 
 /// Expires what is due at 100 s in every partition of `dbs`: each device's one pending push
 /// goes, found through its expiry row.
-fn expire_both(dbs: &[ShardDb], a: &RegId, b: &RegId) {
+fn expire_both(dbs: &[StoreDb], a: &RegId, b: &RegId) {
     for regid in [a, b] {
         let store = partition(dbs, regid.partition());
         let mut events = Vec::new();
@@ -117,7 +117,7 @@ fn expire_both(dbs: &[ShardDb], a: &RegId, b: &RegId) {
 /// push rows kept them in: pending rows of message ids, bodies of their own, expiry rows
 /// keyed partition first.
 fn make_push_tables_old(dir: &Path) {
-    let db = Database::open(shard_db_path(dir, 0, 1)).unwrap();
+    let db = Database::open(db_path(dir, 0, 1)).unwrap();
     let txn = db.begin_write().unwrap();
     {
         let pending = txn.open_table(PENDING).unwrap();
@@ -154,7 +154,7 @@ fn pushes_in_the_tables_before_push_rows_move_to_push_rows_on_open_and_on_a_move
         expire_both(&dbs, &a, &b);
         drop(dbs);
         for i in 0..shards {
-            let db = Database::open(shard_db_path(&dir, i, shards)).unwrap();
+            let db = Database::open(db_path(&dir, i, shards)).unwrap();
             let txn = db.begin_read().unwrap();
             for old in [OLD_PENDING.name(), OLD_PUSH_EXPIRY.name()] {
                 assert!(!txn.list_tables().unwrap().any(|t| t.name() == old), "{old} is gone");
@@ -190,7 +190,7 @@ fn a_folder_of_partition_files_moves_into_shard_databases_and_between_shard_coun
     let (dbs, recorded) = open_as(&dir, 2, Some(1));
     assert_eq!(recorded, Some(2));
     assert_eq!(dbs.iter().map(|db| db.partitions().len()).collect::<Vec<_>>(), vec![1, 1]);
-    assert!(!shard_db_path(&dir, 0, 1).exists());
+    assert!(!db_path(&dir, 0, 1).exists());
     check_rows(&dbs, &a, &b);
     drop(dbs);
 
@@ -209,7 +209,7 @@ fn a_move_that_did_not_finish_is_made_again() {
     drop(open_as(&dir, 2, None));
     // A move to one shard stopped after writing part of its file (here: a device only).
     {
-        let db = Database::create(shard_db_path(&dir, 0, 1)).unwrap();
+        let db = Database::create(db_path(&dir, 0, 1)).unwrap();
         let txn = db.begin_write().unwrap();
         partition::create_tables(&txn).unwrap();
         txn.open_table(DEVICES).unwrap().insert(&RegId::generate(0).0[..], &[1u8; 28][..]).unwrap();

@@ -156,7 +156,7 @@ impl<'a> TxnEffects<'a> {
     }
 }
 
-/// Applies each partition's ops in one transaction of their shard's database `db`,
+/// Applies each partition's ops in one transaction of their store database `db`,
 /// committed with `durability`; with `lsn`, each partition records that it holds the
 /// write-ahead log record `lsn`. Nothing is published unless the transaction commits.
 pub(in crate::store) fn apply_together(

@@ -1,8 +1,8 @@
-//! One shard's redb database: the partitions its shard owns, kept in one file, so the
-//! shard's writer commits all of them in one transaction (one transaction per partition,
-//! eight a commit on a 2-shard node of 16 partitions, cost the writer twice the CPU).
-//! Which file holds which partitions, and moving them when the shard count changes, is
-//! `layout.rs`.
+//! One store database: the partitions of the shards its writer serves (one shard, or
+//! several when shards outnumber the store writers), kept in one file, so the writer commits
+//! all of them in one transaction (one transaction per partition, eight a commit on a
+//! 2-shard node of 16 partitions, cost the writer twice the CPU). Which file holds which
+//! partitions, and moving them when the file count changes, is `layout.rs`.
 
 use super::partition::{self, PartitionStore, StoreError, StoreEvent, StoreLimits, WriteOp};
 use redb::Database;
@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A shard's database and its partitions.
-pub struct ShardDb {
+/// A store database and its partitions.
+pub struct StoreDb {
     db: Arc<Database>,
     partitions: Vec<Arc<PartitionStore>>,
 }
 
-impl ShardDb {
+impl StoreDb {
     /// Opens (or creates) the database at `path` holding `partitions`.
     pub fn open(path: &Path, partitions: &[u16], cache_bytes: usize, limits: StoreLimits) -> Result<Self, StoreError> {
         let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
@@ -24,7 +24,7 @@ impl ShardDb {
         partition::create_tables(&txn)?;
         txn.commit()?;
         let partitions = PartitionStore::open_all(&db, partitions, limits)?.into_iter().map(Arc::new).collect();
-        Ok(ShardDb { db, partitions })
+        Ok(StoreDb { db, partitions })
     }
 
     /// Its partitions, ascending.
@@ -72,7 +72,7 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("pushnode-shard-db-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("pushnode-store-db-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -88,7 +88,7 @@ mod tests {
         let path = dir.join("db.redb");
         let (a, b) = (RegId::generate(1), RegId::generate(3));
         {
-            let db = ShardDb::open(&path, &[1, 3], 1 << 20, LIMITS).unwrap();
+            let db = StoreDb::open(&path, &[1, 3], 1 << 20, LIMITS).unwrap();
             let [one, three] = db.partitions() else { panic!("two partitions") };
             let record = DeviceRecord { app_id: 9, token_hash: [1; 16], created_at: 5 };
             // The same message stored in both partitions, in one commit.
@@ -113,7 +113,7 @@ mod tests {
             db.checkpoint().unwrap();
         }
         // Reopened: each partition finds its own devices and queues.
-        let db = ShardDb::open(&path, &[1, 3], 1 << 20, LIMITS).unwrap();
+        let db = StoreDb::open(&path, &[1, 3], 1 << 20, LIMITS).unwrap();
         let [one, three] = db.partitions() else { panic!("two partitions") };
         assert_eq!(one.load_devices().unwrap().len(), 1);
         assert!(three.load_devices().unwrap().is_empty());
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn sweeps_of_small_bites_expire_every_partitions_pushes() {
         let dir = temp_dir("bites");
-        let db = ShardDb::open(&dir.join("db.redb"), &[1, 3], 1 << 20, LIMITS).unwrap();
+        let db = StoreDb::open(&dir.join("db.redb"), &[1, 3], 1 << 20, LIMITS).unwrap();
         // 100 pushes for partition 1 due before partition 3's 5 (the expiry rows sort by time):
         // a sweep of partition 3 reads past partition 1's rows to find its own.
         let (a, b) = (RegId::generate(1), RegId::generate(3));
