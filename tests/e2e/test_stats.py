@@ -206,6 +206,18 @@ def test_known_counts(capped):
     assert today_row(node, app, "users")["peak_online"] >= K
 
 
+def test_known_counts_with_shards_sharing_store_writers(make_node, tmp_path):
+    """Four shards on two store writers: a writer commits for two shards and hands its
+    counts (drops, expiries, clicks) to the first of them; none is lost or counted twice."""
+    capped = config(tmp_path, "capped.toml", "max_pending_per_device = 2\n")
+    node = make_node(shards=4, extra_args=("--store-writers", "2", "--config", str(capped)))
+    assert {p.name for p in node.data_dir.glob("store-*.redb")} == {"store-0-of-2.redb", "store-1-of-2.redb"}
+    app = node.create_app()
+    push, users, _online = known_run(node, app)
+    wait_row(node, app, push, timeout=20)  # expiry is swept every 10 s
+    assert counts(today_row(node, app, "users"), ["new", "active"]) == users
+
+
 def test_range_auth_and_errors(node, app):
     regid, _ = node.register(app)
     node.send(app, [regid])
