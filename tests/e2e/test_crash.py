@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -714,10 +715,13 @@ def summary(r: dict) -> str:
     return " ".join(f"{k}={r.get(k)}" for k in keys)
 
 
-def test_crash_kill9_under_load(make_node):
+@pytest.mark.parametrize("shards,writers", [(2, None), (4, 2)], ids=["2-shards", "4-shards-on-2-writers"])
+def test_crash_kill9_under_load(make_node, shards, writers):
+    """`4-shards-on-2-writers`: each store writer (and its write-ahead log) serves two
+    shards, and its log is replayed for both after a kill."""
     seed = int(os.environ.get("CRASH_SEED", random.SystemRandom().randrange(1, 2**31)))
     p = CrashParams(seed=seed)
-    node = make_node(shards=2)
+    node = make_node(shards=shards, extra_args=("--store-writers", str(writers)) if writers else ())
     r = run_crash(node, p)
     print("crash result: " + summary(r))
     bad = check_report(r, p)
