@@ -226,7 +226,7 @@ def pushnode_layout(n):
     cores = os.cpu_count() or 1
     # As few shards as keep each one's devices under 14,000 on average: a shard's device
     # table doubles past 14,336 (7/8 of 16,384 buckets), which costs ~45 bytes per
-    # connection; fewer shards are fewer threads, rings and store writers (at 1M, 56
+    # connection; fewer shards are fewer threads and rings (at 1M, 56
     # shards of 17,900 delivered 26,004/s against 20,545/s on 80, but took 506 B per idle
     # connection against 468). SO_REUSEPORT spreads connections evenly (a shard's count
     # varies by ~sqrt of its mean); each ring may hold up to 19,500 (the fd limit is 20,000).
