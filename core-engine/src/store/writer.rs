@@ -4,7 +4,7 @@
 //! A node has one writer per database, and fewer databases than shards when the shards
 //! outnumber the cores (`node.rs`): one commit then carries several shards' jobs.
 //!
-//! Under `fsync` durability a commit is made durable by one fdatasync of the shard's
+//! Under `fsync` durability a commit is made durable by one fdatasync of the writer's
 //! write-ahead log (`wal.rs`), not by fsyncing the database. A checkpoint switches the log
 //! to its other file and then fsyncs the database between commits; once that is done, the
 //! file written before the switch is free to be written over at the next switch.
@@ -293,7 +293,8 @@ enum Waited {
 /// after each job it queues, so a job queued after the last look leaves the park token set
 /// and the park returns at once. (A channel's own blocking receive spins first, calling
 /// `sched_yield` a few times each time the writer goes idle: at 100k connections, with 8
-/// writers going idle ~1,000 times a second each, that spinning was 16% of their samples.)
+/// writers going idle ~1,000 times a second each, that spinning was 16% of their profile's
+/// samples, though their CPU seconds did not show it; BENCHMARKS.md, sixteenth session.)
 fn next_job(rx: &Receiver<Queued>, wait: Duration) -> Waited {
     let deadline = Instant::now() + wait;
     loop {
