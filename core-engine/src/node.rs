@@ -173,8 +173,9 @@ pub struct Node {
 /// The store writers for `shards` shards on `cores` cores: one per shard while shards do
 /// not outnumber the cores, else the most that divides the shard count and does not
 /// outnumber the cores. Each writer commits every ~1 ms while pushes flow, whatever its
-/// load: at 100k connections (8 shards on 2 cores) eight writers cost the node a third of
-/// its CPU in small commits and context switches, two cost a fraction (BENCHMARKS.md).
+/// load: at 100k connections (8 shards on 2 cores) eight writers took a third of the
+/// node's CPU in small commits and context switches, two take half as much (BENCHMARKS.md,
+/// sixteenth session).
 pub fn store_writers_for(shards: usize, cores: usize) -> usize {
     assert!(shards >= 1, "at least one shard");
     (1..=shards.min(cores.max(1))).rev().find(|&w| shards.is_multiple_of(w)).expect("1 divides every count")
