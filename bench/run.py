@@ -255,7 +255,8 @@ def start_pushnode(n, logs_dir, tag, tls=None, durability="buffered"):
             # a quarter of that suits a shard that holds 12,500.
             f.write("submission_queue_entries = 1024\ncompletion_queue_entries = 4096\n")
     data = os.path.join(tmp, "data")
-    argv = [os.environ.get("PUSHNODE") or os.path.join(RELEASE, "pushnode"), "serve", "--config", cfg, "--data-dir", data,
+    # The server runs in its own folder: a relative PUSHNODE is taken from here.
+    argv = [os.path.abspath(os.environ.get("PUSHNODE") or os.path.join(RELEASE, "pushnode")), "serve", "--config", cfg, "--data-dir", data,
             "--mqtt-listen", f"127.0.0.1:{mqtt}", "--http-listen", f"127.0.0.1:{http}",
             "--durability", durability, "--shards", str(shards),
             "--max-connections-per-shard", str(per_shard)]
@@ -359,7 +360,7 @@ def find_bin(name):
 
 
 def loadgen_bin():
-    return os.environ.get("LOADGEN") or os.path.join(RELEASE, "loadgen")
+    return os.path.abspath(os.environ.get("LOADGEN") or os.path.join(RELEASE, "loadgen"))
 
 
 def loadgen_scenarios():

@@ -2,9 +2,10 @@
 """Runs a server and writes its CPU seconds and context switches per thread kind at exit.
 
 For bench/run.py, whose `PUSHNODE` names the server binary:
-    PUSHNODE=bench/thread-cpu.py THREAD_CPU_BIN=target/release/pushnode THREAD_CPU_OUT=FILE \
+    PUSHNODE=bench/thread-cpu.py THREAD_CPU_BIN=$PWD/target/release/pushnode THREAD_CPU_OUT=/tmp/FILE \
         python3 bench/run.py --profile full --only pushnode --scenarios unicast --connections 100000 --out DIR
-Every quarter second it reads /proc/PID/task/*/{stat,status} and keeps each thread's last
+THREAD_CPU_BIN and THREAD_CPU_OUT must be absolute paths (the server runs in its own
+folder). Every quarter second it reads /proc/PID/task/*/{stat,status} and keeps each thread's last
 figures (threads that end keep theirs); at exit it sums them by thread name without its
 `-N` suffix (shard, store, http, ...) into THREAD_CPU_OUT, one line per kind. SIGTERM and
 SIGINT are passed on to the server.
