@@ -56,9 +56,9 @@ def test_rows_survive_changes_of_the_shard_and_writer_counts(make_node):
     # Four shards, two writers: each writer commits for two shards.
     _restart_with(node, 4, 2)
     _fetch(node, app, devices[5:], sent)
-    dev = node.device(app, first_regid, first_token)
-    dev.connect()
-    dev.expect_no_more(0, wait=0.5)
+    first = node.device(app, first_regid, first_token)
+    first.connect()
+    first.expect_no_more(0, wait=0.5)
     # Counts kept across the moves.
     status = node.status(app, sent[first_regid][0]).json()
     assert (status["targets"], status["delivered"]) == (1, 1), status
@@ -69,7 +69,7 @@ def test_rows_survive_changes_of_the_shard_and_writer_counts(make_node):
     online = node.device(app, *devices[1])
     online.connect()
     pushed = [node.send(app, [regid], title="after")["id"] for regid, _ in devices]
-    assert dev.wait_messages(1, timeout=10)[0]["payload"]["id"] == pushed[0]
+    assert first.wait_messages(1, timeout=10)[0]["payload"]["id"] == pushed[0]
     assert online.wait_messages(1, timeout=10)[0]["payload"]["id"] == pushed[1]
     node.close_clients()
     _restart_with(node, 4, 2)
