@@ -88,7 +88,7 @@ PROFILES = {
         idle_hold_s=15, fanout_messages=10, fanout_interval_ms=0, fanout_repeats=3,
         unicast_rate=20_000, unicast_s=30, unicast_batch=10, connect_repeats=3,
         http_devices=10_000, http_rate=60_000, http_s=15, http_repeats=3,
-        fsync_devices=10_000, fsync_rate=30_000, fsync_s=10,
+        fsync_devices=10_000, fsync_rate=30_000, fsync_s=60,
         churn_per_s=2_000, churn_rate=20_000, churn_s=30, timeout_s=600, straggler_s=15,
     ),
 }
