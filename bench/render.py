@@ -27,9 +27,13 @@ COLUMNS = [
     ("unicast p99 ms", "unicast", lambda d: lat(d, "p99"), "ms"),
     ("unicast p99.9 ms", "unicast", lambda d: lat(d, "p999"), "ms"),
 ]
-# Shown only when the run had the `http` scenario (Pushnode's HTTP frontend alone).
+# Shown only when the run had the `http` scenario (Pushnode's HTTP frontend alone, HTTP/2).
 HTTP_COLUMNS = [
     ("HTTP frontend req/s", "http", lambda d: d.get("achieved_rate_per_s"), "rate"),
+]
+# Shown only when the run had the `http1` scenario (the same over HTTP/1.1 keep-alive).
+HTTP1_COLUMNS = [
+    ("HTTP/1.1 keep-alive req/s", "http1", lambda d: d.get("achieved_rate_per_s"), "rate"),
 ]
 # Shown only when the run had the `fsync` scenario (Pushnode's HTTP unicast, fsync durability).
 FSYNC_COLUMNS = [
@@ -125,6 +129,8 @@ def render(out_dir):
     columns = COLUMNS[:2] + TLS_COLUMNS + COLUMNS[2:] if "idle-tls" in ran else list(COLUMNS)
     if "http" in ran:
         columns += HTTP_COLUMNS
+    if "http1" in ran:
+        columns += HTTP1_COLUMNS
     if "fsync" in ran:
         columns += FSYNC_COLUMNS
 
@@ -218,6 +224,13 @@ def render(out_dir):
             f"offline, then loadgen offers {p.get('http_rate'):,} single-RegID `POST /v1/messages`/s "
             f"for {p.get('http_s')} s over 4 HTTP/2 connections (256 in flight); each push is "
             "stored for its offline device (buffered durability)"
+            + (f"; median of {len(reps)} runs, each on a fresh node: "
+               + " / ".join(f"{r:,.0f}" for r in reps) + " requests/s" if reps else "") + ".")
+    if "http1" in ran:
+        reps = (run_of.get(("pushnode", "http1")) or {}).get("repeat_rates")
+        lines.append(
+            "http1 is the same load over HTTP/1.1: 256 keep-alive connections, one request in "
+            "flight on each (a send and a receive per request on both sides)"
             + (f"; median of {len(reps)} runs, each on a fresh node: "
                + " / ".join(f"{r:,.0f}" for r in reps) + " requests/s" if reps else "") + ".")
     if "fsync" in ran:

@@ -52,21 +52,22 @@ PEER_CAP = 19_000
 ALL_TARGETS = ["pushnode", "pushnode-cap", "mosquitto", "nats-server", "rumqttd", "bare"]
 # Pushnode again at the peers' cap, so rates and latencies compare at equal scale too.
 PEERS_AND_PUSHNODE = [t for t in ALL_TARGETS if t != "pushnode-cap"]
-ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "http", "fsync", "churn", "idle-tls"]
+ALL_SCENARIOS = ["connect", "idle", "fanout", "unicast", "http", "http1", "fsync", "churn", "idle-tls"]
 # Bench scenarios that run a loadgen scenario of another name, over TLS.
 TLS_SCENARIOS = {"idle-tls": "idle"}
-# `http`: the HTTP frontend alone (loadgen's `unicast --offline`, one RegID a request).
+# `http`: the HTTP frontend alone (loadgen's `unicast --offline`, one RegID a request), over
+# HTTP/2; `http1`: the same over HTTP/1.1 keep-alive connections (one request in flight each).
 # `fsync`: unicast through the HTTP API with `durability = "fsync"`, 100 RegIDs a request.
-LOADGEN_SCENARIO = {**TLS_SCENARIOS, "http": "unicast", "fsync": "unicast"}
+LOADGEN_SCENARIO = {**TLS_SCENARIOS, "http": "unicast", "http1": "unicast", "fsync": "unicast"}
 # What a repeated scenario keeps the median run of.
 REPEATED = {"connect": ("connect_repeats", "connect_rate_per_s"), "fanout": ("fanout_repeats", "deliveries_per_s"),
-            "http": ("http_repeats", "achieved_rate_per_s")}
+            "http": ("http_repeats", "achieved_rate_per_s"), "http1": ("http_repeats", "achieved_rate_per_s")}
 
 # Profiles: connections is what Pushnode gets; peers get min(connections, peer_cap).
 PROFILES = {
     "smoke": dict(
         connections=500, peer_cap=500, targets=["pushnode", "bare"],
-        scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "http1", "fsync", "churn"],
         idle_hold_s=2, fanout_messages=5, fanout_interval_ms=100,
         unicast_rate=1000, unicast_s=3, unicast_batch=100,
         http_devices=200, http_rate=1000, http_s=3,
@@ -75,7 +76,7 @@ PROFILES = {
     ),
     "quick": dict(
         connections=10_000, peer_cap=10_000, targets=PEERS_AND_PUSHNODE,
-        scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn", "idle-tls"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "http1", "fsync", "churn", "idle-tls"],
         idle_hold_s=3, fanout_messages=10, fanout_interval_ms=0, fanout_repeats=3,
         unicast_rate=20_000, unicast_s=5, unicast_batch=10, connect_repeats=3,
         http_devices=2_000, http_rate=30_000, http_s=5,
@@ -84,7 +85,7 @@ PROFILES = {
     ),
     "full": dict(
         connections=100_000, peer_cap=PEER_CAP, targets=ALL_TARGETS,
-        scenarios=["connect", "idle", "fanout", "unicast", "http", "fsync", "churn"],
+        scenarios=["connect", "idle", "fanout", "unicast", "http", "http1", "fsync", "churn"],
         idle_hold_s=15, fanout_messages=10, fanout_interval_ms=0, fanout_repeats=3,
         unicast_rate=20_000, unicast_s=30, unicast_batch=10, connect_repeats=3,
         http_devices=10_000, http_rate=60_000, http_s=15, http_repeats=3,
@@ -104,6 +105,8 @@ ONLY_FOR = {"churn": ({"pushnode", "pushnode-cap"}, "churn checks Pushnode's no-
                          "for Pushnode and mosquitto only"),
             "http": ({"pushnode"}, "the HTTP push API is Pushnode's own; peers are sent to over "
                      "MQTT (unicast)"),
+            "http1": ({"pushnode"}, "the HTTP push API is Pushnode's own; peers are sent to over "
+                      "MQTT (unicast)"),
             "fsync": ({"pushnode"}, "pushes through the HTTP API with every one durable on disk "
                       "before its answer are Pushnode's own (the peers' MQTT unicast is in `unicast`)")}
 
@@ -408,12 +411,15 @@ def loadgen_argv(scenario, srv, n, p, json_path):
                  "--duration-secs", str(p["unicast_s"])]
         if srv.name.startswith("pushnode"):
             argv += ["--batch", str(p["unicast_batch"])]
-    elif scenario == "http":
+    elif scenario in ("http", "http1"):
         # Devices register, connect and go offline; then single-RegID sends as fast as the
-        # frontend answers them up to the offered rate, over 4 HTTP/2 connections (256 in flight).
+        # frontend answers them up to the offered rate, 256 in flight: over 4 HTTP/2
+        # connections (`http`) or 256 HTTP/1.1 keep-alive connections (`http1`).
         argv += ["--connections", str(n), "--rate", str(p["http_rate"]),
                  "--duration-secs", str(p["http_s"]), "--batch", "1", "--offline",
-                 "--http2-connections", "4", "--http-concurrency", "256"]
+                 "--http-concurrency", "256"]
+        if scenario == "http":
+            argv += ["--http2-connections", "4"]
     elif scenario == "fsync":
         argv += ["--connections", str(n), "--rate", str(p["fsync_rate"]),
                  "--duration-secs", str(p["fsync_s"]), "--batch", "100"]
@@ -516,7 +522,8 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
         given = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
         capped = not target.startswith("pushnode") and given < p["connections"]
         for scenario in scenarios:
-            n = min(given, p[f"{scenario}_devices"]) if scenario in ("http", "fsync") else given
+            devices = {"http": "http_devices", "http1": "http_devices", "fsync": "fsync_devices"}
+            n = min(given, p[devices[scenario]]) if scenario in devices else given
             tag = f"{target}-{scenario}"
             json_path = os.path.join(out, f"{tag}.json")
             run = {"target": target, "scenario": scenario, "connections": n, "capped": capped}
