@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 const MAX_SQ: u32 = 32_768;
 /// The smallest share of `send_buffer_bytes` a shard may get.
 const MIN_SEND_BUFFER_PER_SHARD: usize = 64 * 1024;
+/// Longest `message_stats_days`: ten years.
+const MAX_STATS_DAYS: u32 = 3650;
 
 /// Every setting; defaults are the embedded single-node setup.
 #[derive(Clone, Debug, Deserialize)]
@@ -84,6 +86,13 @@ pub struct Config {
     pub max_topics_per_app: usize,
     /// Messages waiting for one device; when full, the oldest is dropped (and counted).
     pub max_pending_per_device: u32,
+    /// Days a message's status (targets, delivered, clicked) stays answerable, from its
+    /// creation; then its counts are forgotten (its status answers 404). Each message keeps
+    /// a row per partition it reached (~75 bytes of store file), so this bounds the store
+    /// under a steady push rate. Default 28: a week past the latest a message can expire
+    /// (scheduled 7 days ahead, 14 days of TTL). Below 21, a message's deliveries and
+    /// expiries after that go uncounted.
+    pub message_stats_days: u32,
     /// Connections the node holds at most; 0 = shards x max_connections_per_shard.
     pub max_connections: u64,
     /// New connections a second one source address (an IPv4 address, or an IPv6 /64) may
@@ -133,6 +142,7 @@ impl Default for Config {
             max_topics_per_device: 100,
             max_topics_per_app: 10_000,
             max_pending_per_device: 1000,
+            message_stats_days: (core_engine::store::DEFAULT_STATS_KEPT_SECS / 86_400) as u32,
             max_connections: 0,
             // Generous on purpose: one carrier-grade-NAT address can front thousands of
             // devices, all of which reconnect after a network blip. 1000 at once and 100/s
@@ -196,6 +206,9 @@ impl Config {
         if self.max_pending_per_device == 0 {
             bail!("max_pending_per_device must be at least 1");
         }
+        if !(1..=MAX_STATS_DAYS).contains(&self.message_stats_days) {
+            bail!("message_stats_days must be 1..={MAX_STATS_DAYS}, got {}", self.message_stats_days);
+        }
         let listens = [Some(self.mqtt_listen), Some(self.http_listen), self.mqtt_tls_listen, self.https_listen];
         let listens: Vec<SocketAddr> = listens.into_iter().flatten().collect();
         if let Some(twice) = listens.iter().enumerate().find_map(|(i, a)| listens[i + 1..].contains(a).then_some(a)) {
@@ -246,6 +259,7 @@ impl Config {
             max_topics_per_device: self.max_topics_per_device,
             max_topics_per_app: self.max_topics_per_app,
             max_pending_per_device: self.max_pending_per_device,
+            message_stats_secs: u64::from(self.message_stats_days) * 86_400,
             max_connections: self.max_connections,
             connect_rate_per_ip: self.connect_rate_per_ip,
             connect_burst_per_ip: self.connect_burst_per_ip,

@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub max_topics_per_device: usize,
     pub max_topics_per_app: usize,
     pub max_pending_per_device: u32,
+    /// Seconds a message's counts answer status queries (see [`crate::store::StoreLimits`]).
+    pub message_stats_secs: u64,
     /// Connections the node holds at most (0: only the per-shard tables limit it).
     pub max_connections: u64,
     /// New connections a second one source address (IPv4, or IPv6 /64) may open; beyond it
@@ -291,7 +293,10 @@ impl Node {
         }
         // One node-wide cache budget, shared by the databases.
         let cache_bytes = config.store_cache_bytes / writers;
-        let limits = crate::store::StoreLimits { max_pending_per_device: config.max_pending_per_device };
+        let limits = crate::store::StoreLimits {
+            max_pending_per_device: config.max_pending_per_device,
+            stats_kept_secs: config.message_stats_secs,
+        };
         let dbs = crate::store::layout::open(
             &config.data_dir,
             partitions,

@@ -218,6 +218,30 @@ def test_known_counts_with_shards_sharing_store_writers(make_node, tmp_path):
     assert counts(today_row(node, app, "users"), ["new", "active"]) == users
 
 
+def test_message_stats_days_is_checked_and_served(make_node, tmp_path):
+    """How long a message's counts are kept is the operator's (`message_stats_days`): a
+    value outside 1..=3650 is refused before the node starts; a node keeping them one day
+    counts and answers a message's status as the default does."""
+    for days in (0, 3651):
+        bad = config(tmp_path, f"stats-{days}.toml", f"message_stats_days = {days}\n")
+        out = subprocess.run(
+            [str(PUSHNODE_BIN), "serve", "--check", "--config", str(bad), "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode != 0, out
+        assert f"message_stats_days must be 1..=3650, got {days}" in out.stderr, out.stderr
+    node = make_node(extra_args=("--config", str(config(tmp_path, "one-day.toml", "message_stats_days = 1\n"))))
+    app = node.create_app()
+    regid, token = node.register(app)
+    dev = node.device(app, regid, token)
+    dev.connect()
+    msg_id = node.send(app, [regid])["id"]
+    dev.wait_messages(1)
+    status = node.wait_delivered(app, msg_id, 1)
+    assert status["targets"] == 1, status
+    node.close_clients()
+
+
 def test_range_auth_and_errors(node, app):
     regid, _ = node.register(app)
     node.send(app, [regid])

@@ -11,7 +11,7 @@ mod writer;
 
 pub use partition::{
     DeviceRecord, GroupMessage, MessageStats, PartitionStore, PendingMessage, StoreError, StoreEvent, StoreLimits,
-    WriteOp,
+    WriteOp, DEFAULT_STATS_KEPT_SECS,
 };
 pub use store_db::StoreDb;
 pub use writer::{Completion, Durability, EventSink, Notify, StoreJob, StoreWriter, WalSetup};

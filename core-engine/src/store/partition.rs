@@ -34,17 +34,20 @@ pub(super) const GROUP: TableDefinition<(u64, u16), &[u8]> = TableDefinition::ne
 /// regid -> highest group seq the device acknowledged (or the seq it registered at).
 pub(super) const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
 /// (message id, partition) -> (app id, targets, delivered) in the partition; kept
-/// [`STATS_KEPT_SECS`].
+/// [`StoreLimits::stats_kept_secs`] (a row per message and partition: ~75 bytes of file
+/// each, so the retention bounds the file under a steady push rate).
 pub(super) const MSG_STATS: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("msg_stats");
 
-/// How long a message's counts answer status queries, from its id's time: a week past the
-/// latest it can expire (sent as late as it may be scheduled, with the longest TTL).
-pub const STATS_KEPT_SECS: u64 = crate::api::MAX_SCHEDULE_AHEAD_SECS + crate::push::MAX_TTL_SECS + 7 * 24 * 3600;
+/// How long a message's counts answer status queries by default, from its id's time: a
+/// week past the latest it can expire (sent as late as it may be scheduled, with the
+/// longest TTL), 28 days.
+pub const DEFAULT_STATS_KEPT_SECS: u64 =
+    crate::api::MAX_SCHEDULE_AHEAD_SECS + crate::push::MAX_TTL_SECS + 7 * 24 * 3600;
 
 /// The first message id whose counts are still kept at `now_s` (ids begin with their
 /// creation time in milliseconds, see `MessageIdSource`).
-fn first_kept_stats_id(now_s: u64) -> MessageId {
-    (now_s.saturating_sub(STATS_KEPT_SECS).saturating_mul(1000)) << 20
+fn first_kept_stats_id(now_s: u64, kept_secs: u64) -> MessageId {
+    (now_s.saturating_sub(kept_secs).saturating_mul(1000)) << 20
 }
 /// partition (BE) ++ app (BE) ++ day (BE) -> DayStats: a shard's daily counts, in its group
 /// partition.
@@ -165,6 +168,10 @@ pub enum StoreEvent {
 pub struct StoreLimits {
     /// Most messages waiting for one device; the oldest goes when a new one comes.
     pub max_pending_per_device: u32,
+    /// How long a message's counts (and its click rows) are kept after its id's time, in
+    /// seconds; then the expiry sweep forgets them and its status answers 404. Below a
+    /// message's schedule delay plus TTL, its later deliveries and expiries go uncounted.
+    pub stats_kept_secs: u64,
 }
 
 /// message id (BE) ++ regid -> (): clicks already counted, so a device counts once per
@@ -738,7 +745,7 @@ mod tests {
         Arc::new(Envelope { id, app_id: 9, expires_at, json: format!("{{\"n\":{id}}}").into_bytes().into() })
     }
 
-    const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 2 };
+    const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 2, stats_kept_secs: DEFAULT_STATS_KEPT_SECS };
 
     /// Rows in one of the store's tables.
     fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -866,22 +873,29 @@ mod tests {
 
     #[test]
     fn counts_and_clicks_are_forgotten_once_kept_long_enough() {
+        for kept_secs in [DEFAULT_STATS_KEPT_SECS, 86_400] {
+            counts_and_clicks_are_forgotten_after(kept_secs);
+        }
+    }
+
+    fn counts_and_clicks_are_forgotten_after(kept_secs: u64) {
         let dir = temp_dir("forget");
-        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, LIMITS).unwrap();
+        let limits = StoreLimits { stats_kept_secs: kept_secs, ..LIMITS };
+        let store = PartitionStore::open_alone(&dir, 3, 1 << 20, limits).unwrap();
         let a = RegId::generate(3);
         let now_s = 2_000_000_000;
         let id_at = |unix_s: u64| (unix_s * 1000) << 20;
-        let (old, kept) = (id_at(now_s - STATS_KEPT_SECS - 1), id_at(now_s - STATS_KEPT_SECS + 1));
+        let (old, kept) = (id_at(now_s - kept_secs - 1), id_at(now_s - kept_secs + 1));
         let click = |id| WriteOp::Clicked { partition: 3, regid: a, id };
         for (seq, id) in [(1, old), (2, kept)] {
-            let push = WriteOp::StorePush { envelope: envelope(id, now_s - 86_400), seq, regids: vec![a] };
+            let push = WriteOp::StorePush { envelope: envelope(id, now_s - 3_600), seq, regids: vec![a] };
             let acked = WriteOp::Acked { regid: a, seq, id };
             store.apply(&[&push, &acked], redb::Durability::None, None, &mut Vec::new()).unwrap();
             store.apply(&[&click(id)], redb::Durability::None, None, &mut Vec::new()).unwrap();
         }
         assert_eq!((rows(&store, MSG_STATS), rows(&store, CLICKS)), (2, 2));
         assert!(!store.expire(now_s, 100, &mut Vec::new()).unwrap());
-        assert_eq!(store.message_stats(9, old).unwrap(), None, "older than STATS_KEPT_SECS");
+        assert_eq!(store.message_stats(9, old).unwrap(), None, "older than {kept_secs} s");
         assert_eq!(store.message_stats(9, kept).unwrap().map(|s| (s.delivered, s.clicked)), Some((1, 1)));
         assert_eq!(rows(&store, CLICKS), 1);
         // A late click on the forgotten message counts nothing and leaves no row.
@@ -891,8 +905,8 @@ mod tests {
         let newer = id_at(now_s);
         let push = WriteOp::StorePush { envelope: envelope(newer, now_s + 60), seq: 3, regids: vec![a] };
         store.apply(&[&push], redb::Durability::None, None, &mut Vec::new()).unwrap();
-        assert!(store.expire(now_s + STATS_KEPT_SECS + 60, 1, &mut Vec::new()).unwrap());
-        assert!(!store.expire(now_s + STATS_KEPT_SECS + 60, 1, &mut Vec::new()).unwrap());
+        assert!(store.expire(now_s + kept_secs + 60, 1, &mut Vec::new()).unwrap());
+        assert!(!store.expire(now_s + kept_secs + 60, 1, &mut Vec::new()).unwrap());
         assert_eq!((rows(&store, MSG_STATS), rows(&store, CLICKS)), (0, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }

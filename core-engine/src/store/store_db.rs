@@ -65,7 +65,8 @@ mod tests {
     use crate::push::Envelope;
     use partition::DeviceRecord;
 
-    const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 10 };
+    const LIMITS: StoreLimits =
+        StoreLimits { max_pending_per_device: 10, stats_kept_secs: crate::store::partition::DEFAULT_STATS_KEPT_SECS };
 
     fn envelope(id: u64, expires_at: u64) -> Arc<Envelope> {
         Arc::new(Envelope { id, app_id: 9, expires_at, json: format!("{{\"n\":{id}}}").into_bytes().into() })

@@ -600,7 +600,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pushnode-writer-shared-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let limits = super::super::StoreLimits { max_pending_per_device: 10 };
+        let limits = super::super::StoreLimits {
+            max_pending_per_device: 10,
+            stats_kept_secs: crate::store::partition::DEFAULT_STATS_KEPT_SECS,
+        };
         let db = Arc::new(StoreDb::open(&dir.join("db.redb"), &[0, 2], 1 << 20, limits).unwrap());
         let wakes: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::default()).collect();
         let notify = Notify {

@@ -8,7 +8,8 @@ use crate::store::PartitionStore;
 use redb::TableHandle;
 use std::cell::Cell;
 
-const LIMITS: StoreLimits = StoreLimits { max_pending_per_device: 10 };
+const LIMITS: StoreLimits =
+    StoreLimits { max_pending_per_device: 10, stats_kept_secs: crate::store::partition::DEFAULT_STATS_KEPT_SECS };
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pushnode-layout-{name}-{}", std::process::id()));

@@ -398,7 +398,7 @@ impl PartitionStore {
                 let mut expired_by_app: BTreeMap<AppId, u64> = BTreeMap::new();
                 let (pushes, more) = self.expire_pushes(&mut t, &mut fx, now_s, limit, &mut expired_by_app)?;
                 let more = more || self.expire_groups(&mut t, now_s, limit - pushes, &mut expired_by_app)?;
-                let more = more || Self::forget_stats(&mut t, now_s, limit)?;
+                let more = more || Self::forget_stats(&mut t, now_s, self.limits.stats_kept_secs, limit)?;
                 fx.events.extend(
                     expired_by_app
                         .into_iter()
@@ -466,11 +466,11 @@ impl PartitionStore {
         Ok((due.len(), more))
     }
 
-    /// Removes the counts and click rows of messages older than [`super::STATS_KEPT_SECS`],
-    /// at most `limit` of each, of every partition of the database (they are keyed by id
-    /// first); answers whether more are due.
-    fn forget_stats(t: &mut Tables<'_>, now_s: u64, limit: usize) -> Result<bool, StoreError> {
-        let first_kept = super::first_kept_stats_id(now_s);
+    /// Removes the counts and click rows of messages older than `kept_secs`, at most `limit`
+    /// of each, of every partition of the database (they are keyed by id first); answers
+    /// whether more are due.
+    fn forget_stats(t: &mut Tables<'_>, now_s: u64, kept_secs: u64, limit: usize) -> Result<bool, StoreError> {
+        let first_kept = super::first_kept_stats_id(now_s, kept_secs);
         let (due, more_stats) = keys_up_to(t.msg_stats()?.range(..(first_kept, 0))?, limit, |k| k.value())?;
         for key in due {
             debug_assert!(key.0 < first_kept);

@@ -116,7 +116,10 @@ struct Fixture {
 impl Fixture {
     fn new(name: &str) -> Self {
         let dir = temp_dir(name);
-        let limits = StoreLimits { max_pending_per_device: 100 };
+        let limits = StoreLimits {
+            max_pending_per_device: 100,
+            stats_kept_secs: crate::store::partition::DEFAULT_STATS_KEPT_SECS,
+        };
         let store = Arc::new(PartitionStore::open_alone(&dir, 1, 1 << 20, limits).unwrap());
         let stores = [(1, store.clone())].into();
         let device = RegId::generate(1);
