@@ -88,7 +88,7 @@ pub struct Config {
     pub max_pending_per_device: u32,
     /// Days a message's status (targets, delivered, clicked) stays answerable, from its
     /// creation; then its counts are forgotten (its status answers 404). Each message keeps
-    /// a row per partition it reached (~75 bytes of store file), so this bounds the store
+    /// a row per partition it reached (~85 bytes of store file), so this bounds the store
     /// under a steady push rate. Default 28: a week past the latest a message can expire
     /// (scheduled 7 days ahead, 14 days of TTL). Below 21, a message's deliveries and
     /// expiries after that go uncounted.

@@ -34,7 +34,7 @@ pub(super) const GROUP: TableDefinition<(u64, u16), &[u8]> = TableDefinition::ne
 /// regid -> highest group seq the device acknowledged (or the seq it registered at).
 pub(super) const GROUP_CURSORS: TableDefinition<&[u8], u64> = TableDefinition::new("group_cursors");
 /// (message id, partition) -> (app id, targets, delivered) in the partition; kept
-/// [`StoreLimits::stats_kept_secs`] (a row per message and partition: ~75 bytes of file
+/// [`StoreLimits::stats_kept_secs`] (a row per message and partition: ~85 bytes of file
 /// each, so the retention bounds the file under a steady push rate).
 pub(super) const MSG_STATS: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("msg_stats");
 
