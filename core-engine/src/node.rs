@@ -714,6 +714,16 @@ impl NodeHandle {
         &self.shared.metrics
     }
 
+    /// Bytes of the store's database files (their length on disk, which redb grows and
+    /// reuses but does not shrink): what pending pushes and kept message counts take.
+    pub fn store_file_bytes(&self) -> u64 {
+        let (dir, files) = (&self.shared.config.data_dir, self.shared.config.store_writers);
+        (0..files)
+            .filter_map(|index| std::fs::metadata(crate::store::layout::db_path(dir, index, files)).ok())
+            .map(|meta| meta.len())
+            .sum()
+    }
+
     /// (app, devices online) for every app seen since start.
     pub fn online_by_app(&self) -> Vec<(AppId, u64)> {
         self.shared.live.online()

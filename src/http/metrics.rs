@@ -145,6 +145,14 @@ pub fn render(state: &HttpState, admin: bool) -> String {
     let pending: i64 = shards.iter().map(|m| m.pending.load(Ordering::Relaxed)).sum();
     let _ = writeln!(out, "pushnode_pending_messages {}", pending.max(0));
 
+    header(
+        &mut out,
+        "pushnode_store_file_bytes",
+        "gauge",
+        "Bytes of the store's database files: pending pushes and message counts (kept message_stats_days).",
+    );
+    let _ = writeln!(out, "pushnode_store_file_bytes {}", state.node.store_file_bytes());
+
     histogram(
         &mut out,
         "pushnode_delivery_latency_ms",

@@ -218,10 +218,9 @@ def test_known_counts_with_shards_sharing_store_writers(make_node, tmp_path):
     assert counts(today_row(node, app, "users"), ["new", "active"]) == users
 
 
-def test_message_stats_days_is_checked_and_served(make_node, tmp_path):
-    """How long a message's counts are kept is the operator's (`message_stats_days`): a
-    value outside 1..=3650 is refused before the node starts; a node keeping them one day
-    counts and answers a message's status as the default does."""
+def test_message_stats_days_out_of_its_range_is_refused(tmp_path):
+    """How long a message's counts are kept is the operator's (`message_stats_days`,
+    1..=3650; its effect: `test_message_status_is_forgotten_after_its_retention`)."""
     for days in (0, 3651):
         bad = config(tmp_path, f"stats-{days}.toml", f"message_stats_days = {days}\n")
         out = subprocess.run(
@@ -230,16 +229,6 @@ def test_message_stats_days_is_checked_and_served(make_node, tmp_path):
         )
         assert out.returncode != 0, out
         assert f"message_stats_days must be 1..=3650, got {days}" in out.stderr, out.stderr
-    node = make_node(extra_args=("--config", str(config(tmp_path, "one-day.toml", "message_stats_days = 1\n"))))
-    app = node.create_app()
-    regid, token = node.register(app)
-    dev = node.device(app, regid, token)
-    dev.connect()
-    msg_id = node.send(app, [regid])["id"]
-    dev.wait_messages(1)
-    status = node.wait_delivered(app, msg_id, 1)
-    assert status["targets"] == 1, status
-    node.close_clients()
 
 
 def test_range_auth_and_errors(node, app):
@@ -476,12 +465,16 @@ def test_day_boundary_across_restart(make_node, tmp_path):
 
 
 # A message's counts answer status queries for 28 days from its send (7 days' scheduling
-# plus the 14-day TTL plus a week); then the store forgets them (STATS_KEPT_SECS).
+# plus the 14-day TTL plus a week) by default, `message_stats_days` if set; then the store
+# forgets them.
 STATS_KEPT_SECS = (7 + 14 + 7) * 86_400
 
 
-def test_message_status_is_forgotten_after_28_days(make_node, tmp_path):
-    path = config(tmp_path, "clock.toml", "clock_offset_secs = 0\n")
+@pytest.mark.parametrize("days", [None, 1], ids=["default-28-days", "message_stats_days-1"])
+def test_message_status_is_forgotten_after_its_retention(make_node, tmp_path, days):
+    kept_secs = STATS_KEPT_SECS if days is None else days * 86_400
+    retention = "" if days is None else f"message_stats_days = {days}\n"
+    path = config(tmp_path, "clock.toml", "clock_offset_secs = 0\n" + retention)
     node = make_node(extra_args=("--config", str(path)))
     app = node.create_app()
     regid, token = node.register(app)
@@ -494,7 +487,7 @@ def test_message_status_is_forgotten_after_28_days(make_node, tmp_path):
     node.close_clients()
     node.stop()
 
-    path.write_text(f"clock_offset_secs = {STATS_KEPT_SECS + 60}\n")
+    path.write_text(f"clock_offset_secs = {kept_secs + 60}\n" + retention)
     node.start()
     dev = node.device(app, regid, token)
     dev.connect()
@@ -520,7 +513,7 @@ def test_metrics(node, app):
     first = metrics(node)
     for name in ("pushnode_connects_total", "pushnode_messages_accepted_total",
                  "pushnode_messages_delivered_total", "pushnode_messages_expired_total",
-                 "pushnode_messages_dropped_total", "pushnode_pending_messages",
+                 "pushnode_messages_dropped_total", "pushnode_pending_messages", "pushnode_store_file_bytes",
                  "pushnode_delivery_latency_ms_count", "pushnode_store_commit_latency_us_count",
                  "pushnode_store_commit_batch_ops_count"):
         assert any(n == name for n, _ in first), f"{name} missing"
@@ -553,6 +546,10 @@ def test_metrics(node, app):
     assert metric(second, "pushnode_messages_delivered_total") - \
         metric(first, "pushnode_messages_delivered_total") == 3
     assert metric(second, "pushnode_pending_messages") >= 1
+    # The store's files as the node sees them: the same bytes the folder holds (idle now).
+    files = sorted(node.data_dir.glob("store-*-of-*.redb"))
+    assert files, list(node.data_dir.iterdir())
+    assert metric(metrics(node), "pushnode_store_file_bytes") == sum(f.stat().st_size for f in files)
     assert metric(second, "pushnode_delivery_latency_ms_count") - \
         metric(first, "pushnode_delivery_latency_ms_count") == 3
     assert metric(second, "pushnode_store_commit_latency_us_count") > 0
