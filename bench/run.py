@@ -59,6 +59,8 @@ TLS_SCENARIOS = {"idle-tls": "idle"}
 # HTTP/2; `http1`: the same over HTTP/1.1 keep-alive connections (one request in flight each).
 # `fsync`: unicast through the HTTP API with `durability = "fsync"`, 100 RegIDs a request.
 LOADGEN_SCENARIO = {**TLS_SCENARIOS, "http": "unicast", "http1": "unicast", "fsync": "unicast"}
+# Scenarios that run on fewer devices than the profile's connections, and the profile key saying how many.
+DEVICES_KEY = {"http": "http_devices", "http1": "http_devices", "fsync": "fsync_devices"}
 # What a repeated scenario keeps the median run of.
 REPEATED = {"connect": ("connect_repeats", "connect_rate_per_s"), "fanout": ("fanout_repeats", "deliveries_per_s"),
             "http": ("http_repeats", "achieved_rate_per_s"), "http1": ("http_repeats", "achieved_rate_per_s")}
@@ -522,8 +524,7 @@ def run_all(targets, scenarios, p, out, logs, offered, runs, tls):
         given = p["connections"] if target == "pushnode" else min(p["connections"], p["peer_cap"])
         capped = not target.startswith("pushnode") and given < p["connections"]
         for scenario in scenarios:
-            devices = {"http": "http_devices", "http1": "http_devices", "fsync": "fsync_devices"}
-            n = min(given, p[devices[scenario]]) if scenario in devices else given
+            n = min(given, p[DEVICES_KEY[scenario]]) if scenario in DEVICES_KEY else given
             tag = f"{target}-{scenario}"
             json_path = os.path.join(out, f"{tag}.json")
             run = {"target": target, "scenario": scenario, "connections": n, "capped": capped}

@@ -5,7 +5,8 @@
 # Starts BIN (2 shards, buffered; DUR=fsync for the other) on free-ish loopback ports, runs
 # `loadgen unicast` (BATCH RegIDs a request, default 10) for SECS seconds at RATE deliveries/s
 # to CONNS devices, and every 20 s prints the node's RSS, its data folder's size and its CPU
-# seconds so far; then loadgen's summary and the node's pending/connection gauges. A leak
+# seconds so far; then loadgen's summary and the node's pending, send-buffer and store-file
+# gauges. A leak
 # shows as RSS that keeps climbing; the store's retained rows as the data folder's growth.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,4 +27,4 @@ ${LG:-$ROOT/target/release/loadgen} unicast --mqtt 127.0.0.1:$MQ --http http://1
 echo "loadgen rc=$?"
 kill $WATCH 2>/dev/null; wait $WATCH 2>/dev/null
 grep -E "achieved|latency:|deliveries:" $D/loadgen.out
-curl -s 127.0.0.1:$HP/metrics | grep -E "^pushnode_(pending_messages|send_buffered_bytes)"
+curl -s 127.0.0.1:$HP/metrics | grep -E "^pushnode_(pending_messages|send_buffered_bytes|store_file_bytes)"

@@ -546,10 +546,12 @@ def test_metrics(node, app):
     assert metric(second, "pushnode_messages_delivered_total") - \
         metric(first, "pushnode_messages_delivered_total") == 3
     assert metric(second, "pushnode_pending_messages") >= 1
-    # The store's files as the node sees them: the same bytes the folder holds (idle now).
+    # The store's files as the node sees them: the same bytes the folder holds (asked
+    # again if a commit grew a file between the two reads).
     files = sorted(node.data_dir.glob("store-*-of-*.redb"))
     assert files, list(node.data_dir.iterdir())
-    assert metric(metrics(node), "pushnode_store_file_bytes") == sum(f.stat().st_size for f in files)
+    wait_until(lambda: metric(metrics(node), "pushnode_store_file_bytes") == sum(f.stat().st_size for f in files),
+               5, what="pushnode_store_file_bytes == the store files' sizes")
     assert metric(second, "pushnode_delivery_latency_ms_count") - \
         metric(first, "pushnode_delivery_latency_ms_count") == 3
     assert metric(second, "pushnode_store_commit_latency_us_count") > 0
